@@ -1,0 +1,62 @@
+"""The ``gla`` command line.
+
+Each sub-command lives in its own module under ``pipeline.commands`` with two functions:
+``configure(parser)`` adds its options and ``run(args) -> int`` does the work. Bad input
+raises ``UserError``; it becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pipeline import __version__
+from pipeline.errors import UserError
+
+# name -> (module, one-line help). Modules must not import torch at module level.
+COMMANDS = {
+    "import": ("pipeline.commands.import_cmd", "bring your own logits or training counts into a store"),
+    "analyze": ("pipeline.commands.analyze_cmd", "fit priors, apply GLA and baselines, write result tables"),
+    "extract": ("pipeline.commands.extract_cmd", "run open_clip models over datasets, write logits"),
+    "report": ("pipeline.commands.report_cmd", "write the self-contained HTML audit report"),
+    "run": ("pipeline.commands.run_cmd", "run every stage for every cell of a config, incrementally"),
+    "demo": ("pipeline.commands.demo_cmd", "the embedded default, end to end"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gla", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"gla-pipeline {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            p.set_defaults(_missing=module)
+            continue
+        mod.configure(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_missing", None):
+        parser.error(f"command {args.command!r} is not available in this build")
+    try:
+        return int(args._run(args) or 0)
+    except UserError as e:
+        print(f"gla {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gla {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

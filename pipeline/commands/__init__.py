@@ -1,0 +1,1 @@
+"""One module per ``gla`` sub-command (see pipeline.cli)."""
