@@ -4,6 +4,7 @@
 set -euo pipefail
 dest=${1:?usage: fetch-fashion-mnist.sh DEST}
 mkdir -p "$dest"
+dest=$(cd "$dest" && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 cd "$tmp"

@@ -1,0 +1,80 @@
+"""Config loading: defaults, path resolution, overrides, and one-line errors naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import CellFilter, load_config, model_dict
+from pipeline.errors import UserError
+
+BASE = """
+store = "store"
+[analysis]
+estimators = ["gla", "eigen"]
+[[models]]
+name = "tiny"
+arch = "tiny-clip"
+model_config = "assets/tiny.json"
+pretrained = "openai"
+finetuned = { fashion = "ft.safetensors" }
+[[datasets]]
+name = "fashion"
+kind = "fashion-mnist"
+pool = "test"
+[datasets.splits]
+val = { per_class = 20 }
+test = { rest = true }
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    return path
+
+
+def test_paths_resolve_against_config_folder(tmp_path):
+    cfg = load_config(write(tmp_path, BASE))
+    assert cfg.store == str(tmp_path / "store")
+    m = model_dict(cfg.models[0])
+    assert m["model_config"] == str(tmp_path / "assets/tiny.json")
+    assert m["pretrained"] == "openai"  # an open_clip tag is not a path
+    assert m["finetuned"] == {"fashion": str(tmp_path / "ft.safetensors")}
+    assert cfg.analysis.estimators == ["gla", "eigen"]
+    assert cfg.compute.workers == 2 and cfg.extract.precision == "fp32"
+    assert cfg.datasets[0].splits["val"].per_class == 20
+
+
+def test_overrides_and_only(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), {"analysis.fit_split": "dev", "compute.workers": 0})
+    assert cfg.analysis.fit_split == "dev" and cfg.compute.workers == 0
+    assert len(cfg.cells(CellFilter("model=tiny,dataset=fashion"))) == 1
+    assert cfg.cells(CellFilter("dataset=other")) == []
+    with pytest.raises(UserError, match="--only"):
+        CellFilter("modle=tiny")
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ({"extract.precision": "fp64"}, "extract.precision"),
+        ({"analysis.temperature": "hot"}, "analysis.temperature"),
+        ({"compute.threads": 3}, "compute.threads"),
+        ({"datasets": [{"name": "d", "kind": "k", "splits": {"val": {"per_class": 2, "rest": True}}}]},
+         "datasets['d'].splits.val"),
+        ({"models": [{"name": "a/b", "arch": "x"}]}, "models['a/b'].name"),
+    ],
+)
+def test_errors_name_the_key(tmp_path, override, needle):
+    path = write(tmp_path, BASE)
+    with pytest.raises(UserError) as err:
+        load_config(path, override)
+    msg = str(err.value)
+    assert str(path) in msg and needle in msg and "\n" not in msg
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_config(tmp_path / "nope.toml")
+    with pytest.raises(UserError, match="not valid TOML"):
+        load_config(write(tmp_path, "store = "))
