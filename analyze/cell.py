@@ -1,0 +1,248 @@
+"""One model × dataset cell: fit priors, evaluate every method chunk by chunk, build tables.
+
+Arrays in, Polars tables out, no I/O. ``evaluate`` consumes an iterator of
+(zs, ft | None, labels) chunks and merges :class:`~analyze.stats.Tally` objects, so a cell
+of any size is analysed in memory bounded by one chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from analyze import adjust, stats
+from analyze.priors import (
+    ESTIMATORS,
+    PriorEstimate,
+    check_labels,
+    check_logits,
+    downstream_prior,
+    estimate_pretrain_prior,
+)
+
+_EVAL_ROWS = 2048  # rows per sub-block inside a chunk
+
+
+@dataclass
+class AnalysisOptions:
+    estimators: tuple[str, ...] = ("gla",)  # the first is primary: its π_p feeds the methods
+    temperature: str | float | None = None  # None | "confidence" | "nll" | float
+    smoothing: float = 0.0  # additive smoothing of training counts for π_s
+    target_prior: np.ndarray | None = None  # known π_t of the eval set (default balanced)
+    n_bins: int = stats.N_BINS
+    estimator_options: dict = field(default_factory=dict)  # extra kwargs, e.g. {"lr": ...}
+
+
+@dataclass
+class FittedPriors:
+    pi_p: np.ndarray  # (C,) primary estimate
+    estimates: dict[str, PriorEstimate]
+    pi_s: np.ndarray  # (C,) downstream training prior
+    primary: str
+
+    @property
+    def temperature(self) -> float:
+        return self.estimates[self.primary].temperature
+
+
+def _estimator_names(options: AnalysisOptions) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(options.estimators))
+    if not names:
+        raise ValueError("analysis needs at least one estimator")
+    for n in names:
+        if n not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {n!r}; choose from {', '.join(ESTIMATORS)}")
+    return names
+
+
+def fit_priors(zs_fit, y_fit, num_classes: int, class_counts=None, options: AnalysisOptions | None = None) -> FittedPriors:
+    """Estimate π_p with every requested estimator on the fit split, and π_s from counts.
+
+    ``y_fit`` may be None (or all −1) for the label-free estimators only.
+    """
+    options = options or AnalysisOptions()
+    names = _estimator_names(options)
+    z = check_logits(zs_fit, "zs logits of the fit split")
+    if z.shape[1] != num_classes:
+        raise ValueError(f"zs logits of the fit split have {z.shape[1]} columns, expected {num_classes} classes")
+    y = None
+    if y_fit is not None:
+        y = np.asarray(y_fit)
+        unknown = int((y < 0).sum()) if y.ndim == 1 else 0
+        if unknown == y.size and y.size:
+            y = None  # unlabelled fit split: label-free estimators only
+        elif unknown:
+            raise ValueError(f"fit-split labels: {unknown} of {y.size} rows are unknown (-1)")
+        else:
+            y = check_labels(y, z.shape[0], num_classes, "fit-split labels")
+    estimates = {
+        n: estimate_pretrain_prior(z, y, n, temperature=options.temperature, **options.estimator_options)
+        for n in names
+    }
+    pi_s = downstream_prior(class_counts, num_classes, options.smoothing)
+    return FittedPriors(estimates[names[0]].prior, estimates, pi_s, names[0])
+
+
+def evaluate(chunks: Iterable[tuple], fitted: FittedPriors, options: AnalysisOptions | None = None) -> dict[str, stats.Tally]:
+    """Merge per-method tallies over (zs, ft | None, labels) chunks of the eval split.
+
+    Rows with label −1 (unknown) are skipped. The zs logits are divided by the primary
+    estimate's temperature first, so log π_p is removed in the scale it was fitted in.
+    Every chunk must agree on whether ft logits exist (that decides the method set).
+    """
+    options = options or AnalysisOptions()
+    C = fitted.pi_p.shape[0]
+    inv_t = np.float32(1.0 / fitted.temperature)
+    tallies: dict[str, stats.Tally] = {}
+    has_ft = None
+    for i, (zs, ft, y) in enumerate(chunks):
+        if np.shape(zs)[:1] == (0,):  # an empty part contributes nothing
+            continue
+        z = check_logits(zs, f"zs logits (chunk {i})")
+        if z.shape[1] != C:
+            raise ValueError(f"zs logits (chunk {i}) have {z.shape[1]} columns, expected {C}")
+        if has_ft is None:
+            has_ft = ft is not None
+            tallies = {m: stats.Tally.empty(C, options.n_bins) for m in adjust.methods_for(has_ft)}
+        elif has_ft != (ft is not None):
+            raise ValueError(f"chunk {i}: ft logits present in some chunks and missing in others")
+        f = None if ft is None else check_logits(ft, f"ft logits (chunk {i})")
+        if f is not None and f.shape != z.shape:
+            raise ValueError(f"ft logits (chunk {i}) shape {f.shape} differs from zs {z.shape}")
+        y = np.asarray(y)
+        if y.shape != (z.shape[0],):
+            raise ValueError(f"labels (chunk {i}) have shape {y.shape}, expected ({z.shape[0]},)")
+        keep = y >= 0
+        if not keep.all():
+            z, y = z[keep], y[keep]
+            f = None if f is None else f[keep]
+        y = check_labels(y, z.shape[0], C, f"labels (chunk {i})")
+        # Sub-blocks keep every adjusted copy small (cache-friendly, no page-faulting
+        # of chunk-sized temporaries per method).
+        for a in range(0, z.shape[0], _EVAL_ROWS):
+            zb, yb = z[a : a + _EVAL_ROWS], y[a : a + _EVAL_ROWS]
+            fb = None if f is None else f[a : a + _EVAL_ROWS]
+            if inv_t != 1:
+                zb = zb * inv_t
+            for m, logits in adjust.iter_methods(
+                zb, fb, pi_s=fitted.pi_s, pi_p=fitted.pi_p, target_prior=options.target_prior
+            ):
+                tallies[m] = tallies[m].merge(stats.tally(logits, yb, C, options.n_bins))
+    return tallies
+
+
+def _col(values) -> pl.Series:
+    """float column with NaN turned into null (undefined metrics)."""
+    return pl.Series(np.asarray(values, dtype=np.float64), nan_to_null=True)
+
+
+def result_tables(
+    model: str,
+    dataset: str,
+    eval_split: str,
+    class_names: Sequence[str],
+    fitted: FittedPriors,
+    tallies: dict[str, stats.Tally],
+    class_counts=None,
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(summary, per_class, priors) DataFrames with the DESIGN.md columns (+ a few extras)."""
+    C = fitted.pi_p.shape[0]
+    names = [str(c) for c in class_names]
+    if len(names) != C:
+        raise ValueError(f"{len(names)} class names for {C} classes")
+    pgroup = stats.prior_groups(fitted.pi_p)
+    cgroup = None
+    if class_counts is not None:
+        counts = np.asarray(class_counts)
+        if counts.shape != (C,):
+            raise ValueError(f"class counts have shape {counts.shape}, expected ({C},)")
+        cgroup = stats.count_groups(counts)
+    summary_rows, per_class = [], []
+    for m, t in tallies.items():
+        row = {"model": model, "dataset": dataset, "method": m, "split": eval_split}
+        row.update(stats.summary_metrics(t))
+        ga = stats.group_accuracy(t, pgroup)
+        row.update({f"acc_{g}": ga.get(g, np.nan) for g in ("head", "medium", "tail")})
+        gc = {} if cgroup is None else stats.group_accuracy(t, cgroup)
+        for g, col in (("many", "acc_many"), ("medium", "acc_medium_shot"), ("few", "acc_few")):
+            row[col] = gc.get(g, np.nan)
+        row["estimator"] = fitted.primary
+        summary_rows.append(row)
+        pc = stats.per_class_metrics(t)
+        per_class.append(
+            pl.DataFrame(
+                {
+                    "model": [model] * C,
+                    "dataset": [dataset] * C,
+                    "method": [m] * C,
+                    "class_index": pl.Series(np.arange(C, dtype=np.int32)),
+                    "class_name": names,
+                    "n": pl.Series(pc["n"].astype(np.int64)),
+                    "accuracy": _col(pc["accuracy"]),
+                    "precision": _col(pc["precision"]),
+                    "pred_share": _col(pc["pred_share"]),
+                    "prior_pretrain": _col(fitted.pi_p),
+                    "prior_downstream": _col(fitted.pi_s),
+                    "group": pgroup.tolist(),
+                    "count_group": pl.Series(
+                        [None] * C if cgroup is None else cgroup.tolist(), dtype=pl.String
+                    ),
+                }
+            )
+        )
+    summary = _summary_frame(summary_rows)
+    per_class_df = pl.concat(per_class) if per_class else _empty_per_class()
+    return summary, per_class_df, _priors_frame(model, dataset, names, fitted)
+
+
+_SUMMARY_SCHEMA = {
+    "model": pl.String, "dataset": pl.String, "method": pl.String, "split": pl.String,
+    "n": pl.Int64, "accuracy": pl.Float64, "balanced_accuracy": pl.Float64, "nll": pl.Float64,
+    "ece": pl.Float64, "acc_head": pl.Float64, "acc_medium": pl.Float64, "acc_tail": pl.Float64,
+    "acc_many": pl.Float64, "acc_medium_shot": pl.Float64, "acc_few": pl.Float64,
+    "estimator": pl.String,
+}  # fmt: skip
+
+
+def _summary_frame(rows: list[dict]) -> pl.DataFrame:
+    cols = {k: [r[k] for r in rows] for k in _SUMMARY_SCHEMA}
+    df = pl.DataFrame(cols, schema=_SUMMARY_SCHEMA)
+    return df.with_columns(pl.col(pl.Float64).fill_nan(None))
+
+
+def _empty_per_class() -> pl.DataFrame:
+    return pl.DataFrame(
+        schema={
+            "model": pl.String, "dataset": pl.String, "method": pl.String, "class_index": pl.Int32,
+            "class_name": pl.String, "n": pl.Int64, "accuracy": pl.Float64, "precision": pl.Float64,
+            "pred_share": pl.Float64, "prior_pretrain": pl.Float64, "prior_downstream": pl.Float64,
+            "group": pl.String, "count_group": pl.String,
+        }
+    )  # fmt: skip
+
+
+def _priors_frame(model: str, dataset: str, names: list[str], fitted: FittedPriors) -> pl.DataFrame:
+    C = len(names)
+    frames = []
+    for est, e in fitted.estimates.items():
+        frames.append(
+            pl.DataFrame(
+                {
+                    "model": [model] * C,
+                    "dataset": [dataset] * C,
+                    "estimator": [est] * C,
+                    "class_index": pl.Series(np.arange(C, dtype=np.int32)),
+                    "class_name": names,
+                    "prior": pl.Series(e.prior.astype(np.float64)),
+                    "iterations": pl.Series([e.iterations] * C, dtype=pl.Int64),
+                    "objective": pl.Series([e.objective] * C, dtype=pl.Float64),
+                    "converged": pl.Series([e.converged] * C, dtype=pl.Boolean),
+                    "temperature": pl.Series([e.temperature] * C, dtype=pl.Float64),
+                    "message": pl.Series([e.message] * C, dtype=pl.String),
+                }
+            )
+        )
+    return pl.concat(frames)

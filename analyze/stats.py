@@ -1,0 +1,181 @@
+"""Classification metrics as mergeable sufficient statistics.
+
+A :class:`Tally` holds per-class counts, the summed NLL and the ECE bin sums of a set of
+predictions. Tallies of disjoint chunks add up (``merge``) to exactly the tally of their
+union, so a cell of any size is reduced chunk by chunk in bounded memory, and every metric
+is a function of the merged tally. All work is vectorised over samples (bincount).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+N_BINS = 15
+_CHUNK_ROWS = 4096  # rows per internal block: keeps (rows, C) temporaries in cache
+
+
+@dataclass
+class Tally:
+    support: np.ndarray  # (C,) int64: samples whose label is k
+    correct: np.ndarray  # (C,) int64: samples of class k predicted k (true positives)
+    predicted: np.ndarray  # (C,) int64: samples predicted k
+    nll_sum: float  # Σ −log softmax(z_i)[y_i]
+    bin_count: np.ndarray  # (B,) int64: samples whose top-label confidence falls in bin b
+    bin_conf: np.ndarray  # (B,) float64: Σ confidence in bin b
+    bin_correct: np.ndarray  # (B,) int64: Σ correct in bin b
+
+    @classmethod
+    def empty(cls, num_classes: int, n_bins: int = N_BINS) -> Tally:
+        zi = lambda n: np.zeros(n, dtype=np.int64)  # noqa: E731
+        return cls(zi(num_classes), zi(num_classes), zi(num_classes), 0.0, zi(n_bins),
+                   np.zeros(n_bins), zi(n_bins))
+
+    @property
+    def n(self) -> int:
+        return int(self.support.sum())
+
+    def merge(self, other: Tally) -> Tally:
+        """The tally of the union of two disjoint sets (a new object)."""
+        if self.support.shape != other.support.shape or self.bin_count.shape != other.bin_count.shape:
+            raise ValueError("cannot merge tallies with different numbers of classes or bins")
+        return Tally(
+            self.support + other.support,
+            self.correct + other.correct,
+            self.predicted + other.predicted,
+            self.nll_sum + other.nll_sum,
+            self.bin_count + other.bin_count,
+            self.bin_conf + other.bin_conf,
+            self.bin_correct + other.bin_correct,
+        )
+
+
+def confidence_bins(conf: np.ndarray, n_bins: int = N_BINS) -> np.ndarray:
+    """Equal-width bin of each confidence: bin b holds (b/B, (b+1)/B] (Guo et al. 2017)."""
+    return np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+
+
+def _block_stats(z: np.ndarray, y: np.ndarray):
+    """pred, top-label confidence and NLL of one block of logits."""
+    rows = np.arange(z.shape[0])
+    pred = z.argmax(axis=1)
+    m = z[rows, pred]
+    e = z - m[:, None]
+    np.exp(e, out=e)
+    # Row sums as a matrix-vector product: BLAS is ~7x faster than a float64 sum and
+    # accurate to float32 rounding (terms lie in (0, 1], the largest is 1).
+    se = (e @ np.ones(z.shape[1], dtype=e.dtype)).astype(np.float64)
+    lse = m.astype(np.float64) + np.log(se)
+    return pred, 1.0 / se, lse - z[rows, y]
+
+
+def tally(logits, labels, num_classes: int, n_bins: int = N_BINS) -> Tally:
+    """Sufficient statistics of (logits, labels); logits (N, C) finite, labels in [0, C)."""
+    z = np.asarray(logits)
+    y = np.asarray(labels).astype(np.int64, copy=False)
+    C = int(num_classes)
+    if z.ndim != 2 or z.shape[1] != C or y.shape != (z.shape[0],):
+        raise ValueError(f"tally needs logits (N, {C}) and labels (N,), got {z.shape} and {y.shape}")
+    if y.size and (y.min() < 0 or y.max() >= C):
+        raise ValueError(f"labels out of range [0, {C})")
+    if not np.issubdtype(z.dtype, np.floating) or z.dtype.itemsize < 4:
+        z = z.astype(np.float32)
+    t = Tally.empty(C, n_bins)
+    for s in range(0, z.shape[0], _CHUNK_ROWS):
+        zb, yb = z[s : s + _CHUNK_ROWS], y[s : s + _CHUNK_ROWS]
+        pred, conf, nll = _block_stats(zb, yb)
+        hit = pred == yb
+        b = confidence_bins(conf, n_bins)
+        t.support += np.bincount(yb, minlength=C)
+        t.correct += np.bincount(yb[hit], minlength=C)
+        t.predicted += np.bincount(pred, minlength=C)
+        t.nll_sum += float(nll.sum())
+        t.bin_count += np.bincount(b, minlength=n_bins)
+        t.bin_conf += np.bincount(b, weights=conf, minlength=n_bins)
+        t.bin_correct += np.bincount(b[hit], minlength=n_bins)
+    return t
+
+
+def _ratio(a, b) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(b > 0, a / np.where(b > 0, b, 1.0), np.nan)
+
+
+def summary_metrics(t: Tally) -> dict:
+    """n, accuracy, balanced accuracy (mean recall over classes present), NLL, ECE."""
+    n = t.n
+    recall = _ratio(t.correct, t.support)
+    present = t.support > 0
+    return {
+        "n": n,
+        "accuracy": float(t.correct.sum() / n) if n else float("nan"),
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else float("nan"),
+        "nll": float(t.nll_sum / n) if n else float("nan"),
+        "ece": float(np.abs(t.bin_conf - t.bin_correct).sum() / n) if n else float("nan"),
+    }
+
+
+def per_class_metrics(t: Tally) -> dict[str, np.ndarray]:
+    """(C,) arrays: n (support), accuracy (= recall), precision, pred_share; NaN when undefined."""
+    n = t.n
+    return {
+        "n": t.support.copy(),
+        "accuracy": _ratio(t.correct, t.support),
+        "precision": _ratio(t.correct, t.predicted),
+        "pred_share": _ratio(t.predicted, np.full(t.predicted.shape, n)),
+    }
+
+
+def group_accuracy(t: Tally, groups: np.ndarray) -> dict[str, float]:
+    """Accuracy pooled over each group's classes: Σ correct / Σ support (NaN if no support)."""
+    out = {}
+    for g in dict.fromkeys(groups.tolist()):
+        sel = groups == g
+        out[g] = float(_ratio(t.correct[sel].sum(), t.support[sel].sum()))
+    return out
+
+
+def prior_groups(prior) -> np.ndarray:
+    """"head"/"medium"/"tail": classes sorted by prior (largest first) and cut into thirds.
+
+    Ties keep class order; when C is not a multiple of 3 the earlier groups get the extra
+    class (np.array_split).
+    """
+    prior = np.asarray(prior, dtype=np.float64)
+    order = np.argsort(-prior, kind="stable")
+    out = np.empty(prior.shape[0], dtype=object)
+    for name, idx in zip(("head", "medium", "tail"), np.array_split(order, 3), strict=True):
+        out[idx] = name
+    return out.astype(str)
+
+
+def count_groups(counts) -> np.ndarray:
+    """Long-tail convention by training count: "many" > 100, "medium" 20–100, "few" < 20."""
+    c = np.asarray(counts)
+    return np.where(c > 100, "many", np.where(c >= 20, "medium", "few"))
+
+
+# Standalone metrics over (logits, labels), for users and tests.
+
+
+def accuracy(logits, labels) -> float:
+    z = np.asarray(logits)
+    return summary_metrics(tally(z, labels, z.shape[1]))["accuracy"]
+
+
+def balanced_accuracy(logits, labels) -> float:
+    z = np.asarray(logits)
+    return summary_metrics(tally(z, labels, z.shape[1]))["balanced_accuracy"]
+
+
+def nll(logits, labels) -> float:
+    z = np.asarray(logits)
+    return summary_metrics(tally(z, labels, z.shape[1]))["nll"]
+
+
+def ece(logits, labels, n_bins: int = N_BINS) -> float:
+    z = np.asarray(logits)
+    return summary_metrics(tally(z, labels, z.shape[1], n_bins))["ece"]
