@@ -1,0 +1,461 @@
+"""Bring your own logits (and training counts) into a gla store.
+
+Inputs are ``.npy``, ``.npz`` (the single array, or ``file.npz:key``) or Parquet (a list
+column, or numeric columns stacked in order; ``file.parquet:column`` picks one column).
+Labels are 1-D integers (-1 = unknown), logits 2-D floats. Every check raises
+``UserError`` with one line naming the file (and column/key) at fault; nothing is written
+unless all checks pass.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from extract import cellformat as cf
+from pipeline.errors import UserError
+from pipeline.store import Store
+
+PART_ROWS = 262144  # rows per Parquet part of an imported split
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _split_spec(spec: str | os.PathLike) -> tuple[Path, str | None]:
+    """'file.npz:key' -> (file.npz, 'key'); a bare existing path has no key."""
+    s = str(spec)
+    if os.path.exists(s):
+        return Path(s), None
+    head, sep, key = s.rpartition(":")
+    if sep and head and os.path.exists(head):
+        return Path(head), key
+    raise UserError(f"{s}: file not found")
+
+
+def _parquet_array(path: Path, key: str | None, ndim: int) -> tuple[np.ndarray, str]:
+    try:
+        table = pq.read_table(path, columns=[key] if key else None)
+    except (pa.ArrowInvalid, OSError, KeyError) as e:
+        if key is not None:
+            names = pq.read_schema(path).names if path.exists() else []
+            if key not in names:
+                raise UserError(
+                    f"{path}: column {key} not found (columns: {', '.join(names)})"
+                ) from None
+        raise UserError(f"{path}: not a readable Parquet file ({e})") from None
+    where = f"{path}: column {key}" if key else str(path)
+    cols = table.column_names
+    if key is None:
+        list_cols = [
+            c for c in cols if pa.types.is_list(table.schema.field(c).type)
+            or pa.types.is_fixed_size_list(table.schema.field(c).type)
+            or pa.types.is_large_list(table.schema.field(c).type)
+        ]
+        if ndim == 1:
+            preferred = [c for c in ("label", "labels", "y", "count") if c in cols]
+            if len(cols) == 1:
+                key = cols[0]
+            elif preferred:
+                key = preferred[0]
+            else:
+                raise UserError(
+                    f"{path}: {len(cols)} columns; name one with {path}:COLUMN "
+                    f"(columns: {', '.join(cols)})"
+                )
+            where = f"{path}: column {key}"
+        elif len(list_cols) == 1:
+            key = list_cols[0]
+            where = f"{path}: column {key}"
+        elif list_cols:
+            raise UserError(
+                f"{path}: several list columns ({', '.join(list_cols)}); name one with "
+                f"{path}:COLUMN"
+            )
+    if key is not None:
+        col = table.column(key)
+        t = col.type
+        if col.null_count:
+            raise UserError(f"{where}: has missing (null) values")
+        if pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t):
+            col = col.combine_chunks()
+            lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+            if len(lengths) and (lengths != lengths[0]).any():
+                bad = int(np.flatnonzero(lengths != lengths[0])[0])
+                raise UserError(
+                    f"{where}: row {bad} has {lengths[bad]} values but row 0 has {lengths[0]}"
+                )
+            flat = col.flatten()
+            if flat.null_count:
+                raise UserError(f"{where}: has missing (null) values")
+            width = int(lengths[0]) if len(lengths) else 0
+            return flat.to_numpy(zero_copy_only=False).reshape(len(col), width), where
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
+            raise UserError(f"{where}: has type {t}, expected numbers")
+        return col.to_numpy(), where
+    # Several numeric scalar columns: one per class, in order.
+    bad = [
+        c for c in cols
+        if not (pa.types.is_integer(table.schema.field(c).type)
+                or pa.types.is_floating(table.schema.field(c).type))
+    ]
+    if bad:
+        raise UserError(f"{path}: column {bad[0]} is not numeric (type {table.schema.field(bad[0]).type})")
+    for c in cols:
+        if table.column(c).null_count:
+            raise UserError(f"{path}: column {c} has missing (null) values")
+    arr = np.stack([table.column(c).to_numpy() for c in cols], axis=1) if cols else np.empty((0, 0))
+    return arr, str(path)
+
+
+def load_array(spec: str | os.PathLike, what: str, ndim: int) -> tuple[np.ndarray, str]:
+    """Load an array from .npy / .npz[:key] / .parquet[:column] / .csv / .txt.
+
+    Returns the array and a description of where it came from (for error messages).
+    """
+    path, key = _split_spec(spec)
+    suffix = path.suffix.lower()
+    where = str(path) if key is None else f"{path}:{key}"
+    try:
+        if suffix == ".npy":
+            if key is not None:
+                raise UserError(f"{path}: a .npy file has no keys (got :{key})")
+            arr = np.load(path, allow_pickle=False, mmap_mode="r")  # parts are copied out
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.files)
+                if key is None:
+                    if len(keys) != 1:
+                        raise UserError(
+                            f"{path}: holds {len(keys)} arrays ({', '.join(keys)}); "
+                            f"name one with {path}:KEY"
+                        )
+                    key = keys[0]
+                if key not in keys:
+                    raise UserError(f"{path}: key {key} not found (keys: {', '.join(keys)})")
+                arr = z[key]
+                where = f"{path}: key {key}"
+        elif suffix in (".parquet", ".pq"):
+            arr, where = _parquet_array(path, key, ndim)
+        elif suffix in (".txt", ".csv") and ndim == 1:
+            text = [ln.strip() for ln in path.read_text().splitlines()]
+            vals = [ln.split(",")[-1] for ln in text if ln]
+            try:
+                arr = np.array([float(v) for v in vals])
+            except ValueError:
+                raise UserError(f"{path}: expected one number per line") from None
+        else:
+            raise UserError(
+                f"{path}: unsupported file type {suffix or '(none)'} for {what} "
+                "(use .npy, .npz or .parquet)"
+            )
+    except UserError:
+        raise
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read {what} ({e})") from None
+    if arr.dtype == object:
+        raise UserError(f"{where}: {what} must be numeric, got object array")
+    if arr.ndim != ndim:
+        raise UserError(f"{where}: {what} must be {ndim}-D, got shape {arr.shape}")
+    return arr, where
+
+
+def load_labels(spec: str | os.PathLike) -> tuple[np.ndarray, str]:
+    y, where = load_array(spec, "labels", 1)
+    if y.dtype.kind == "b" or y.dtype.kind not in "iuf":
+        raise UserError(f"{where}: labels must be integers, got dtype {y.dtype}")
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all() or (y != np.round(y)).any():
+            raise UserError(f"{where}: labels must be integers (found non-integer values)")
+    return y.astype(np.int64), where
+
+
+def load_logits(spec: str | os.PathLike, what: str) -> tuple[np.ndarray, str]:
+    x, where = load_array(spec, f"{what} logits", 2)
+    if x.dtype.kind not in "iuf":
+        raise UserError(f"{where}: {what} logits must be numbers, got dtype {x.dtype}")
+    if x.dtype not in (np.float16, np.float32):
+        x = x.astype(np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise UserError(f"{where}: {what} logits have NaN/Inf (first at row {r}, class {c})")
+    return x, where
+
+
+def load_lines(path: str | os.PathLike, what: str) -> list[str]:
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: file not found ({what})")
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{p}: cannot read {what} ({e})") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return [ln.strip() for ln in lines]
+
+
+# --------------------------------------------------------------------------- logits
+
+
+def _existing_class_names(store: Store, dataset: str, num_classes: int) -> tuple[str, ...] | None:
+    """Class names already known for a dataset (another model's cell), if C matches."""
+    for m, d in store.cells():
+        if d != dataset:
+            continue
+        try:
+            info = store.cell_info(m, d)
+        except UserError:
+            continue
+        if info.num_classes == num_classes:
+            return info.class_names
+    return None
+
+
+def import_logits(
+    store: Store | str | os.PathLike,
+    model: str,
+    dataset: str,
+    split: str,
+    labels: str | os.PathLike,
+    zs: str | os.PathLike,
+    ft: str | os.PathLike | None = None,
+    classnames: str | os.PathLike | None = None,
+    sample_ids: str | os.PathLike | None = None,
+) -> dict:
+    """Write one split of a cell from array files; replaces that split only."""
+    store = store if isinstance(store, Store) else Store(store)
+    for name, what in ((model, "model"), (dataset, "dataset"), (split, "split")):
+        try:
+            cf.check_name(name, what)
+        except ValueError as e:
+            raise UserError(f"--{what}: {e}") from None
+
+    y, y_where = load_labels(labels)
+    zs_arr, zs_where = load_logits(zs, "zs")
+    n, c = zs_arr.shape
+    if c < 2:
+        raise UserError(f"{zs_where}: zs logits have {c} column(s); need at least 2 classes")
+    if len(y) != n:
+        raise UserError(f"{y_where}: {len(y)} labels but {zs_where} has {n} rows")
+    ft_arr = None
+    if ft is not None:
+        ft_arr, ft_where = load_logits(ft, "ft")
+        if ft_arr.shape[1] != c:
+            raise UserError(
+                f"{ft_where}: ft logits have {ft_arr.shape[1]} columns but zs has {c}"
+            )
+        if ft_arr.shape[0] != n:
+            raise UserError(f"{ft_where}: ft logits have {ft_arr.shape[0]} rows but zs has {n}")
+    bad = (y < -1) | (y >= c)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise UserError(
+            f"{y_where}: label {int(y[i])} at row {i} is out of range [0, {c - 1}] "
+            "(-1 = unknown)"
+        )
+
+    cell = store.cell_path(model, dataset)
+    existing = [s for s in cf.sealed_splits(cell) if s != split]
+    ref = None
+    if existing:
+        ref = store.split_info(model, dataset, existing[0])
+        if ref.num_classes != c:
+            raise UserError(
+                f"{zs_where}: zs logits have {c} columns but split {existing[0]!r} of "
+                f"{model}/{dataset} has {ref.num_classes} classes"
+            )
+        if ref.has_ft and ft_arr is None:
+            raise UserError(
+                f"--ft: split {existing[0]!r} of {model}/{dataset} has ft logits; give --ft "
+                "for this split too"
+            )
+        if not ref.has_ft and ft_arr is not None:
+            raise UserError(
+                f"--ft: split {existing[0]!r} of {model}/{dataset} has no ft logits; import "
+                "all splits with the same columns"
+            )
+
+    if classnames is not None:
+        names = load_lines(classnames, "class names")
+        if len(names) != c:
+            raise UserError(f"{classnames}: {len(names)} class names but zs has {c} columns")
+        if any(not s for s in names):
+            raise UserError(f"{classnames}: empty class name at line {names.index('') + 1}")
+        if len(set(names)) != len(names):
+            dup = next(s for s in names if names.count(s) > 1)
+            raise UserError(f"{classnames}: class name {dup!r} appears twice")
+        names_t = tuple(names)
+        if ref is not None and ref.class_names != names_t:
+            raise UserError(
+                f"{classnames}: class names differ from those of split {existing[0]!r} of "
+                f"{model}/{dataset}"
+            )
+    elif ref is not None:
+        names_t = ref.class_names
+    else:
+        names_t = _existing_class_names(store, dataset, c) or tuple(
+            f"class_{i}" for i in range(c)
+        )
+
+    if sample_ids is not None:
+        ids = load_lines(sample_ids, "sample ids")
+        if len(ids) != n:
+            raise UserError(f"{sample_ids}: {len(ids)} sample ids but zs has {n} rows")
+    else:
+        ids = [f"{split}-{i}" for i in range(n)]
+    ids_arr = pa.array(ids, pa.string())
+    dup = _first_duplicate(ids_arr)
+    if dup is not None:
+        raise UserError(f"{sample_ids}: sample id {dup!r} appears twice")
+    for s in existing:
+        for f, other in store.read_sample_ids(model, dataset, s):
+            hit = pc.is_in(other, value_set=ids_arr)
+            if pc.any(hit).as_py():
+                i = int(np.flatnonzero(hit.to_numpy(zero_copy_only=False))[0])
+                raise UserError(
+                    f"{sample_ids or '--sample-ids'}: sample id {other[i].as_py()!r} is already "
+                    f"used in {f} (column sample_id); ids must be unique in the cell"
+                )
+
+    dtype = "float16" if zs_arr.dtype == np.float16 and (
+        ft_arr is None or ft_arr.dtype == np.float16
+    ) else "float32"
+    meta = {
+        "class_names": list(names_t),
+        "model": {"name": model, "source": "import", "zs_file": os.fspath(zs),
+                  **({"ft_file": os.fspath(ft)} if ft is not None else {})},
+        "dataset": {"name": dataset, "source": "import"},
+        "templates_hash": None,
+    }
+    tables = []
+    for start in range(0, max(n, 1), PART_ROWS):
+        sl = slice(start, min(n, start + PART_ROWS))
+        tables.append(
+            cf.build_table(
+                ids[sl], split, y[sl].astype(np.int32), zs_arr[sl],
+                None if ft_arr is None else ft_arr[sl], metadata=meta, dtype=dtype,
+            )
+        )
+    manifest = cf.write_split(cell, split, tables)
+    return {"cell": str(cell), "split": split, "rows": n, "classes": c,
+            "has_ft": ft_arr is not None, "manifest": str(manifest)}
+
+
+def _first_duplicate(arr: pa.Array) -> str | None:
+    if len(arr) == 0 or pc.count_distinct(arr).as_py() == len(arr):
+        return None
+    counts = pc.value_counts(arr)
+    vals, cnts = counts.field("values"), counts.field("counts").to_numpy()
+    return vals[int(np.flatnonzero(cnts > 1)[0])].as_py()
+
+
+# --------------------------------------------------------------------------- counts
+
+
+def _read_counts_csv(path: Path) -> dict[int, int]:
+    rows = []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.reader(f) if r and any(x.strip() for x in r)]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read ({e})") from None
+    if not rows:
+        raise UserError(f"{path}: empty")
+    header = [h.strip().lower() for h in rows[0]]
+    if "count" in header:
+        if "class_index" not in header:
+            raise UserError(f"{path}: column class_index is missing (header: {','.join(rows[0])})")
+        ci, cc = header.index("class_index"), header.index("count")
+        body = rows[1:]
+    else:
+        if len(rows[0]) < 2:
+            raise UserError(f"{path}: expected two columns class_index,count")
+        ci, cc = 0, 1
+        body = rows
+    out: dict[int, int] = {}
+    for lineno, r in enumerate(body, start=2 if body is not rows else 1):
+        try:
+            k = int(r[ci])
+            v = float(r[cc])
+        except (ValueError, IndexError):
+            raise UserError(f"{path}: line {lineno}: expected integers class_index,count") from None
+        if v != int(v):
+            raise UserError(f"{path}: line {lineno}: column count must be an integer")
+        if k in out:
+            raise UserError(f"{path}: line {lineno}: class_index {k} appears twice")
+        out[k] = int(v)
+    return out
+
+
+def import_counts(
+    store: Store | str | os.PathLike,
+    dataset: str,
+    counts: str | os.PathLike,
+    classnames: str | os.PathLike | None = None,
+) -> dict:
+    """Write ``datasets/<dataset>/class_counts.parquet`` from .npy/.npz/.parquet or CSV."""
+    store = store if isinstance(store, Store) else Store(store)
+    try:
+        cf.check_name(dataset, "dataset")
+    except ValueError as e:
+        raise UserError(f"--dataset: {e}") from None
+    known_c = None
+    known_names = None
+    for m, d in store.cells():
+        if d == dataset:
+            info = store.cell_info(m, d)
+            known_c, known_names = info.num_classes, info.class_names
+            break
+    path, key = _split_spec(counts)
+    where = str(path)
+    if path.suffix.lower() in (".csv", ".txt") and key is None:
+        table = _read_counts_csv(path)
+        c = known_c if known_c is not None else (max(table) + 1 if table else 0)
+        bad = [k for k in table if k < 0 or k >= c]
+        if bad:
+            raise UserError(
+                f"{path}: column class_index has {bad[0]}, out of range [0, {c - 1}]"
+                + (f" (the cells of dataset {dataset} have {c} classes)" if known_c else "")
+            )
+        arr = np.zeros(c, dtype=np.int64)
+        for k, v in table.items():
+            arr[k] = v
+        where = f"{path}: column count"
+    else:
+        raw, where = load_array(counts, "counts", 1)
+        if raw.dtype.kind not in "iuf" or (
+            raw.dtype.kind == "f" and (not np.isfinite(raw).all() or (raw != np.round(raw)).any())
+        ):
+            raise UserError(f"{where}: counts must be integers")
+        arr = raw.astype(np.int64)
+    if (arr < 0).any():
+        raise UserError(f"{where}: counts must be >= 0 (class {int(np.flatnonzero(arr < 0)[0])})")
+    if len(arr) < 2:
+        raise UserError(f"{where}: need counts for at least 2 classes, got {len(arr)}")
+    if arr.sum() == 0:
+        raise UserError(f"{where}: all counts are zero")
+    if known_c is not None and len(arr) != known_c:
+        raise UserError(
+            f"{where}: {len(arr)} counts but the cells of dataset {dataset} have {known_c} classes"
+        )
+    if classnames is not None:
+        names = load_lines(classnames, "class names")
+        if len(names) != len(arr):
+            raise UserError(f"{classnames}: {len(names)} class names but {len(arr)} counts")
+    else:
+        names = list(known_names) if known_names else [f"class_{i}" for i in range(len(arr))]
+    out = store.write_class_counts(dataset, arr, names)
+    return {"path": str(out), "classes": len(arr), "total": int(arr.sum())}
+
+
+def describe(info: dict, extra: Sequence[str] = ()) -> str:
+    return ", ".join(f"{k}={v}" for k, v in info.items() if k not in extra)
