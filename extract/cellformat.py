@@ -137,22 +137,44 @@ def atomic_write_table(path: str | os.PathLike, table: pa.Table, **kwargs: Any) 
         raise
 
 
+ROW_GROUP_BYTES = 64 << 20
+
+
+def row_group_rows(table: pa.Table, target_bytes: int = ROW_GROUP_BYTES) -> int:
+    """Rows per row group so that one group holds about ``target_bytes`` of data.
+
+    Readers stream a split by row group, so this bounds their memory whatever C is
+    (a fixed row count would make a 1,000-class group 262 MB per logit column).
+    """
+    per_row = table.nbytes / max(table.num_rows, 1)
+    return max(1024, int(target_bytes // max(per_row, 1)))
+
+
 def write_part(
-    cell: str | os.PathLike, split: str, index: int, table: pa.Table, row_group_size: int = 65536
+    cell: str | os.PathLike, split: str, index: int, table: pa.Table, row_group_size: int | None = None
 ) -> Path:
     path = Path(cell) / part_name(split, index)
     # No dictionary for float lists: it only costs time on logits.
     atomic_write_table(
-        path, table, row_group_size=row_group_size, use_dictionary=["sample_id", "split"]
+        path,
+        table,
+        row_group_size=row_group_size or row_group_rows(table),
+        use_dictionary=["sample_id", "split"],
     )
     return path
 
 
-def write_manifest(cell: str | os.PathLike, split: str, parts: Sequence[str | os.PathLike]) -> Path:
+def write_manifest(
+    cell: str | os.PathLike,
+    split: str,
+    parts: Sequence[str | os.PathLike],
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Seal a split: list its parts (in row order) with their row counts.
 
     The manifest carries a fresh ``write_id``, so any rewrite of a split changes the
-    content key that incremental runs derive from the manifests.
+    content key that incremental runs derive from the manifests. ``extra`` adds keys
+    (e.g. the extractor's ``cell_key``) without overriding the standard ones.
     """
     cell = Path(cell)
     entries = []
@@ -166,6 +188,7 @@ def write_manifest(cell: str | os.PathLike, split: str, parts: Sequence[str | os
         "rows": sum(e["rows"] for e in entries),
         "write_id": uuid.uuid4().hex,
     }
+    doc = {**(extra or {}), **doc}
     path = manifest_path(cell, split)
     atomic_write_bytes(path, json.dumps(doc, indent=1, sort_keys=True).encode())
     return path
