@@ -53,17 +53,15 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
             f"fine-tuned checkpoint {path} is not a torch state dict (save model.state_dict(), "
             f"not the pickled module): {msg}"
         ) from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        meta = {k: str(v) for k, v in obj.get("metadata", {}).items()} if isinstance(obj.get("metadata"), dict) else {}
-        obj = obj["state_dict"]
-    else:
-        meta = {}
     if not isinstance(obj, dict):
         raise ExtractError(f"fine-tuned checkpoint {path} does not hold a dict of tensors")
-    if isinstance(obj.get("metadata"), dict):
-        meta = {k: str(v) for k, v in obj.pop("metadata").items()}
-    obj = {k.removeprefix("module."): v for k, v in obj.items() if hasattr(v, "shape")}
-    return obj, meta
+    # {"state_dict": {...}, "metadata": {...}} or a flat dict (optionally with "metadata")
+    meta_raw = obj.get("metadata")
+    meta = {k: str(v) for k, v in meta_raw.items()} if isinstance(meta_raw, dict) else {}
+    if isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    tensors = {k.removeprefix("module."): v for k, v in obj.items() if hasattr(v, "shape")}
+    return tensors, meta
 
 
 def _split_layout(tensors: dict[str, Any], path: Path) -> tuple[str, dict[str, Any], Any, Any]:
@@ -99,7 +97,7 @@ def load_finetuned(path: str | os.PathLike, clip_model: Any, arch: str, num_clas
         if fmt != FORMAT:
             raise ExtractError(f"fine-tuned checkpoint {path}: format {fmt!r}, expected {FORMAT!r}")
         ck_arch = meta.get("arch", "")
-        if ck_arch and ck_arch != arch:
+        if ck_arch and arch and ck_arch != arch:
             raise ExtractError(
                 f"fine-tuned checkpoint {path} was made for arch {ck_arch!r}, not {arch!r}"
             )

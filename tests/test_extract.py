@@ -290,11 +290,34 @@ def test_wrong_finetuned_checkpoints_are_refused(tiny_clip, tmp_path):
     junk = tmp_path / "d.safetensors"
     junk.write_bytes(b"\x00" * 40)
     cases.append((junk, "not a readable safetensors file"))
+    import torch
+
+    pickled = tmp_path / "module.pt"  # a whole pickled module, not a state dict
+    torch.save(torch.nn.Linear(2, 3), pickled)
+    cases.append((pickled, "is not a torch state dict"))
     for path, msg in cases:
         spec = tc.model_spec(finetuned={"imgs": str(path)})
         with pytest.raises(ExtractError, match=msg) as e:
             extract_cell(tmp_path / "s", spec, folder_ds(tc.images), OPTS, progress=False)
         assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_gla_ft_torch_file_equals_safetensors(tiny_clip, tmp_path):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    tc = tiny_clip
+    with safe_open(str(tc.finetuned), framework="pt") as f:
+        meta = f.metadata()
+    pt = tmp_path / "ft.pt"
+    torch.save({"state_dict": load_file(str(tc.finetuned)), "metadata": meta}, pt)
+    extract_cell(tmp_path / "a", tc.model_spec(finetuned={"imgs": str(tc.finetuned)}),
+                 folder_ds(tc.images), OPTS, progress=False)
+    extract_cell(tmp_path / "b", tc.model_spec(finetuned={"imgs": str(pt)}),
+                 folder_ds(tc.images), OPTS, progress=False)
+    np.testing.assert_array_equal(arr(read_cell(tmp_path / "a")["test"], "ft"),
+                                  arr(read_cell(tmp_path / "b")["test"], "ft"))
 
 
 def test_manifest_and_webdataset_kinds_match_imagefolder(tiny_clip, tmp_path):
