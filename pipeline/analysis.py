@@ -450,6 +450,7 @@ def analyze_store(
     runner: Any = None,
     force: bool = False,
     log: Any = None,
+    load_results: bool = True,
 ) -> AnalyzeResults:
     """Analyse the selected cells and rebuild results/*.parquet, incrementally.
 
@@ -459,7 +460,8 @@ def analyze_store(
     combined tables are rebuilt from the per-cell caches (cells not selected keep their
     last results; cells deleted from logits/ drop out). Holds the store lock. If any cell
     fails, raises ``UserError`` naming it and leaves the tables untouched (the other
-    cells' new results stay cached). Returns the selected cells' results.
+    cells' new results stay cached). Returns the selected cells' results (read back from
+    their caches; ``load_results=False`` skips that and returns an empty list with ``.run``).
     """
     from pipeline.incremental import analyze_cells, load_cache
     from pipeline.lock import store_lock
@@ -476,7 +478,7 @@ def analyze_store(
         msg = first.error if first.user else f"cell {first.key}: {first.error}"
         raise UserError(msg + more)
     out = AnalyzeResults()
-    for m, d in cells:
+    for m, d in cells if load_results else []:
         cache = load_cache(store.root, m, d)
         out.append(CellResult(m, d, cache["summary"], cache["per_class"], cache["priors"],
                               cache["key"], cache.get("diagnostics") or {}, cache.get("calibration")))

@@ -1,0 +1,162 @@
+"""One big cell through `gla analyze`: peak resident memory and time vs a pyarrow scan.
+
+A cell of N rows × C classes of float16 logits (zs and ft; default N = 2,000,000,
+C = 1,000: 8 GB of logits) is written with ``pipeline.synthetic.write_cell``. Then:
+
+- a pyarrow scan of the same files (every row group of label, zs, ft read and decoded,
+  nothing else) gives the I/O + decode floor, warm page cache (best of 2);
+- ``gla analyze --store S --workers 0 --force`` (in-process: peak RSS is the process's
+  ru_maxrss) and ``--workers 1`` (one Dask worker: peak of the summed RSS of the process
+  tree, sampled every 50 ms).
+
+The eval split is streamed in row batches and reduced per class, so peak memory should
+not grow with N: the same figures are also taken at N/4 for comparison (goal ≤ 2 GB).
+
+    .venv/bin/python bench/bench_bigcell.py [--rows 2000000] [--classes 1000] [--no-small]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def make_store(root: Path, rows: int, classes: int) -> None:
+    from pipeline.synthetic import write_cell
+
+    marker = root / f".ok-{rows}-{classes}"
+    if marker.exists():
+        return
+    shutil.rmtree(root, ignore_errors=True)
+    t = time.perf_counter()
+    write_cell(root, "big", "cell", num_classes=classes, fit_per_class=20, eval_rows=rows,
+               dtype="float16", part_rows=250_000, row_group_size=16384, seed=3)
+    marker.write_text("ok")
+    print(f"  wrote {rows:,} x {classes} float16 cell in {time.perf_counter() - t:.1f} s")
+
+
+SCAN = """
+import sys, time
+import pyarrow.parquet as pq
+from pathlib import Path
+files = sorted((Path(sys.argv[1]) / "logits" / "big" / "cell").glob("part-test-*.parquet"))
+best = float("inf")
+for _ in range(2):
+    t = time.perf_counter()
+    for f in files:
+        for rb in pq.ParquetFile(f).iter_batches(batch_size=8192, columns=["label", "zs", "ft"]):
+            rb.column("zs")
+    best = min(best, time.perf_counter() - t)
+print(best)
+"""
+
+
+def scan(root: Path) -> float:
+    """Best of 2 warm scans, in a child process (this process stays small, so the peak
+    RSS that wait4 reports for the analysis child is its own: a fork of a large parent
+    would inherit the parent's high-water mark)."""
+    r = subprocess.run([sys.executable, "-c", SCAN, str(root)], capture_output=True, text=True, check=True)
+    return float(r.stdout.strip())
+
+
+def tree_rss(pid: int) -> int:
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        procs = [p, *p.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for q in procs:
+        try:
+            total += q.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_analyze(root: Path, workers: int) -> tuple[float, int, int]:
+    """Wall time, peak summed RSS of the process tree (sampled), and the gla process's own
+    peak RSS (exact, from wait4)."""
+    import tempfile
+
+    cmd = [str(REPO / ".venv" / "bin" / "gla"), "analyze", "--store", str(root), "--force", "--quiet",
+           "--workers", str(workers)]
+    with tempfile.TemporaryFile("w+") as err:
+        t = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        peak = 0
+        stop = threading.Event()
+
+        def sample():
+            nonlocal peak
+            while not stop.is_set():
+                peak = max(peak, tree_rss(proc.pid))
+                time.sleep(0.05)
+
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - t
+        stop.set()
+        th.join()
+        if proc.returncode != 0:
+            err.seek(0)
+            raise SystemExit(f"gla analyze failed ({proc.returncode}):\n{err.read()}")
+    return wall, peak, usage.ru_maxrss * 1024
+
+
+def measure(root: Path, rows: int, classes: int) -> dict:
+    make_store(root, rows, classes)
+    s = scan(root)
+    w0, peak0, maxrss0 = run_analyze(root, 0)
+    w1, peak1, _ = run_analyze(root, 1)
+    peak0 = max(peak0, maxrss0)
+    gb = 1 << 30
+    data = rows * classes * 2 * 2 / gb
+    print(f"  N={rows:,} C={classes}: logits {data:.2f} GB (zs+ft float16)")
+    print(f"    pyarrow scan (warm)              {s:7.2f} s")
+    print(f"    gla analyze --workers 0          {w0:7.2f} s  ratio {w0 / s:5.2f} x scan   "
+          f"peak RSS {peak0 / gb:.2f} GB")
+    print(f"    gla analyze --workers 1 (Dask)   {w1:7.2f} s  ratio {w1 / s:5.2f} x scan   "
+          f"peak RSS (all processes) {peak1 / gb:.2f} GB")
+    return {"rows": rows, "scan": s, "w0": w0, "w1": w1, "rss0": peak0, "rss1": peak1}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=2_000_000)
+    ap.add_argument("--classes", type=int, default=1000)
+    ap.add_argument("--no-small", action="store_true", help="skip the N/4 comparison")
+    ap.add_argument("--workdir", default=str(REPO / "bench" / "out" / "bigcell"))
+    ap.add_argument("--keep", action="store_true", help="keep the generated store")
+    a = ap.parse_args()
+    os.environ.setdefault("POLARS_MAX_THREADS", "2")
+    work = Path(a.workdir)
+    print(f"bench_bigcell: {a.rows:,} x {a.classes} float16 cell ({os.cpu_count()} cores)")
+    rows = ([a.rows // 4] if not a.no_small else []) + [a.rows]
+    results = []
+    for n in rows:
+        results.append(measure(work / f"n{n}", n, a.classes))
+        if not a.keep:
+            shutil.rmtree(work / f"n{n}", ignore_errors=True)
+    if len(results) == 2:
+        r0, r1 = results
+        print(f"  peak RSS at N vs N/4: {r1['rss0'] / r0['rss0']:.2f}x (in-process), "
+              f"{r1['rss1'] / r0['rss1']:.2f}x (Dask); goal: flat, <= 2 GB")
+    print(f"command: .venv/bin/python bench/bench_bigcell.py --rows {a.rows} --classes {a.classes}")
+
+
+if __name__ == "__main__":
+    main()

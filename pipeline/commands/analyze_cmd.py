@@ -1,0 +1,172 @@
+"""``gla analyze``: fit priors, apply GLA and the baselines, write the result tables.
+
+    gla analyze --store S [--fit-split val] [--eval-split test] [--estimator gla ...]
+                [--temperature none|confidence|nll] [--smoothing 0] [--target-prior FILE]
+                [--allow-fit-on-eval] [--only model=M,dataset=D]
+
+Every selected cell is analysed before anything is written; then results/summary.parquet,
+per_class.parquet and priors.parquet are replaced together (other cells' rows are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+from pipeline.errors import UserError
+
+DEFAULT_ESTIMATORS = ("gla", "gla-reference", "eigen", "prior-matching", "batch-calibration")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", required=True, help="store folder")
+    parser.add_argument("--fit-split", default="val", help="split the priors are fitted on (default val)")
+    parser.add_argument("--eval-split", default="test", help="split the methods are scored on (default test)")
+    parser.add_argument(
+        "--estimator", action="append", dest="estimators", metavar="NAME",
+        help="pretraining-prior estimator (repeatable; the first is used by the methods): "
+        + ", ".join(DEFAULT_ESTIMATORS) + " (default gla)",
+    )
+    parser.add_argument(
+        "--temperature", default="none",
+        help="temperature before fitting: none (default), confidence, nll, or a number",
+    )
+    parser.add_argument("--smoothing", type=float, default=0.0,
+                        help="additive smoothing of the training counts (default 0)")
+    parser.add_argument("--target-prior", metavar="FILE",
+                        help="known target label prior (C values; .npy/.npz/.parquet/.txt)")
+    parser.add_argument("--allow-fit-on-eval", action="store_true",
+                        help="allow --fit-split equal to --eval-split (leaks the eval labels)")
+    parser.add_argument("--only", action="append", metavar="model=M,dataset=D",
+                        help="analyse only matching cells (shell patterns; repeatable)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="evaluation threads per cell (default: up to 2)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="Dask worker processes (0 = in this process; default: sized for the "
+                        "machine, in-process for little work)")
+    parser.add_argument("--threads-per-worker", type=int, default=1, metavar="N",
+                        help="threads per Dask worker (default 1)")
+    parser.add_argument("--scheduler", metavar="ADDRESS|FILE",
+                        help="join an existing Dask cluster (tcp://HOST:PORT or a scheduler file)")
+    parser.add_argument("--force", action="store_true",
+                        help="recompute every selected cell even if its inputs and options are unchanged")
+    parser.add_argument("--quiet", action="store_true", help="do not print the summary table")
+
+
+def _temperature(text: str):
+    t = text.strip().lower()
+    if t in ("", "none"):
+        return None
+    if t in ("confidence", "nll"):
+        return t
+    try:
+        v = float(t)
+    except ValueError:
+        raise UserError(f"--temperature: expected none, confidence, nll or a number, got {text!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise UserError(f"--temperature: must be > 0, got {text!r}")
+    return v
+
+
+def options_from_args(args: argparse.Namespace):
+    from pipeline.analysis import AnalyzeOptions
+
+    estimators = tuple(args.estimators or ("gla",))
+    try:
+        from analyze.priors import ESTIMATORS
+    except ImportError:  # pragma: no cover - analyze is part of the distribution
+        ESTIMATORS = {e: None for e in DEFAULT_ESTIMATORS}
+    unknown = [e for e in estimators if e not in ESTIMATORS]
+    if unknown:
+        raise UserError(f"--estimator: unknown {unknown[0]!r} (known: {', '.join(ESTIMATORS)})")
+    if len(set(estimators)) != len(estimators):
+        raise UserError("--estimator: each estimator may be given once")
+    if not math.isfinite(args.smoothing) or args.smoothing < 0:
+        raise UserError(f"--smoothing: must be >= 0, got {args.smoothing}")
+    if args.target_prior is not None:
+        from pipeline.importer import load_array
+
+        load_array(args.target_prior, "target prior", 1)  # fails early, naming the file
+    return AnalyzeOptions(
+        fit_split=args.fit_split,
+        eval_split=args.eval_split,
+        estimators=estimators,
+        temperature=_temperature(args.temperature),
+        smoothing=args.smoothing,
+        target_prior=args.target_prior,
+        allow_fit_on_eval=args.allow_fit_on_eval,
+        threads=args.threads,
+    )
+
+
+def print_summary(results, console=None) -> None:
+    """Methods × cells: accuracy (balanced accuracy) in percent, plus tail accuracy."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title="accuracy % (tail third by π_p)", show_lines=False)
+    table.add_column("method")
+    methods: list[str] = []
+    for r in results:
+        table.add_column(f"{r.model}/{r.dataset}", justify="right")
+        for m in r.summary["method"].to_list():
+            if m not in methods:
+                methods.append(m)
+    rows = {r.model + "\0" + r.dataset: {d["method"]: d for d in r.summary.iter_rows(named=True)}
+            for r in results}
+    for m in methods:
+        cells = []
+        for r in results:
+            d = rows[r.model + "\0" + r.dataset].get(m)
+            if d is None:
+                cells.append("–")
+            else:
+                tail = d.get("acc_tail")
+                tail_s = "" if tail is None or (isinstance(tail, float) and math.isnan(tail)) \
+                    else f" ({100 * tail:.1f})"
+                cells.append(f"{100 * d['accuracy']:.1f}{tail_s}")
+        table.add_row(m, *cells)
+    console.print(table)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.analysis import analyze_store
+    from pipeline.results import results_paths
+    from pipeline.runner import ComputeOptions
+    from pipeline.store import Store
+
+    options = options_from_args(args)
+    store = Store(args.store)
+    if not store.root.is_dir():
+        raise UserError(f"{store.root}: store folder not found (--store)")
+    if args.workers is not None and args.workers < 0:
+        raise UserError(f"--workers: must be >= 0, got {args.workers}")
+    compute = ComputeOptions.from_any(
+        None, workers=args.workers, threads_per_worker=args.threads_per_worker,
+        scheduler=args.scheduler or "", progress=not args.quiet, quiet=args.quiet,
+    )
+    t0 = time.perf_counter()
+    # Runner and incremental notes go to stdout: stderr carries only the error line.
+    results = analyze_store(store, options, only=args.only, compute=compute, force=args.force,
+                            log=None if args.quiet else (lambda msg: print(f"gla: {msg}")),
+                            load_results=not args.quiet)
+    paths = results_paths(store)
+    if not args.quiet:
+        print_summary(results)
+        for r in results:
+            skipped = r.diagnostics.get("eval_rows_unlabelled", 0)
+            if skipped:
+                print(f"note: {r.model}/{r.dataset}: {skipped} eval rows with unknown label (-1) "
+                      "were not scored")
+            for name, est in r.diagnostics.get("estimates", {}).items():
+                if not est.get("converged", True) or est.get("message"):
+                    print(f"note: {r.model}/{r.dataset} estimator {name}: "
+                          f"{est.get('message') or 'did not converge'}")
+        run = results.run
+        print(f"wrote {paths['summary'].parent} ({len(results)} cell(s): "
+              f"{len(run.computed)} analysed, {len(run.cached)} unchanged; "
+              f"tables {'rebuilt' if run.tables_written else 'unchanged'}; "
+              f"{time.perf_counter() - t0:.2f} s)")
+    return 0

@@ -1,0 +1,331 @@
+"""``gla run``: every stage for every cell of a config that needs it, incrementally.
+
+Stages, in order, under the store's lock (one run at a time per store):
+
+1. extract — ``extract.run.extract_cell`` per model × dataset, fanned out over the
+   runner (extraction is itself incremental and resumable: complete cells are skipped
+   without loading a model). A cell whose config, checkpoints, dataset files and sealed
+   manifests are unchanged since its last successful extraction is skipped here without
+   even importing torch (``results/.extract/<model>/<dataset>.json``).
+2. counts — each dataset's ``train_counts`` file → ``datasets/<dataset>/class_counts.parquet``
+   (rewritten only when the source file changed).
+3. analyze — ``pipeline.incremental.analyze_cells``: cells whose content key changed are
+   analysed on the runner, the combined tables rebuilt from the per-cell caches.
+4. report — ``pipeline.report.write_report`` (rebuilt only when the tables changed).
+
+A failing cell is reported with its key and does not stop the others; the run's exit
+code is then 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from extract import cellformat as cf
+from pipeline.errors import UserError
+
+STAGES = ("extract", "analyze", "report")
+
+
+@dataclass
+class RunSummary:
+    store: Path
+    cells: list[tuple[str, str]] = field(default_factory=list)
+    extracted: list[tuple[str, str]] = field(default_factory=list)  # extract ran (wrote or checked)
+    extract_skipped: list[tuple[str, str]] = field(default_factory=list)  # fast path: unchanged
+    counts_written: list[str] = field(default_factory=list)
+    analysis: Any = None  # incremental.AnalyzeSummary
+    report: Path | None = None
+    report_written: bool = False
+    failed: list[Any] = field(default_factory=list)  # runner.CellError
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def lines(self) -> list[str]:
+        out = [f"store {self.store}: {len(self.cells)} cell(s)"]
+        if "extract" in self.seconds:
+            out.append(
+                f"extract: {len(self.extracted)} run, {len(self.extract_skipped)} unchanged "
+                f"({self.seconds['extract']:.2f} s)"
+            )
+        if self.counts_written:
+            out.append(f"class counts written: {', '.join(self.counts_written)}")
+        if self.analysis is not None:
+            out.append(f"analyze: {self.analysis.line()}")
+        if self.report is not None:
+            out.append(f"report: {self.report} ({'written' if self.report_written else 'unchanged'})")
+        for err in self.failed:
+            out.append(f"FAILED {err.key}: {err.error}")
+        out.append(f"total {self.seconds.get('total', 0.0):.2f} s")
+        return out
+
+
+# --------------------------------------------------------------------------- extract
+
+
+def _stat_sig(path: str) -> list[Any]:
+    """Size and mtime of a file, or of a folder's entries two levels deep (cheap)."""
+    if not path or "://" in path or path.startswith("hf-hub:"):
+        return [path]
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        return [path, "missing"]
+    sig: list[Any] = [path, st.st_size, st.st_mtime_ns]
+    if p.is_dir():
+        for child in sorted(p.iterdir())[:10000]:
+            try:
+                cs = child.stat()
+            except OSError:
+                continue
+            sig.append((child.name, cs.st_size, cs.st_mtime_ns))
+    return sig
+
+
+def extract_fingerprint(store: Path, model: dict, dataset: dict, options: dict) -> str | None:
+    """What a cell's extraction depends on, as seen from outside extract: the specs, the
+    stat signature of every file they name (and of $GLA_DATA_DIR for built-in sets), the
+    installed extract code and the cell's sealed manifests. None if the cell has no
+    sealed split."""
+    cell = cf.cell_dir(store, model["name"], dataset["name"])
+    splits = cf.sealed_splits(cell) if cell.is_dir() else []
+    if not splits:
+        return None
+    files = [model.get("pretrained", ""), model.get("model_config", ""), model.get("templates", "")]
+    files += [model.get("finetuned", {}).get(dataset["name"], "")]
+    files += [dataset.get("root", "")]
+    for s in (dataset.get("splits") or {}).values():
+        files += [s.get("root", ""), s.get("file", "")]
+    data_dir = os.environ.get("GLA_DATA_DIR", "")
+    manifests = {s: (cf.read_manifest(cell, s) or {}).get("write_id") for s in splits}
+    code = Path(__file__).resolve().parent.parent / "extract"
+    code_sig = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(code.glob("*.py"))]
+    doc = {
+        "model": model, "dataset": dataset, "options": options,
+        "files": [_stat_sig(f) for f in files if f],
+        "data_dir": [data_dir, *(_stat_sig(data_dir)[1:] if data_dir else [])],
+        "manifests": manifests, "code": code_sig,
+        "expected_splits": sorted((dataset.get("splits") or {}).keys()),
+    }
+    if doc["expected_splits"] and not set(doc["expected_splits"]) <= set(splits):
+        return None
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _extract_marker(store: Path, model: str, dataset: str) -> Path:
+    return store / "results" / ".extract" / model / f"{dataset}.json"
+
+
+@dataclass(frozen=True)
+class ExtractTask:
+    store: str
+    model: dict
+    dataset: dict
+    options: dict
+
+    @property
+    def name(self) -> str:
+        return f"{self.model['name']}/{self.dataset['name']}"
+
+
+def run_extract_task(task: ExtractTask) -> dict:
+    """One cell's extraction (inside a worker). Extract errors become one-line messages."""
+    from extract.run import extract_cell
+
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+    return extract_cell(task.store, task.model, task.dataset, task.options, progress=False)
+
+
+def _torch_available() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "open_clip"))
+
+
+# --------------------------------------------------------------------------- counts
+
+
+def import_train_counts(store: Path, dataset: dict) -> bool:
+    """``train_counts`` of a dataset spec → class_counts.parquet (if the source changed)."""
+    src = dataset.get("train_counts") or ""
+    if not src:
+        return False
+    path = Path(src)
+    if not path.exists():
+        raise UserError(f"datasets[{dataset['name']!r}].train_counts: file {src} not found")
+    from pipeline.importer import import_counts
+    from pipeline.store import Store
+
+    st = Store(store)
+    names = list(dataset.get("class_names") or [])
+    sig = {"src": str(path), "sha": cf.file_sha256(path), "names": cf.text_hash(names)}
+    marker = store / "datasets" / dataset["name"] / ".train_counts_source.json"
+    target = st.counts_path(dataset["name"])
+    if target.exists() and marker.exists():
+        try:
+            if json.loads(marker.read_text()) == sig:
+                return False
+        except ValueError:
+            pass
+    classnames = None
+    if names:
+        classnames = marker.with_name(".class_names.txt")
+        cf.atomic_write_bytes(classnames, ("\n".join(names) + "\n").encode())
+    import_counts(st, dataset["name"], path, classnames)
+    cf.atomic_write_bytes(marker, json.dumps(sig).encode())
+    return True
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _cell_filter(config: Any, only: Any):
+    from pipeline.config import CellFilter
+
+    if only is None or isinstance(only, CellFilter):
+        return only
+    if isinstance(only, str):
+        return CellFilter(only)
+    if isinstance(only, dict):
+        return CellFilter(",".join(f"{k}={v}" for k, v in only.items() if v))
+    raise UserError(f"--only: expected model=NAME,dataset=NAME, got {only!r}")
+
+
+def analysis_options(config: Any) -> Any:
+    from pipeline.analysis import AnalyzeOptions
+
+    return AnalyzeOptions.from_mapping(config.analysis.model_dump())
+
+
+def run_config(
+    config: Any,
+    *,
+    only: Any = None,
+    stages: tuple[str, ...] | list[str] = STAGES,
+    force: bool = False,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: bool = True,
+    quiet: bool = False,
+    runner: Any = None,
+) -> RunSummary:
+    """Run ``stages`` for every (selected) cell of ``config`` that needs it."""
+    from pipeline.config import model_dict
+    from pipeline.incremental import analyze_cells
+    from pipeline.lock import store_lock
+    from pipeline.runner import CellError, Runner
+
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise UserError(f"--stages: unknown stage {bad[0]!r} (stages: {', '.join(STAGES)})")
+    t0 = time.perf_counter()
+    store = Path(config.store)
+    summary = RunSummary(store=store)
+    filt = _cell_filter(config, only)
+    pairs = config.cells(filt)
+    if not pairs:
+        what = "--only matched no model × dataset pair" if filt else "the config has no model × dataset pair"
+        raise UserError(f"{config.source or 'config'}: {what}")
+    summary.cells = [(m.name, d.name) for m, d in pairs]
+
+    def log(msg: str) -> None:
+        if not quiet:
+            print(f"gla: {msg}", file=sys.stderr)
+
+    own = runner is None
+    runner = runner or Runner(config.compute, workers=workers, scheduler=scheduler, progress=progress, quiet=quiet)
+    try:
+        with store_lock(store, "gla run"):
+            if "extract" in stages:
+                t = time.perf_counter()
+                _stage_extract(config, pairs, store, force, runner, summary, model_dict, log)
+                summary.seconds["extract"] = time.perf_counter() - t
+            if "analyze" in stages:
+                t = time.perf_counter()
+                for d in {d.name: d for _, d in pairs}.values():
+                    if import_train_counts(store, d.model_dump()):
+                        summary.counts_written.append(d.name)
+                from pipeline.store import Store
+
+                have = set(Store(store).cells())
+                missing = [c for c in summary.cells if c not in have]
+                failed_keys = {e.key for e in summary.failed}
+                for m, d in missing:
+                    if f"{m}/{d}" not in failed_keys:
+                        summary.failed.append(CellError(f"{m}/{d}", "no logits in the store (extract it first)"))
+                selected = [c for c in summary.cells if c in have]
+                if selected or have:
+                    summary.analysis = analyze_cells(
+                        store, analysis_options(config), cells=selected, runner=runner, force=force, log=log
+                    )
+                    summary.failed += summary.analysis.failed
+                summary.seconds["analyze"] = time.perf_counter() - t
+            if "report" in stages:
+                t = time.perf_counter()
+                from pipeline.report import write_report
+
+                if (store / "results" / "summary.parquet").exists():
+                    summary.report, summary.report_written = write_report(store, force=force)
+                else:
+                    log("report: no results tables yet; skipped")
+                summary.seconds["report"] = time.perf_counter() - t
+    finally:
+        if own:
+            runner.close()
+    summary.seconds["total"] = time.perf_counter() - t0
+    return summary
+
+
+def _stage_extract(config, pairs, store, force, runner, summary, model_dict, log) -> None:
+    opts = config.extract.model_dump()
+    tasks = []
+    for m, d in pairs:
+        md, dd = model_dict(m), d.model_dump()
+        fp = extract_fingerprint(store, md, dd, opts)
+        marker = _extract_marker(store, m.name, d.name)
+        if not force and fp is not None and marker.exists():
+            try:
+                if json.loads(marker.read_text()).get("fingerprint") == fp:
+                    summary.extract_skipped.append((m.name, d.name))
+                    continue
+            except ValueError:
+                pass
+        tasks.append(ExtractTask(str(store), md, dd, opts))
+    if not tasks:
+        return
+    if not _torch_available():
+        raise UserError(
+            f"extract stage: {len(tasks)} cell(s) need extraction but torch/open_clip are not "
+            "installed (pip install 'gla-pipeline[extract]', or run --stages analyze,report)"
+        )
+    from pipeline.runner import CellError
+
+    for task, out in runner.map(run_extract_task, tasks, key=lambda t: t.name, description="extract"):
+        cell = (task.model["name"], task.dataset["name"])
+        if isinstance(out, CellError):
+            summary.failed.append(out)
+            continue
+        summary.extracted.append(cell)
+        if out.get("status") in ("written", "skipped"):
+            fp = extract_fingerprint(store, task.model, task.dataset, task.options)
+            if fp is not None:
+                cf.atomic_write_bytes(
+                    _extract_marker(store, *cell),
+                    json.dumps({"fingerprint": fp, "status": out.get("status"), "at": time.time()}).encode(),
+                )
+        elif out.get("status") == "partial":
+            summary.failed.append(CellError(f"{cell[0]}/{cell[1]}", "extraction incomplete (partial)"))

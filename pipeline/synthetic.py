@@ -1,0 +1,110 @@
+"""Synthetic stores with planted priors, for tests and benchmarks.
+
+``write_cell`` writes one cell in the store format (``extract.cellformat``): a balanced
+fit split and an eval split drawn from ``analyze.synthetic.planted_world`` (zero-shot
+logits biased by a known π_p, fine-tuned logits biased by π_s), plus the dataset's
+class counts. Large eval splits are written in parts of ``part_rows`` rows, generated
+part by part, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from extract import cellformat as cf
+
+
+def write_cell(
+    store: str | os.PathLike,
+    model: str,
+    dataset: str,
+    *,
+    num_classes: int = 10,
+    fit_per_class: int = 20,
+    eval_rows: int = 1000,
+    seed: int = 0,
+    ft: bool = True,
+    counts: bool = True,
+    dtype: str = "float32",
+    part_rows: int = 200_000,
+    row_group_size: int = 65536,
+    fit_split: str = "val",
+    eval_split: str = "test",
+) -> Path:
+    """Write one synthetic cell (and the dataset's class counts). Returns the cell folder."""
+    from analyze.synthetic import planted_world, zipf_prior
+
+    c = int(num_classes)
+    pi_p = zipf_prior(c, seed=seed)
+    # The downstream prior belongs to the dataset (one class-counts file per dataset).
+    rng = np.random.default_rng(int(cf.text_hash([dataset, str(c)]), 16) % 2**32)
+    pi_s = rng.dirichlet(np.full(c, 2.0)) if counts else np.full(c, 1.0 / c)
+    pi_s = np.maximum(pi_s, 1e-3)
+    pi_s /= pi_s.sum()
+    names = [f"class_{i:04d}" for i in range(c)]
+    meta = {
+        "class_names": names,
+        "model": {"name": model, "arch": "synthetic"},
+        "dataset": {"name": dataset, "kind": "synthetic"},
+        "templates_hash": "synthetic",
+    }
+    cell = cf.cell_dir(store, model, dataset)
+    cell.mkdir(parents=True, exist_ok=True)
+    ft_signal = 3.5 if ft else None
+
+    w = planted_world(c, fit_per_class, pi_p, seed=seed, ft_signal=ft_signal, pi_s=pi_s)
+    ids = [f"{fit_split}-{i}" for i in range(len(w.labels))]
+    t = cf.build_table(ids, fit_split, w.labels, w.zs, w.ft, metadata=meta, dtype=dtype)
+    cf.write_split(cell, fit_split, [t])
+
+    parts, done, k = [], 0, 0
+    while done < eval_rows:
+        n = min(part_rows, eval_rows - done)
+        per = np.full(c, n // c, dtype=np.int64)
+        per[: n - per.sum()] += 1
+        w = planted_world(c, per, pi_p, seed=seed + 17 + k, ft_signal=ft_signal, pi_s=pi_s, dtype=np.float32)
+        perm = np.random.default_rng(seed + k).permutation(n)
+        ids = np.char.add(f"{eval_split}-{k}-", np.arange(n).astype(str))
+        t = cf.build_table(
+            ids, eval_split, w.labels[perm], w.zs[perm], None if w.ft is None else w.ft[perm],
+            metadata=meta, dtype=dtype,
+        )
+        del w
+        parts.append(cf.write_part(cell, eval_split, k, t, row_group_size=row_group_size).name)
+        del t
+        done += n
+        k += 1
+    cf.write_manifest(cell, eval_split, parts)
+
+    if counts:
+        train = np.maximum(1, np.round(pi_s * 50 * c)).astype(np.int64)
+        import pyarrow as pa
+
+        table = pa.table(
+            {
+                "class_index": pa.array(np.arange(c, dtype=np.int32)),
+                "class_name": pa.array(names, pa.string()),
+                "count": pa.array(train),
+            }
+        )
+        cf.atomic_write_table(Path(store) / "datasets" / dataset / "class_counts.parquet", table)
+    return cell
+
+
+def write_matrix(
+    store: str | os.PathLike,
+    models: int,
+    datasets: int,
+    **kwargs,
+) -> list[tuple[str, str]]:
+    """A models × datasets matrix of synthetic cells (model-i / data-j), distinct seeds."""
+    cells = []
+    for i in range(models):
+        for j in range(datasets):
+            m, d = f"model-{i}", f"data-{j}"
+            write_cell(store, m, d, seed=1000 * i + j, **kwargs)
+            cells.append((m, d))
+    return cells
