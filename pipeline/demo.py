@@ -1,0 +1,67 @@
+"""The embedded default: its config, and the checks that only a planted world allows.
+
+The demo's tiny CLIP was pretrained on chosen class frequencies (written next to its
+checkpoint), so the estimated π_p can be judged against the truth — something the
+paper could not check on web data. Everything shown is read from the result tables.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.config import Config, load_config
+
+CONFIG = Path(__file__).resolve().parent / "demo.toml"
+ASSETS = Path(__file__).resolve().parent.parent / "extract" / "demo" / "assets"
+
+
+def demo_config(store: str | Path, *, limit_per_class: int | None = None, workers: int | None = None) -> Config:
+    """The packaged demo config with the store (and optionally a smaller world) chosen."""
+    config = load_config(CONFIG, {"store": str(Path(store).resolve())})
+    if workers is not None:
+        config.compute.workers = workers
+    if limit_per_class is not None:
+        for d in config.datasets:
+            d.limit_per_class = limit_per_class
+    return config
+
+
+def true_frequencies(assets: Path = ASSETS) -> pl.DataFrame:
+    """dataset, class_name, true_count: the pretraining label frequencies of the tiny CLIP."""
+    doc = json.loads((assets / "pretrain_frequencies.json").read_text())
+    return pl.DataFrame(
+        [
+            {"dataset": ds, "class_name": name, "true_count": v["count"]}
+            for ds, classes in doc.items()
+            for name, v in classes.items()
+        ]
+    )
+
+
+def accuracy_table(results: Path) -> pl.DataFrame:
+    """method × dataset accuracy on the eval split (rows in the DESIGN's method order)."""
+    from analyze.adjust import METHODS
+
+    s = pl.read_parquet(results / "summary.parquet")
+    wide = s.pivot(on="dataset", index="method", values="accuracy", aggregate_function="first")
+    order = pl.DataFrame({"method": list(METHODS), "_o": range(len(METHODS))})
+    return wide.join(order, on="method", how="left").sort("_o").drop("_o")
+
+
+def prior_agreement(results: Path, truth: pl.DataFrame) -> pl.DataFrame:
+    """Spearman correlation of each estimator's π_p with the true pretraining frequency."""
+    p = pl.read_parquet(results / "priors.parquet").join(truth, on=["dataset", "class_name"])
+    return (
+        p.group_by("model", "dataset", "estimator")
+        .agg(spearman=pl.corr("prior", "true_count", method="spearman"), classes=pl.len())
+        .sort("model", "dataset", "estimator")
+    )
+
+
+def group_gains(results: Path) -> pl.DataFrame:
+    """Head / medium / tail accuracy (thirds by estimated π_p) of zs and ft against gla."""
+    s = pl.read_parquet(results / "summary.parquet").filter(pl.col("method").is_in(["zs", "ft", "gla"]))
+    return s.select("dataset", "method", "acc_head", "acc_medium", "acc_tail").sort("dataset", "method")
