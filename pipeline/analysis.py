@@ -124,29 +124,44 @@ def _check_labels(y: np.ndarray, c: int, locate, split: str, allow_unknown: bool
 
 
 def _check_sample_ids(store: Store, model: str, dataset: str, splits: Iterable[str]) -> None:
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    """Sample ids must be present and unique across the cell's splits.
 
-    arrays, owners = [], []
-    for split in dict.fromkeys(splits):
+    Only a 64-bit hash per row is kept (8 bytes, not the strings), so a multi-million-row
+    cell stays within a worker's memory; rows whose hashes collide are re-read and compared
+    as strings, so a hash collision is never reported as a duplicate.
+    """
+    import polars as pl
+    import pyarrow as pa
+
+    splits = list(dict.fromkeys(splits))
+    hashes, owners = [], []
+    for split in splits:
         for f, ids in store.read_sample_ids(model, dataset, split):
-            arrays.append(ids)
+            col = pl.Series(ids.cast(pa.string()))
+            if col.null_count():
+                raise UserError(f"{f}: column sample_id is missing (null) at row {int(col.is_null().arg_true()[0])}")
+            hashes.append(col.hash(seed=0).to_numpy())
             owners.append((f, len(ids)))
-    if not arrays:
+    if not hashes:
         return
-    allids = pa.concat_arrays([a.cast(pa.string()) for a in arrays])
-    if allids.null_count:
-        i = int(np.flatnonzero(allids.is_null().to_numpy(zero_copy_only=False))[0])
-        f, r = _owner(owners, i)
-        raise UserError(f"{f}: column sample_id is missing (null) at row {r}")
-    if pc.count_distinct(allids).as_py() == len(allids):
+    h = np.concatenate(hashes)
+    hs = np.sort(h)
+    suspects = np.unique(hs[1:][hs[1:] == hs[:-1]])
+    if suspects.size == 0:
         return
-    vc = pc.value_counts(allids)
-    dup = vc.field("values")[int(np.flatnonzero(vc.field("counts").to_numpy() > 1)[0])].as_py()
-    rows = np.flatnonzero(pc.equal(allids, dup).to_numpy(zero_copy_only=False))
-    (f1, r1), (f2, r2) = _owner(owners, int(rows[0])), _owner(owners, int(rows[1]))
-    where = f"rows {r1} and {r2}" if f1 == f2 else f"row {r1} and {f2} row {r2}"
-    raise UserError(f"{f1}: column sample_id has duplicate id {dup!r} ({where})")
+    seen: dict[str, int] = {}
+    row = 0
+    for split in splits:
+        for _, ids in store.read_sample_ids(model, dataset, split):
+            n = len(ids)
+            for i in np.flatnonzero(np.isin(h[row : row + n], suspects)):
+                sid = ids[int(i)].as_py()
+                if sid in seen:
+                    (f1, r1), (f2, r2) = _owner(owners, seen[sid]), _owner(owners, row + int(i))
+                    where = f"rows {r1} and {r2}" if f1 == f2 else f"row {r1} and {f2} row {r2}"
+                    raise UserError(f"{f1}: column sample_id has duplicate id {sid!r} ({where})")
+                seen[sid] = row + int(i)
+            row += n
 
 
 def _owner(owners, i: int):

@@ -393,14 +393,10 @@ class Store:
                 )
                 offset += n
 
-    def read_sample_ids(self, model: str, dataset: str, split: str) -> list[tuple[Path, pa.Array]]:
-        """Per part file, its sample_id column (cheap: one string column)."""
-        info = self.split_info(model, dataset, split)
-        out = []
-        for f in info.files:
-            col = pq.read_table(f, columns=["sample_id"]).column("sample_id")
-            out.append((f, col.combine_chunks()))
-        return out
+    def read_sample_ids(self, model: str, dataset: str, split: str) -> Iterator[tuple[Path, pa.Array]]:
+        """Per part file, its sample_id column, one file at a time (bounded memory)."""
+        for f in self.split_info(model, dataset, split).files:
+            yield f, pq.read_table(f, columns=["sample_id"]).column("sample_id").combine_chunks()
 
     # ---- class counts
     def read_class_counts(self, dataset: str) -> ClassCounts | None:
