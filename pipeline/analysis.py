@@ -11,7 +11,6 @@ Bad input raises ``UserError`` with one line naming the file and column.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
 import os
@@ -405,48 +404,19 @@ def calibration_table(model: str, dataset: str, split: str, tallies: dict) -> An
 # --------------------------------------------------------------------------- many cells
 
 
-def parse_only(text: str) -> tuple[str, str]:
-    """'model=a,dataset=b' (either part optional; shell-style patterns) -> (model, dataset)."""
-    out = {"model": "*", "dataset": "*"}
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        k, sep, v = item.partition("=")
-        k = k.strip()
-        if not sep or k not in out or not v.strip():
-            raise UserError(f"--only: expected model=NAME,dataset=NAME, got {text!r}")
-        out[k] = v.strip()
-    return out["model"], out["dataset"]
-
-
-def _normalise_only(only) -> list[tuple[str, str]] | None:
-    if only is None:
-        return None
-    if isinstance(only, str):
-        return [parse_only(only)]
-    if isinstance(only, dict):
-        return [(only.get("model") or "*", only.get("dataset") or "*")]
-    if isinstance(only, tuple) and len(only) == 2 and all(isinstance(x, str) for x in only):
-        return [only]
-    out = []
-    for o in only:
-        out.extend(_normalise_only(o) or [])
-    return out
-
-
 def select_cells(store: Store, only=None) -> list[tuple[str, str]]:
+    """The store's cells that ``only`` (``--only`` text, a list of them, or a CellFilter) keeps."""
+    from pipeline.config import CellFilter
+
     cells = store.cells()
     if not cells:
         raise UserError(f"{store.logits_dir}: no cells (import or extract logits first)")
-    pats = _normalise_only(only)
-    if pats:
-        chosen = [
-            (m, d) for m, d in cells
-            if any(fnmatch.fnmatchcase(m, pm) and fnmatch.fnmatchcase(d, pd) for pm, pd in pats)
-        ]
-        if not chosen:
-            have = ", ".join(f"model={m},dataset={d}" for m, d in cells)
-            raise UserError(f"--only matched no cell (cells: {have})")
-        return chosen
-    return cells
+    filt = only if isinstance(only, CellFilter) else CellFilter(only)
+    chosen = [(m, d) for m, d in cells if filt.keeps(m, d)]
+    if not chosen:
+        have = ", ".join(f"model={m},dataset={d}" for m, d in cells)
+        raise UserError(f"--only matched no cell (cells: {have})")
+    return chosen
 
 
 class AnalyzeResults(list):

@@ -8,8 +8,10 @@ and what was expected, in one line. ``extract`` receives the specs as plain dict
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -152,24 +154,34 @@ class Config(_Strict):
 
 
 class CellFilter:
-    """``--only model=a,dataset=b`` (each key may repeat; a missing key keeps all)."""
+    """``--only model=a,dataset=b``: which cells a command touches.
 
-    def __init__(self, text: str | None):
-        self.models: set[str] = set()
-        self.datasets: set[str] = set()
-        for item in filter(None, (text or "").split(",")):
-            key, sep, value = item.partition("=")
-            if not sep or key.strip() not in ("model", "dataset") or not value.strip():
-                raise UserError(f"option --only: expected model=NAME,dataset=NAME, got {item!r}")
-            (self.models if key.strip() == "model" else self.datasets).add(value.strip())
+    Values are shell patterns (``model=vit*``); a key may repeat within one clause, and a
+    missing key keeps all. Several clauses (a repeated ``--only``) keep the union.
+    """
+
+    def __init__(self, clauses: str | Sequence[str] | None):
+        if isinstance(clauses, str):
+            clauses = [clauses]
+        self.clauses: list[tuple[set[str], set[str]]] = []
+        for text in clauses or []:
+            models: set[str] = set()
+            datasets: set[str] = set()
+            for item in filter(None, (s.strip() for s in text.split(","))):
+                key, sep, value = item.partition("=")
+                if not sep or key.strip() not in ("model", "dataset") or not value.strip():
+                    raise UserError(f"option --only: expected model=NAME,dataset=NAME, got {item!r}")
+                (models if key.strip() == "model" else datasets).add(value.strip())
+            self.clauses.append((models, datasets))
 
     def keeps(self, model: str, dataset: str) -> bool:
-        return (not self.models or model in self.models) and (
-            not self.datasets or dataset in self.datasets
-        )
+        def hit(patterns: set[str], name: str) -> bool:
+            return not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+        return not self.clauses or any(hit(m, model) and hit(d, dataset) for m, d in self.clauses)
 
     def __bool__(self) -> bool:
-        return bool(self.models or self.datasets)
+        return any(m or d for m, d in self.clauses)
 
 
 def _resolve(value: str, base: Path, maybe_tag: bool = False) -> str:

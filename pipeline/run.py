@@ -193,18 +193,6 @@ def import_train_counts(store: Path, dataset: dict) -> bool:
 # --------------------------------------------------------------------------- run
 
 
-def _cell_filter(config: Any, only: Any):
-    from pipeline.config import CellFilter
-
-    if only is None or isinstance(only, CellFilter):
-        return only
-    if isinstance(only, str):
-        return CellFilter(only)
-    if isinstance(only, dict):
-        return CellFilter(",".join(f"{k}={v}" for k, v in only.items() if v))
-    raise UserError(f"--only: expected model=NAME,dataset=NAME, got {only!r}")
-
-
 def analysis_options(config: Any) -> Any:
     from pipeline.analysis import AnalyzeOptions
 
@@ -224,7 +212,7 @@ def run_config(
     runner: Any = None,
 ) -> RunSummary:
     """Run ``stages`` for every (selected) cell of ``config`` that needs it."""
-    from pipeline.config import model_dict
+    from pipeline.config import CellFilter, model_dict
     from pipeline.incremental import analyze_cells
     from pipeline.lock import store_lock
     from pipeline.runner import CellError, Runner
@@ -235,7 +223,7 @@ def run_config(
     t0 = time.perf_counter()
     store = Path(config.store)
     summary = RunSummary(store=store)
-    filt = _cell_filter(config, only)
+    filt = only if isinstance(only, CellFilter) else CellFilter(only)
     pairs = config.cells(filt)
     if not pairs:
         what = "--only matched no model × dataset pair" if filt else "the config has no model × dataset pair"

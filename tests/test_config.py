@@ -78,3 +78,10 @@ def test_missing_and_broken_files(tmp_path):
         load_config(tmp_path / "nope.toml")
     with pytest.raises(UserError, match="not valid TOML"):
         load_config(write(tmp_path, "store = "))
+
+
+def test_only_takes_patterns_and_repeated_clauses():
+    f = CellFilter(["model=vit*,dataset=places", "model=rn50"])
+    assert f.keeps("vitb32", "places") and not f.keeps("vitb32", "inat")
+    assert f.keeps("rn50", "inat") and not f.keeps("convnext", "places")
+    assert not CellFilter(None) and CellFilter(None).keeps("any", "cell")
