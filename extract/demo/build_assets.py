@@ -209,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=ASSETS)
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--ft-epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=60)
+    p.add_argument("--ft-epochs", type=int, default=15)
     args = p.parse_args(argv)
     torch.manual_seed(world.SEED)
     torch.set_num_threads(2)
