@@ -176,3 +176,29 @@ def test_reduced_demo_end_to_end(tmp_path, capsys):
     assert main(["demo", "--store", str(store), "--workers", "0", "--limit-per-class", "30",
                  "--no-progress"]) == 0
     assert (store / "results" / "summary.parquet").stat().st_mtime_ns == before
+
+
+def test_full_demo_shows_what_gla_is_for(tmp_path):
+    """The committed world, run in full: the claims the README makes about it."""
+    import polars as pl
+
+    from pipeline.run import run_config
+
+    config = demo.demo_config(tmp_path / "store", workers=0)
+    assert run_config(config, progress=False, quiet=True).ok
+    results = tmp_path / "store" / "results"
+    acc = {(r["dataset"], r["method"]): r["accuracy"]
+           for r in pl.read_parquet(results / "summary.parquet").iter_rows(named=True)}
+    for ds in ("fashion", "animals"):
+        assert acc[ds, "zs_debiased"] > acc[ds, "zs"]
+        for baseline in ("zs", "ft", "ensemble"):
+            assert acc[ds, "gla"] > acc[ds, baseline], (ds, baseline)
+    agreement = demo.prior_agreement(results, demo.true_frequencies()).filter(pl.col("estimator") == "gla")
+    assert (agreement["spearman"] >= 0.8).all(), agreement
+    groups = demo.group_gains(results)
+    for ds in ("fashion", "animals"):
+        g = groups.filter(pl.col("dataset") == ds)
+        zs = g.filter(pl.col("method") == "zs").row(0, named=True)
+        gla = g.filter(pl.col("method") == "gla").row(0, named=True)
+        gains = {k: gla[k] - zs[k] for k in ("acc_head", "acc_medium", "acc_tail")}
+        assert max(gains, key=gains.get) == "acc_tail", (ds, gains)
