@@ -38,9 +38,9 @@ from typing import Any
 
 from extract import cellformat as cf
 from pipeline.errors import UserError
+from pipeline.results import COLUMNS, TABLES
 
 CACHE_VERSION = 1
-TABLES = ("summary", "per_class", "priors", "calibration")
 KEY_FILE = "key.json"
 COMBINED_FILE = "_combined.json"  # in results/cells/: which cell caches the tables hold
 _CODE_FILES = ("pipeline/analysis.py", "pipeline/store.py", "pipeline/incremental.py")
@@ -276,7 +276,7 @@ def combine(store_root: str | Path, cells: Sequence[Cell], keys: dict[Cell, str]
             old = json.loads(marker.read_text())
         except ValueError:
             old = None
-        if old == doc and all(_readable(results / f"{n}.parquet") for n in TABLES[:3]):
+        if old == doc and all(_readable(results / f"{n}.parquet") for n in COLUMNS):
             return False
     marker.unlink(missing_ok=True)
     # All tables go to temporary files first; only when every one is written are they

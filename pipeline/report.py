@@ -31,6 +31,7 @@ from typing import Any
 
 from extract import cellformat as cf
 from pipeline.errors import UserError
+from pipeline.results import TABLES
 
 METHOD_ORDER = ("zs", "zs_debiased", "ft", "ft_la", "ensemble", "gla")
 METHOD_LABEL = {
@@ -49,7 +50,6 @@ METHOD_COLOR = {
     "ensemble": "#8172b3",
     "gla": "#c44e52",
 }
-TABLES = ("summary", "per_class", "priors", "calibration")
 REPORT_VERSION = 1
 DEFAULT_MAX_CELLS = 60
 
