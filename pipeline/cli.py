@@ -26,7 +26,11 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gla", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="gla",
+        description="Audit and de-bias CLIP-style models with Generalized Logit Adjustment, "
+        "from cached logits.",
+    )
     parser.add_argument("--version", action="version", version=f"gla-pipeline {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
