@@ -375,10 +375,8 @@ def _draw(spec: dict[str, Any], pool: Pool, idx: np.ndarray, drawn_specs: dict[s
     """Indices (into the pool, in pool order) of each drawn split."""
     where = f"datasets[{spec['name']!r}]"
     rng = np.random.default_rng(int(spec.get("seed") or 0))
-    available = np.ones(len(pool.labels), dtype=bool)
-    mask = np.zeros(len(pool.labels), dtype=bool)
-    mask[idx] = True
-    available &= mask
+    available = np.zeros(len(pool.labels), dtype=bool)  # the (limited) pool not yet drawn
+    available[idx] = True
     out: dict[str, np.ndarray] = {}
     rest_name = None
     for name, s in drawn_specs.items():

@@ -10,13 +10,15 @@ the same config computes, so a later ``gla extract`` finds the cell complete.
 CLI: ``gla extract CONFIG --from-embeddings`` (after editing ``templates`` or
 ``class_names`` in the config).
 
-Class names must keep their count (labels and ft logits index them). zs values differ
-from an extraction from images by the float16 rounding of the stored embedding
+Class names must keep their count and order (labels and ft logits index them): a
+renaming is fine, a reordering of the same names is refused. zs values differ from an
+extraction from images by the float16 rounding of the stored embedding
 (|Δ| ≲ 1e-3 · logit_scale).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
@@ -43,10 +45,17 @@ def rezero_cell(
     from extract.zeroshot import logit_params, zeroshot_head, zs_from_embeddings
 
     cell = cf.cell_dir(store, model["name"], dataset["name"])
-    splits = cf.sealed_splits(cell) if cell.is_dir() else []
+    manifests = {s: cf.read_manifest(cell, s) for s in cf.sealed_splits(cell)} if cell.is_dir() else {}
+    # A split a killed run left unsealed mid-rewrite: its old manifest was kept aside.
+    for j in sorted(cell.glob(".rezero-*.json")) if cell.is_dir() else []:
+        split = j.name[len(".rezero-") : -len(".json")]
+        if split in manifests:
+            j.unlink(missing_ok=True)  # sealed again meanwhile (e.g. by `gla extract`)
+        else:
+            manifests[split] = json.loads(j.read_text())
+    splits = sorted(manifests)
     if not splits:
         raise ExtractError(f"cell {cell} has no sealed split: run `gla extract` first")
-    manifests = {s: cf.read_manifest(cell, s) for s in splits}
     first = next((m["parts"][0]["file"] for m in manifests.values() if m["parts"]), None)
     if first is None:
         raise ExtractError(f"cell {cell} has no rows")
@@ -65,6 +74,13 @@ def rezero_cell(
         raise ExtractError(
             f"datasets[{dataset['name']!r}].class_names has {len(class_names)} names, "
             f"the cell {cell} has {len(old_names)} classes"
+        )
+    if class_names != old_names and sorted(class_names) == sorted(old_names):
+        # An extraction maps a reordered list onto the labels (imagefolder folders,
+        # manifest label names); the stored labels and ft columns keep the old order.
+        raise ExtractError(
+            f"datasets[{dataset['name']!r}].class_names reorders the classes of {cell}: "
+            "labels and ft logits follow the old order; re-extract from images"
         )
     templates = load_templates(model.get("templates") or "simple")
     components.update(class_names=class_names, templates_hash=templates_hash(templates))
@@ -99,10 +115,14 @@ def rezero_cell(
                 t.column("sample_id").to_pylist(), split, t.column("label").to_numpy(), zs, ft,
                 emb, metadata=new_meta, dtype=dtype))
             summary["rows"] += t.num_rows
-        # Unseal first: readers never see a mix of old and new parts.
+        # Unseal first: readers never see a mix of old and new parts. The old manifest
+        # stays aside until the split is sealed again, so a killed run resumes.
+        journal = cell / f".rezero-{split}.json"
+        cf.atomic_write_bytes(journal, json.dumps(m).encode())
         cf.manifest_path(cell, split).unlink(missing_ok=True)
         names = [cf.write_part(cell, split, i, t).name for i, t in enumerate(tables)]
         cf.write_manifest(cell, split, names, extra={"cell_key": key})
+        journal.unlink()
     summary["status"] = "written"
     log.info("%s: zs recomputed from image embeddings for %d rows", cell, summary["rows"])
     return summary

@@ -208,6 +208,17 @@ def main_thread_budget(device: str, num_workers: int) -> int:
     return max(1, cores - num_workers)
 
 
+def use_cuda_device(device: str) -> None:
+    """Make an indexed CUDA device (``cuda:<LOCAL_RANK>``) the current one. The
+    DataLoader pins memory on the current device, which is otherwise cuda:0 in every
+    process: each rank would open a context on GPU 0."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev)
+
+
 def _make_loader(dataset: _ImageDataset, batches: list[list[int]], num_workers: int, pin: bool):
     import multiprocessing
 
@@ -359,6 +370,7 @@ def _run_parts(store, cell: Path, model: dict[str, Any], dataset_name: str, sour
 
     t0 = time.perf_counter()
     device = resolve_device(device)
+    use_cuda_device(device)
     loaded = load_model(model, device=device, precision=opts["precision"])
     class_names = source.class_names
     head_np = zeroshot_head(loaded, class_names, templates, store)

@@ -10,7 +10,8 @@ everything the outputs depend on:
   (``Store.content_key``);
 - the analysis options (canonical JSON; a target-prior file by its content hash);
 - the schema version, this cache's format version and a hash of the analysis code
-  (``analyze/*.py``, ``pipeline/analysis.py``, ``pipeline/store.py``).
+  (``analyze/*.py``, ``pipeline/analysis.py``, ``pipeline/store.py``,
+  ``pipeline/incremental.py``).
 
 A rerun computes the keys (reads a few small JSON files per cell, no logits), skips
 every cell whose cache carries its key and recomputes only the rest, fanned out over

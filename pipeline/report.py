@@ -11,8 +11,8 @@ accuracy against the estimated pretraining prior π_p (log x, as in the GLA pape
 figure), the estimated prior against the downstream training distribution, and a
 reliability diagram.
 
-The report is rebuilt only when the tables change (``report/_key.json`` holds a hash of
-the tables and of this code), so a no-change rerun is instant.
+The report is rebuilt only when the tables change (``report/.index.html.key.json`` holds a
+hash of the tables and of this code), so a no-change rerun is instant.
 """
 
 from __future__ import annotations
@@ -123,8 +123,7 @@ def load_tables(store: str | os.PathLike) -> ReportData:
 
 def tables_key(store: str | os.PathLike) -> str:
     """Hash of the tables' bytes and this module's code: the report's content key."""
-    h = hashlib.sha256(f"report={REPORT_VERSION}".encode())
-    h.update(Path(__file__).read_bytes())
+    h = hashlib.sha256(f"report={REPORT_VERSION};code={_code_digest()}".encode())
     res = Path(store) / "results"
     for name in TABLES:
         p = res / f"{name}.parquet"

@@ -256,7 +256,7 @@ def run_config(
                     if f"{m}/{d}" not in failed_keys:
                         summary.failed.append(CellError(f"{m}/{d}", "no logits in the store (extract it first)"))
                 selected = [c for c in summary.cells if c in have]
-                if selected or have:
+                if have:  # selected ⊆ have; none selected: the tables keep the last results
                     summary.analysis = analyze_cells(
                         store, analysis_options(config), cells=selected, runner=runner, force=force, log=log
                     )

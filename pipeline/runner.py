@@ -194,7 +194,6 @@ class Runner:
         self._log = log
         self.client: Any = None
         self.cluster: Any = None
-        self._started = False
         self._stack = contextlib.ExitStack()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -229,7 +228,6 @@ class Runner:
         opts = self.opts
         if self.client is not None or (not opts.scheduler and opts.workers == 0):
             return self
-        self._started = True
         from dask.distributed import Client, LocalCluster
 
         threads = opts.threads_per_worker

@@ -403,6 +403,10 @@ def test_from_embeddings_new_templates_without_images(tiny_clip, tmp_path):
     assert rezero_cell(tmp_path / "s", new_spec, folder_ds(images))["status"] == "skipped"
     with pytest.raises(ExtractError, match="has 2 names"):
         rezero_cell(tmp_path / "s", new_spec, folder_ds(images, class_names=["a", "b"]))
+    # A reordering of the same names would remap the labels in an extraction: refused.
+    with pytest.raises(ExtractError, match="reorders the classes"):
+        rezero_cell(tmp_path / "s", new_spec, folder_ds(images, class_names=CLASSES[::-1]))
+    assert read_cell(tmp_path / "s")["test"].equals(got, check_metadata=True)
 
 
 def test_extract_never_imports_pipeline():
@@ -447,3 +451,53 @@ def test_precision_and_device_options(tiny_clip, tmp_path):
     if not torch.cuda.is_available():
         assert a.equals(b, check_metadata=True)  # the same cell: fp32 on a CPU
         assert cf.table_metadata(b.schema)["precision"] == "fp32"
+
+
+def test_indexed_cuda_device_becomes_current(monkeypatch):
+    """Pinned memory goes to the current CUDA device: a rank's cuda:<k> must be it."""
+    import torch
+
+    from extract.run import use_cuda_device
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(torch.device(d)))
+    use_cuda_device("cpu")
+    use_cuda_device("cuda")  # no index: whatever is current stays
+    assert calls == []
+    use_cuda_device("cuda:1")
+    assert calls == [torch.device("cuda", 1)]
+
+
+def test_from_embeddings_killed_mid_split_resumes(tiny_clip, tmp_path, monkeypatch):
+    import shutil
+
+    from extract.reembed import rezero_cell
+
+    tc = tiny_clip
+    spec = tc.model_spec(finetuned={"imgs": str(tc.finetuned)})
+    extract_cell(tmp_path / "a", spec, folder_ds(tc.images), OPTS, progress=False)  # 3 parts
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    tfile = tmp_path / "t.txt"
+    tfile.write_text("art of the {}.\n")
+    new_spec = {**spec, "templates": str(tfile)}
+    rezero_cell(tmp_path / "b", new_spec, folder_ds(tc.images))
+
+    real, calls = cf.write_part, []
+
+    def die_on_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed (simulated)")
+        return real(*a, **k)
+
+    monkeypatch.setattr(cf, "write_part", die_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        rezero_cell(tmp_path / "a", new_spec, folder_ds(tc.images))
+    monkeypatch.setattr(cf, "write_part", real)
+    cell = cf.cell_dir(tmp_path / "a", "tiny", "imgs")
+    assert cf.sealed_splits(cell) == []  # never half-sealed: one new part, two old ones
+    info = rezero_cell(tmp_path / "a", new_spec, folder_ds(tc.images))
+    assert info["status"] == "written" and info["rows"] == 12
+    assert read_cell(tmp_path / "a")["test"].equals(read_cell(tmp_path / "b")["test"], check_metadata=True)
+    assert not list(cell.glob(".rezero-*"))
+    assert rezero_cell(tmp_path / "a", new_spec, folder_ds(tc.images))["status"] == "skipped"
