@@ -187,6 +187,14 @@ def _lbfgs_direction(g, h0, hist):
     return -r
 
 
+_TINY = 1e-300  # floor of ŝ in the MM step and the gap (ŝ_k can underflow to exactly 0)
+
+
+def _gap(g: np.ndarray, shat: np.ndarray) -> float:
+    """Estimated distance to the optimum, ½ Σ g²/ŝ (the Newton decrement, diagonal curvature)."""
+    return 0.5 * float(g @ (g / np.maximum(shat, _TINY)))
+
+
 def _solve_matching(ev: _BiasedSoftmax, p: np.ndarray, tol: float, max_iter: int, memory: int = 12):
     """Minimise F(b) = mean lse(z − b) + p·b, i.e. solve mean softmax(z − b) = p.
 
@@ -202,12 +210,14 @@ def _solve_matching(ev: _BiasedSoftmax, p: np.ndarray, tol: float, max_iter: int
     f = lse + p @ b
     g = p - shat
     hist: deque = deque(maxlen=memory)
-    gap = 0.5 * float(g @ (g / shat))
+    gap = _gap(g, shat)
     it = 0
     message = ""
     while gap > tol and it < max_iter:
         it += 1
-        mm = np.log(shat) - logp
+        # A class whose every softmax weight underflowed in float32 has ŝ_k = 0: a finite
+        # (large) MM step, which the line search then shortens, instead of log 0 = −inf.
+        mm = np.log(np.maximum(shat, _TINY)) - logp
         if np.abs(mm).max() > 1.0 or not hist:
             d = mm
         else:
@@ -235,7 +245,7 @@ def _solve_matching(ev: _BiasedSoftmax, p: np.ndarray, tol: float, max_iter: int
         if sy > 1e-12 * float(sv @ sv):
             hist.append((sv, yv, 1.0 / sy))
         b, f, g, shat = b_new, f_new, g_new, shat_new
-        gap = 0.5 * float(g @ (g / shat))
+        gap = _gap(g, shat)
     converged = gap <= tol
     if not converged and not message:
         message = f"stopped at max_iter={max_iter} with estimated gap {gap:.2e} > tol {tol:.0e}"
@@ -263,12 +273,9 @@ class _Problem:
 
 
 def _est_gla(pb: _Problem, **_):
-    b, it, _, conv, msg = _solve_matching(pb.ev, pb.p, pb.tol, _default(pb.max_iter, 500))
+    max_iter = 500 if pb.max_iter is None else int(pb.max_iter)
+    b, it, _, conv, msg = _solve_matching(pb.ev, pb.p, pb.tol, max_iter)
     return np.exp(_center(b + pb.shift)), it, conv, msg
-
-
-def _default(value, default: int) -> int:
-    return default if value is None else int(value)
 
 
 def _est_reference(pb: _Problem, lr=None, **_):
@@ -300,8 +307,7 @@ def _est_reference(pb: _Problem, lr=None, **_):
             )
         q = q_new
     _, shat = ev(np.log(q) - pb.shift)
-    g = p - shat
-    gap = 0.5 * float(g @ (g / shat))
+    gap = _gap(p - shat, shat)
     conv = gap <= pb.tol
     msg = "" if conv else f"ran {iters} iterations (lr={lr:.3g}); estimated gap {gap:.2e} > tol {pb.tol:.0e}"
     return q / q.sum(), iters, conv, msg
@@ -363,10 +369,10 @@ def _est_prior_matching(pb: _Problem, **_):
 
     The fixed point of Saerens et al. (2002) EM read the other way round: EM re-estimates
     an unknown target prior given a known training prior; here the set's label
-    distribution is known (default uniform) and the model's own bias is the unknown.
+    distribution is known (default uniform) and the model's own bias is the unknown. The
+    solve is the GLA one; only the target p differs (set by ``estimate_pretrain_prior``).
     """
-    b, it, _, conv, msg = _solve_matching(pb.ev, pb.p, pb.tol, _default(pb.max_iter, 500))
-    return np.exp(_center(b + pb.shift)), it, conv, msg
+    return _est_gla(pb)
 
 
 ESTIMATORS: dict[str, Callable] = {

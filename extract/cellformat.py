@@ -60,8 +60,10 @@ def cell_dir(store: str | os.PathLike, model: str, dataset: str) -> Path:
     return Path(store) / "logits" / check_name(model, "model") / check_name(dataset, "dataset")
 
 
-def part_name(split: str, index: int) -> str:
-    return f"part-{check_name(split, 'split')}-{index:05d}.parquet"
+def part_name(split: str, index: int, tag: str = "") -> str:
+    """``part-<split>-<NNNNN>.parquet``; with ``tag``, ``part-<split>-<tag>-<NNNNN>.parquet``."""
+    middle = f"{tag}-" if tag else ""
+    return f"part-{check_name(split, 'split')}-{middle}{index:05d}.parquet"
 
 
 def manifest_path(cell: str | os.PathLike, split: str) -> Path:
@@ -151,9 +153,14 @@ def row_group_rows(table: pa.Table, target_bytes: int = ROW_GROUP_BYTES) -> int:
 
 
 def write_part(
-    cell: str | os.PathLike, split: str, index: int, table: pa.Table, row_group_size: int | None = None
+    cell: str | os.PathLike,
+    split: str,
+    index: int,
+    table: pa.Table,
+    row_group_size: int | None = None,
+    tag: str = "",
 ) -> Path:
-    path = Path(cell) / part_name(split, index)
+    path = Path(cell) / part_name(split, index, tag)
     # No dictionary for float lists: it only costs time on logits.
     atomic_write_table(
         path,
@@ -197,9 +204,15 @@ def write_manifest(
 def write_split(
     cell: str | os.PathLike, split: str, tables: Sequence[pa.Table]
 ) -> Path:
-    """Replace a whole split: write its parts, seal it, then drop parts no longer listed."""
+    """Replace a whole split: write its parts, seal it, then drop parts no longer listed.
+
+    When the split exists already, the new parts get names of their own (a fresh tag), so
+    until the new manifest is in place the old one still lists intact old parts: a crash
+    at any point leaves the split either as it was or as it is meant to be.
+    """
     cell = Path(cell)
-    written = [write_part(cell, split, i, t).name for i, t in enumerate(tables)]
+    tag = uuid.uuid4().hex[:8] if manifest_path(cell, split).exists() else ""
+    written = [write_part(cell, split, i, t, tag=tag).name for i, t in enumerate(tables)]
     manifest = write_manifest(cell, split, written)
     keep = set(written)
     for old in cell.glob(f"part-{split}-*.parquet"):

@@ -27,7 +27,6 @@ from pipeline.errors import UserError
 from pipeline.store import DEFAULT_BATCH_ROWS, SplitData, SplitInfo, Store
 
 LABEL_FREE_ESTIMATORS = frozenset({"prior-matching", "batch-calibration"})
-TEMPERATURES = ("confidence", "nll")
 
 
 @dataclass(frozen=True)
@@ -175,6 +174,8 @@ def _load_target_prior(path: str, c: int) -> np.ndarray:
     from pipeline.importer import load_array
 
     arr, where = load_array(path, "target prior", 1)
+    if arr.dtype.kind not in "iuf":
+        raise UserError(f"{where}: target prior must be numbers, got dtype {arr.dtype}")
     arr = arr.astype(np.float64)
     if len(arr) != c:
         raise UserError(f"{where}: target prior has {len(arr)} values but the cell has {c} classes")
@@ -308,6 +309,13 @@ def analyze_cell(
                 f"{model}/{dataset} has {c}"
             )
         counts = counts_obj.counts
+        empty = np.flatnonzero(counts + options.smoothing == 0)
+        if len(empty):  # log π_s would be −inf; name the counts file and the option, not the fit split
+            k = int(empty[0])
+            raise UserError(
+                f"{counts_obj.path}: column count is 0 for class {k} ({info.class_names[k]!r}); "
+                "log π_s is -inf: pass --smoothing > 0"
+            )
     target = _load_target_prior(options.target_prior, c) if options.target_prior else None
 
     _check_sample_ids(store, model, dataset, (fit_split, eval_split))

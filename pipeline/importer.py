@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -167,26 +166,49 @@ def load_array(spec: str | os.PathLike, what: str, ndim: int) -> tuple[np.ndarra
     return arr, where
 
 
+_INT_LIMIT = 2**53  # integers beyond this are not exact in float64 (and no class index or count)
+
+
+def _as_int64(a: np.ndarray, where: str, what: str) -> np.ndarray:
+    """Integer-valued 1-D numbers as int64; UserError (one line) for anything else.
+
+    Checked before the cast, so NaN, ±Inf and huge values are reported as such rather
+    than turned into garbage integers (with a numpy warning on stderr).
+    """
+    if a.dtype.kind not in "iuf":
+        raise UserError(f"{where}: {what} must be integers, got dtype {a.dtype}")
+    if a.dtype.kind in "uf":
+        bad = ~np.isfinite(a) | (np.abs(a) > _INT_LIMIT) if a.dtype.kind == "f" else a > _INT_LIMIT
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise UserError(f"{where}: {what} must be finite integers within ±2^53 (value {a[i]} at row {i})")
+        if a.dtype.kind == "f" and (a != np.round(a)).any():
+            raise UserError(f"{where}: {what} must be integers (found non-integer values)")
+    return a.astype(np.int64)
+
+
 def load_labels(spec: str | os.PathLike) -> tuple[np.ndarray, str]:
     y, where = load_array(spec, "labels", 1)
-    if y.dtype.kind == "b" or y.dtype.kind not in "iuf":
-        raise UserError(f"{where}: labels must be integers, got dtype {y.dtype}")
-    if y.dtype.kind == "f":
-        if not np.isfinite(y).all() or (y != np.round(y)).any():
-            raise UserError(f"{where}: labels must be integers (found non-integer values)")
-    return y.astype(np.int64), where
+    return _as_int64(y, where, "labels"), where
 
 
 def load_logits(spec: str | os.PathLike, what: str) -> tuple[np.ndarray, str]:
     x, where = load_array(spec, f"{what} logits", 2)
     if x.dtype.kind not in "iuf":
         raise UserError(f"{where}: {what} logits must be numbers, got dtype {x.dtype}")
-    if x.dtype not in (np.float16, np.float32):
-        x = x.astype(np.float32)
     bad = ~np.isfinite(x)
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise UserError(f"{where}: {what} logits have NaN/Inf (first at row {r}, class {c})")
+    if x.dtype not in (np.float16, np.float32):
+        with np.errstate(over="ignore"):
+            x = x.astype(np.float32)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise UserError(
+                f"{where}: {what} logits exceed the float32 range (first at row {r}, class {c})"
+            )
     return x, where
 
 
@@ -388,7 +410,7 @@ def _read_counts_csv(path: Path) -> dict[int, int]:
             v = float(r[cc])
         except (ValueError, IndexError):
             raise UserError(f"{path}: line {lineno}: expected integers class_index,count") from None
-        if v != int(v):
+        if not (abs(v) <= _INT_LIMIT and v == int(v)):  # also NaN and ±Inf
             raise UserError(f"{path}: line {lineno}: column count must be an integer")
         if k in out:
             raise UserError(f"{path}: line {lineno}: class_index {k} appears twice")
@@ -432,11 +454,7 @@ def import_counts(
         where = f"{path}: column count"
     else:
         raw, where = load_array(counts, "counts", 1)
-        if raw.dtype.kind not in "iuf" or (
-            raw.dtype.kind == "f" and (not np.isfinite(raw).all() or (raw != np.round(raw)).any())
-        ):
-            raise UserError(f"{where}: counts must be integers")
-        arr = raw.astype(np.int64)
+        arr = _as_int64(raw, where, "counts")
     if (arr < 0).any():
         raise UserError(f"{where}: counts must be >= 0 (class {int(np.flatnonzero(arr < 0)[0])})")
     if len(arr) < 2:
@@ -455,7 +473,3 @@ def import_counts(
         names = list(known_names) if known_names else [f"class_{i}" for i in range(len(arr))]
     out = store.write_class_counts(dataset, arr, names)
     return {"path": str(out), "classes": len(arr), "total": int(arr.sum())}
-
-
-def describe(info: dict, extra: Sequence[str] = ()) -> str:
-    return ", ".join(f"{k}={v}" for k, v in info.items() if k not in extra)

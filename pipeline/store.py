@@ -207,16 +207,16 @@ class Store:
             )
         try:
             doc = json.loads(mpath.read_text())
-            entries = doc["parts"]
-        except (ValueError, KeyError, TypeError) as e:
+            entries = [(str(e["file"]), int(e.get("rows", 0))) for e in doc["parts"]]
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise UserError(f"{mpath}: unreadable manifest ({e})") from None
         files, part_rows = [], []
-        for e in entries:
-            f = cell / e["file"]
+        for name, rows in entries:
+            f = cell / name
             if not f.exists():
-                raise UserError(f"{mpath}: lists part {e['file']} which is missing")
+                raise UserError(f"{mpath}: lists part {name} which is missing")
             files.append(f)
-            part_rows.append(int(e.get("rows", 0)))
+            part_rows.append(rows)
         if not files:
             raise UserError(f"{mpath}: lists no parts")
         schema = pq.read_schema(files[0])
@@ -244,9 +244,10 @@ class Store:
             )
         if not names:
             names = tuple(f"class_{i}" for i in range(width))
+        logit_cols = [c for c in ("zs", "ft") if c in schema.names]
         for f in files[1:]:
             s = pq.read_schema(f)
-            if s.names != schema.names or s.field("zs").type != schema.field("zs").type:
+            if s.names != schema.names or any(s.field(c).type != schema.field(c).type for c in logit_cols):
                 raise UserError(f"{f}: columns differ from {files[0].name} in the same split")
         dtype = str(schema.field("zs").type.value_type)
         return SplitInfo(

@@ -174,7 +174,7 @@ def test_fit_on_eval_refused_unless_allowed(world, capsys):
 
 
 def test_options_pass_through(world, capsys, tmp_path):
-    store, _, _ = world
+    store, _, counts = world
     np.save(tmp_path / "uniform.npy", np.ones(C))
     base = ["analyze", "--store", store, "--only", "model=m1", "--quiet"]
     assert _gla(capsys, *base)[0] == 0
@@ -192,8 +192,16 @@ def test_options_pass_through(world, capsys, tmp_path):
     for t in ("confidence", "nll"):
         code, _, err = _gla(capsys, *base, "--temperature", t)
         assert code == 0, (t, err)
+        # the fitted temperature is recorded, and the zs NLL is scored at that temperature
+        temp = pl.read_parquet(store / "results" / "priors.parquet")["temperature"].unique()
+        assert temp.len() == 1 and temp[0] != 1.0, t
+        scaled = pl.read_parquet(store / "results" / "summary.parquet").sort("method")
+        assert scaled["nll"].to_list() != plain["nll"].to_list(), t
     code, _, err = _gla(capsys, *base, "--smoothing", "3")
     assert code == 0, err
+    pc = pl.read_parquet(store / "results" / "per_class.parquet")
+    ds = pc.filter(pl.col("method") == "gla").sort("class_index")["prior_downstream"].to_numpy()
+    np.testing.assert_allclose(ds, (counts + 3) / (counts + 3).sum(), rtol=1e-9)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -299,6 +307,7 @@ def test_bad_options_exit_2_results_untouched(world, capsys, tmp_path):
     before = _snapshot(store / "results")
     np.save(tmp_path / "short.npy", np.ones(C - 1))
     np.save(tmp_path / "bad_counts.npy", np.ones(3))
+    np.save(tmp_path / "text.npy", np.array(["a"] * C))
     cases = [
         (["--estimator", "nope"], "--estimator: unknown 'nope'"),
         (["--temperature", "hot"], "--temperature: expected none, confidence, nll or a number"),
@@ -307,6 +316,7 @@ def test_bad_options_exit_2_results_untouched(world, capsys, tmp_path):
         (["--only", "banana"], "--only: expected model=NAME,dataset=NAME"),
         (["--target-prior", tmp_path / "short.npy"], "short.npy: target prior has 9 values but the cell has 10 classes"),
         (["--target-prior", tmp_path / "missing.npy"], "missing.npy: file not found"),
+        (["--target-prior", tmp_path / "text.npy"], "text.npy: target prior must be numbers"),
         (["--eval-split", "holdout"], "split 'holdout' not found (splits present: test, val)"),
     ]
     for argv, fragment in cases:
@@ -435,3 +445,28 @@ def test_analyze_does_not_trust_a_foreign_combined_marker(world, capsys):
     assert _gla(capsys, "analyze", "--store", store, "--quiet")[0] == 0
     assert set(json.loads(marker.read_text())["cells"]) == {"m1/d", "m2/d"}
     assert pl.read_parquet(store / "results" / "summary.parquet").height == 6 + 2
+
+
+def test_help_lists_every_estimator():
+    """--estimator's help names the estimators without importing numpy; it must not go stale."""
+    from analyze.priors import ESTIMATORS
+    from pipeline.commands.analyze_cmd import DEFAULT_ESTIMATORS
+
+    assert tuple(DEFAULT_ESTIMATORS) == tuple(ESTIMATORS)
+
+
+def test_zero_training_count_names_the_counts_file_and_option(world, capsys):
+    store, _, counts = world
+    assert _gla(capsys, "analyze", "--store", store, "--quiet")[0] == 0
+    before = _snapshot(store / "results")
+    zero = counts.copy()
+    zero[4] = 0
+    Store(store).write_class_counts("d", zero)
+    code, _, err = _gla(capsys, "analyze", "--store", store, "--quiet")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert "class_counts.parquet: column count is 0 for class 4 ('class_4')" in lines[0]
+    assert "--smoothing" in lines[0]
+    assert _snapshot(store / "results") == before
+    code, _, err = _gla(capsys, "analyze", "--store", store, "--quiet", "--smoothing", "1")
+    assert code == 0, err

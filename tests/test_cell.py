@@ -148,3 +148,24 @@ def test_fit_and_eval_label_edge_cases(world):
     empty = (ev.zs[:0], None, ev.labels[:0])
     t = cell.evaluate([empty, (ev.zs, None, ev.labels), empty], fitted)
     assert t["zs"].n == len(ev.labels)
+
+
+def test_two_classes_float16_and_a_class_absent_from_eval():
+    """C = 2 (no tail third), float16 logits, and class 1 never in the eval labels."""
+    fit = planted_world(2, 30, np.array([0.8, 0.2]), seed=3, signal=1.5)
+    ev = planted_world(2, [40, 0], np.array([0.8, 0.2]), seed=4, signal=1.5)
+    zs16, ft16 = ev.zs.astype(np.float16), ev.ft.astype(np.float16)
+    fitted = cell.fit_priors(fit.zs.astype(np.float16), fit.labels, 2)
+    tallies = cell.evaluate([(zs16, ft16, ev.labels)], fitted)
+    summary, per_class, _ = cell.result_tables("m", "d", "test", ["a", "b"], fitted, tallies)
+    assert summary.height == len(METHODS) and (summary["n"] == 40).all()
+    assert stats.prior_groups(fitted.pi_p).tolist() == ["head", "medium"]
+    assert summary["acc_tail"].null_count() == summary.height  # no tail group at C = 2
+    gla = summary.filter(pl.col("method") == "gla").row(0, named=True)
+    z = zs16.astype(np.float32) + ft16.astype(np.float32) - np.log(fitted.pi_p).astype(np.float32) \
+        - np.log(fitted.pi_s).astype(np.float32)
+    acc = float(np.mean(z.argmax(1) == 0))
+    # balanced accuracy averages over the classes present: here only class 0
+    assert gla["accuracy"] == pytest.approx(acc) and gla["balanced_accuracy"] == pytest.approx(acc)
+    pc = per_class.filter(pl.col("method") == "gla").sort("class_index")
+    assert pc["n"].to_list() == [40, 0] and pc["accuracy"][1] is None

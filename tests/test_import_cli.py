@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -232,3 +233,38 @@ def test_bad_inputs_exit_2_one_line_nothing_written(tmp_path, capsys, arrays):
         assert len(lines) == 1, (name, err)
         assert fragment in lines[0], (name, lines[0])
         assert _snapshot(store) == before, name
+
+
+def test_out_of_range_numbers_are_one_line_errors_not_warnings(tmp_path, capsys, arrays):
+    """Values that would overflow a cast (float64 → float32 logits, float → int labels or
+    counts) are refused before the cast: one line on stderr, no numpy warning, no traceback."""
+    d, data = arrays
+    y, zs, _ = data["test"]
+    store = tmp_path / "S"
+    assert _import(capsys, store, d, "val")[0] == 0
+    before = _snapshot(store)
+    big = zs.astype(np.float64)
+    big[4, 1] = 1e300
+    np.save(d / "big.npy", big)
+    np.save(d / "y_huge.npy", np.where(np.arange(len(y)) == 2, 1e30, y))
+    np.save(d / "c_nan.npy", np.array([1.0, np.nan, 2, 3, 4]))
+    (d / "inf.csv").write_text("class_index,count\n0,1\n1,inf\n")
+    base = ["--model", "m", "--dataset", "d", "--split", "test"]
+    cases = [
+        ([*base, "--labels", d / "y_test.npy", "--zs", d / "big.npy"],
+         "big.npy: zs logits exceed the float32 range (first at row 4, class 1)"),
+        ([*base, "--labels", d / "y_huge.npy", "--zs", d / "zs_test.npy"],
+         "y_huge.npy: labels must be finite integers within ±2^53 (value 1e+30 at row 2)"),
+        (["--dataset", "d", "--train-counts", d / "c_nan.npy"],
+         "c_nan.npy: counts must be finite integers within ±2^53 (value nan at row 1)"),
+        (["--dataset", "d", "--train-counts", d / "inf.csv"],
+         "inf.csv: line 3: column count must be an integer"),
+    ]
+    for argv, fragment in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # pytest would otherwise swallow a numpy warning
+            code, _, err = _gla(capsys, "import", "--store", store, *argv)
+        assert code == 2, (argv, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and fragment in lines[0], (argv, err)
+        assert _snapshot(store) == before, argv

@@ -284,6 +284,19 @@ def test_gla_converges_when_a_class_needs_a_huge_correction():
     assert ratio[3] / np.delete(ratio, 3).mean() == pytest.approx(np.exp(-60.0), rel=1e-3)
 
 
+@pytest.mark.parametrize("method", ["gla", "prior-matching"])
+def test_a_class_beyond_float32_exp_range_does_not_break_the_solver(method):
+    """200 nats down: every exp of that class underflows in float32 (ŝ_k = 0 at the start)."""
+    w = planted_world(20, 40, seed=8, signal=2.0, ft_signal=None)
+    z = w.zs.copy()
+    z[:, 3] -= 200.0
+    est = estimate_pretrain_prior(z, w.labels, method)
+    assert est.converged, est.message
+    ref = estimate_pretrain_prior(w.zs, w.labels, method)
+    ratio = est.prior / ref.prior
+    assert np.log(ratio[3] / np.delete(ratio, 3).mean()) == pytest.approx(-200.0, abs=1e-2)
+
+
 def test_gla_converges_with_near_duplicate_classes():
     rng = np.random.default_rng(9)
     w = planted_world(30, 40, seed=9, ft_signal=None)

@@ -181,3 +181,42 @@ def test_content_key_tracks_inputs(tmp_path):
 def test_store_pickles(tmp_path):
     s = pickle.loads(pickle.dumps(Store(tmp_path)))
     assert s.root == tmp_path
+
+
+def test_parts_of_a_split_must_agree_on_every_logit_column(tmp_path):
+    """A later part whose ft width differs is refused up front, naming that part."""
+    cell = cf.cell_dir(tmp_path, "m", "d")
+    rng = np.random.default_rng(0)
+    t0 = cf.build_table(["a", "b"], "test", np.zeros(2), rng.standard_normal((2, 3)),
+                        rng.standard_normal((2, 3)))
+    t1 = cf.build_table(["c", "d"], "test", np.zeros(2), rng.standard_normal((2, 3)),
+                        rng.standard_normal((2, 4)))
+    cf.write_split(cell, "test", [t0, t1])
+    with pytest.raises(UserError, match=r"part-test-00001.parquet: columns differ from part-test-00000"):
+        Store(tmp_path).split_info("m", "d", "test")
+
+
+def test_malformed_manifest_entry_is_a_user_error(tmp_path):
+    _write(tmp_path, "m", "d", "test", 20, 3)
+    cf.manifest_path(cf.cell_dir(tmp_path, "m", "d"), "test").write_text('{"parts": [{"rows": 20}]}')
+    with pytest.raises(UserError, match="_split-test.json: unreadable manifest"):
+        Store(tmp_path).split_info("m", "d", "test")
+
+
+def test_replacing_a_split_never_exposes_half_written_parts(tmp_path, monkeypatch):
+    """A crash while re-importing leaves the old split readable and intact."""
+    _write(tmp_path, "m", "d", "test", 20, 3)
+    cell = cf.cell_dir(tmp_path, "m", "d")
+    before = Store(tmp_path).read_split("m", "d", "test")
+    real = cf.write_manifest
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cf, "write_manifest", crash)
+    table = pq.read_table(cell / cf.part_name("test", 0))
+    with pytest.raises(OSError):
+        cf.write_split(cell, "test", [table.slice(0, 5)])
+    monkeypatch.setattr(cf, "write_manifest", real)
+    after = Store(tmp_path).read_split("m", "d", "test")
+    assert np.array_equal(before.zs, after.zs) and np.array_equal(before.labels, after.labels)

@@ -70,13 +70,10 @@ def _temperature(text: str):
 
 
 def options_from_args(args: argparse.Namespace):
+    from analyze.priors import ESTIMATORS
     from pipeline.analysis import AnalyzeOptions
 
     estimators = tuple(args.estimators or ("gla",))
-    try:
-        from analyze.priors import ESTIMATORS
-    except ImportError:  # pragma: no cover - analyze is part of the distribution
-        ESTIMATORS = {e: None for e in DEFAULT_ESTIMATORS}
     unknown = [e for e in estimators if e not in ESTIMATORS]
     if unknown:
         raise UserError(f"--estimator: unknown {unknown[0]!r} (known: {', '.join(ESTIMATORS)})")
