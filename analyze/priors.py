@@ -382,7 +382,8 @@ ESTIMATORS: dict[str, Callable] = {
     "prior-matching": _est_prior_matching,
     "batch-calibration": _est_batch_calibration,
 }
-_NEEDS_LABELS = {"gla", "gla-reference", "eigen"}
+# Estimators that work from unlabelled logits (and a given label distribution).
+LABEL_FREE = frozenset({"prior-matching", "batch-calibration"})
 
 
 # ------------------------------------------------------------------------- temperature
@@ -521,13 +522,13 @@ def estimate_pretrain_prior(
     x = check_logits(logits)
     N, C = x.shape
     y = None if labels is None else check_labels(labels, N, C)
-    if y is None and method in _NEEDS_LABELS:
+    if y is None and method not in LABEL_FREE:
         raise ValueError(f"estimator {method!r} needs labels")
     if not (tol > 0):
         raise ValueError(f"tol must be > 0, got {tol}")
     if label_distribution is not None:
         p = _check_distribution(label_distribution, C, "label_distribution")
-    elif y is not None and method != "batch-calibration" and method != "prior-matching":
+    elif y is not None and method not in LABEL_FREE:
         p = _label_fractions(y, C)
     else:
         p = np.full(C, 1.0 / C)

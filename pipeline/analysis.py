@@ -19,14 +19,13 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.store import DEFAULT_BATCH_ROWS, SplitData, SplitInfo, Store
-
-LABEL_FREE_ESTIMATORS = frozenset({"prior-matching", "batch-calibration"})
 
 
 @dataclass(frozen=True)
@@ -132,14 +131,13 @@ def _check_sample_ids(store: Store, model: str, dataset: str, splits: Iterable[s
     import pyarrow as pa
 
     splits = list(dict.fromkeys(splits))
-    hashes, owners = [], []
+    hashes = []
     for split in splits:
         for f, ids in store.read_sample_ids(model, dataset, split):
             col = pl.Series(ids.cast(pa.string()))
             if col.null_count():
                 raise UserError(f"{f}: column sample_id is missing (null) at row {int(col.is_null().arg_true()[0])}")
             hashes.append(col.hash(seed=0).to_numpy())
-            owners.append((f, len(ids)))
     if not hashes:
         return
     h = np.concatenate(hashes)
@@ -147,27 +145,19 @@ def _check_sample_ids(store: Store, model: str, dataset: str, splits: Iterable[s
     suspects = np.unique(hs[1:][hs[1:] == hs[:-1]])
     if suspects.size == 0:
         return
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[Path, int]] = {}  # id -> (part file, row in it)
     row = 0
     for split in splits:
-        for _, ids in store.read_sample_ids(model, dataset, split):
+        for f2, ids in store.read_sample_ids(model, dataset, split):
             n = len(ids)
-            for i in np.flatnonzero(np.isin(h[row : row + n], suspects)):
-                sid = ids[int(i)].as_py()
+            for r2 in np.flatnonzero(np.isin(h[row : row + n], suspects)).tolist():
+                sid = ids[r2].as_py()
                 if sid in seen:
-                    (f1, r1), (f2, r2) = _owner(owners, seen[sid]), _owner(owners, row + int(i))
+                    f1, r1 = seen[sid]
                     where = f"rows {r1} and {r2}" if f1 == f2 else f"row {r1} and {f2} row {r2}"
                     raise UserError(f"{f1}: column sample_id has duplicate id {sid!r} ({where})")
-                seen[sid] = row + int(i)
+                seen[sid] = (f2, r2)
             row += n
-
-
-def _owner(owners, i: int):
-    for f, n in owners:
-        if i < n:
-            return f, i
-        i -= n
-    return owners[-1][0], i
 
 
 def _load_target_prior(path: str, c: int) -> np.ndarray:
@@ -321,7 +311,9 @@ def analyze_cell(
     _check_sample_ids(store, model, dataset, (fit_split, eval_split))
 
     # ---- fit split: loaded whole (zs + labels only)
-    labelled = any(e not in LABEL_FREE_ESTIMATORS for e in options.estimators)
+    from analyze.priors import LABEL_FREE
+
+    labelled = any(e not in LABEL_FREE for e in options.estimators)
     fit = store.read_split(model, dataset, fit_split, columns=("label", "zs"), info=fit_info)
 
     def fit_locate(r: int):
