@@ -11,11 +11,11 @@ export POLARS_MAX_THREADS ?= 2
 
 .PHONY: install data browser demo test lint bench clean
 
-$(BIN)/gla: pyproject.toml
+$(BIN)/gla: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch/torchvision come from local disk (see pyproject's extract extra).
-	$(BIN)/pip install -q -e '.[extract,dev]'
+	# torch/torchvision: the exact pair these machines serve from local disk (constraints.txt).
+	$(BIN)/pip install -q -c constraints.txt -e '.[extract,dev]'
 	# animal-mnist ships its images as package data; its own deps (tensorflow) are not needed.
 	$(BIN)/pip install -q --no-deps 'animal-mnist==0.4'
 	touch $(BIN)/gla

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
-
-from analyze import adjust, stats
-from analyze.priors import (
+from gla.analyze import adjust, stats
+from gla.analyze.priors import (
     ESTIMATORS,
     PriorEstimate,
     check_labels,

@@ -6,7 +6,7 @@ Figures (best of --repeat, warm page cache):
   read(needed)  pyarrow → numpy views of the logits analyze reads (val zs; test zs + ft)
   read(all)     pyarrow → numpy of every logit column of the cell (val zs + ft; test zs + ft)
   stream(needed) the needed logits decoded in 4,096-row batches, none kept (decode-only floor)
-  in-process    pipeline.cli.main(["analyze", ...]) (analysis + writing the three tables)
+  in-process    gla.pipeline.cli.main(["analyze", ...]) (analysis + writing the three tables)
   subprocess    `gla analyze --store S --quiet` (adds interpreter start-up and imports)
 Goal (issue 2): in-process ≤ 3 × read(needed).
 
@@ -30,12 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-
-from analyze.synthetic import planted_world, zipf_prior
-from extract import cellformat as cf
-from pipeline.analysis import AnalyzeOptions, analyze_cell
-from pipeline.cli import main as gla_main
-from pipeline.store import Store
+from gla.analyze.synthetic import planted_world, zipf_prior
+from gla.extract import cellformat as cf
+from gla.pipeline.analysis import AnalyzeOptions, analyze_cell
+from gla.pipeline.cli import main as gla_main
+from gla.pipeline.store import Store
 
 MODEL, DATASET = "bench", "planted"
 
@@ -132,7 +131,7 @@ def main(argv=None) -> int:
         in_process()  # warm-up (imports, first-touch allocations)
         t_in = best(in_process, args.repeat)
         gla = Path(sys.executable).with_name("gla")
-        cmd = ([str(gla)] if gla.exists() else [sys.executable, "-m", "pipeline.cli"]) + argv_an
+        cmd = ([str(gla)] if gla.exists() else [sys.executable, "-m", "gla.pipeline.cli"]) + argv_an
 
         def sub() -> None:
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -142,7 +141,7 @@ def main(argv=None) -> int:
         # is inherited across fork+exec from this big benchmark process, so it would mislead).
         probe = subprocess.run(
             [sys.executable, "-c",
-             "import sys; from pipeline.cli import main; "
+             "import sys; from gla.pipeline.cli import main; "
              f"rc = main({argv_an!r}); "
              "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]);"
              " sys.exit(rc)"],

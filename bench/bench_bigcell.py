@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 
 def make_store(root: Path, rows: int, classes: int) -> None:
-    from pipeline.synthetic import write_cell
+    from gla.pipeline.synthetic import write_cell
 
     marker = root / f".ok-{rows}-{classes}"
     if marker.exists():

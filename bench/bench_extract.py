@@ -76,7 +76,7 @@ def bare(spec, classes, paths, batch_size, workers, mode):
 
     if spec.get("model_config"):
         open_clip.add_model_config(spec["model_config"])
-    from extract.run import main_thread_budget
+    from gla.extract.run import main_thread_budget
 
     threads = torch.get_num_threads()
     # the same thread budget as the pipeline, so the ratio measures overhead only
@@ -110,7 +110,7 @@ def bare(spec, classes, paths, batch_size, workers, mode):
 
 
 def gla(spec, root, store, batch_size, workers):
-    from extract.run import extract_cell
+    from gla.extract.run import extract_cell
 
     shutil.rmtree(store, ignore_errors=True)
     ds = {"name": "bench", "kind": "imagefolder", "root": str(root), "splits": {}}

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 
 def make_store(root: Path, cells: int, rows: int, classes: int) -> list[tuple[str, str]]:
-    from pipeline.synthetic import write_cell
+    from gla.pipeline.synthetic import write_cell
 
     models = max(1, int(math.sqrt(cells)))
     names = [(f"model-{i % models:03d}", f"data-{i // models:03d}") for i in range(cells)]
@@ -46,7 +46,7 @@ def make_store(root: Path, cells: int, rows: int, classes: int) -> list[tuple[st
 
 
 def in_process_reference(root: Path, names, sample: int) -> float:
-    from pipeline.analysis import AnalyzeOptions, analyze_cell
+    from gla.pipeline.analysis import AnalyzeOptions, analyze_cell
 
     opts = AnalyzeOptions(threads=1)
     analyze_cell(root, *names[0], opts)  # warm-up: imports, page cache

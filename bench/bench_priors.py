@@ -22,8 +22,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from analyze.priors import estimate_pretrain_prior  # noqa: E402
-from analyze.synthetic import planted_world, zipf_prior  # noqa: E402
+from gla.analyze.priors import estimate_pretrain_prior  # noqa: E402
+from gla.analyze.synthetic import planted_world, zipf_prior  # noqa: E402
 
 
 def timed(fn, repeats):

@@ -36,7 +36,7 @@ def run(cmd: list[str]) -> tuple[float, dict]:
 
 
 def synthetic(a) -> None:
-    from pipeline.synthetic import write_cell
+    from gla.pipeline.synthetic import write_cell
 
     work = Path(a.workdir)
     store = work / "store"

@@ -42,8 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from extract.errors import ExtractError
+from gla.extract.errors import ExtractError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff"}
 
@@ -322,7 +321,7 @@ def _webdataset(spec: dict[str, Any], root: str) -> Pool:
 
 def _builtin(loader_name: str, default_pool: str) -> Callable[[dict[str, Any], str], Pool]:
     def build(spec: dict[str, Any], root: str) -> Pool:
-        from extract import sources
+        from gla.extract import sources
 
         pool = spec.get("pool") or default_pool
         try:

@@ -22,8 +22,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from extract.errors import ExtractError
-from extract.models import checkpoint_sha256
+from gla.extract.errors import ExtractError
+from gla.extract.models import checkpoint_sha256
 
 FORMAT = "gla-ft/1"
 WISE_PREFIX = "image_encoder.model.visual."

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from extract.cellformat import file_sha256
-from extract.errors import ExtractError
+from gla.extract.cellformat import file_sha256
+from gla.extract.errors import ExtractError
 
 log = logging.getLogger("extract")
 

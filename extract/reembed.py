@@ -25,9 +25,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-
-from extract import cellformat as cf
-from extract.errors import ExtractError
+from gla.extract import cellformat as cf
+from gla.extract.errors import ExtractError
 
 log = logging.getLogger("extract")
 
@@ -39,10 +38,10 @@ def rezero_cell(
     options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Recompute a sealed cell's zs from its image embeddings; returns a summary dict."""
-    from extract.models import load_model
-    from extract.run import cell_key
-    from extract.templates import load_templates, templates_hash
-    from extract.zeroshot import logit_params, zeroshot_head, zs_from_embeddings
+    from gla.extract.models import load_model
+    from gla.extract.run import cell_key
+    from gla.extract.templates import load_templates, templates_hash
+    from gla.extract.zeroshot import logit_params, zeroshot_head, zs_from_embeddings
 
     cell = cf.cell_dir(store, model["name"], dataset["name"])
     manifests = {s: cf.read_manifest(cell, s) for s in cf.sealed_splits(cell)} if cell.is_dir() else {}

@@ -32,10 +32,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-
-from extract import cellformat as cf
-from extract.datasets import Source, build_source
-from extract.errors import ExtractError
+from gla.extract import cellformat as cf
+from gla.extract.datasets import Source, build_source
+from gla.extract.errors import ExtractError
 
 log = logging.getLogger("extract")
 
@@ -64,8 +63,8 @@ class PartPlan:
 def cell_components(model: dict[str, Any], source: Source, templates_hash: str,
                     options: dict[str, Any], device: str) -> dict[str, Any]:
     """Everything the cell's content depends on (hashed into the cell key)."""
-    from extract.finetuned import finetuned_identity
-    from extract.models import effective_precision, model_identity
+    from gla.extract.finetuned import finetuned_identity
+    from gla.extract.models import effective_precision, model_identity
 
     ft_path = (model.get("finetuned") or {}).get(source.name) or ""
     return {
@@ -81,7 +80,7 @@ def cell_components(model: dict[str, Any], source: Source, templates_hash: str,
 
 
 def cell_key(components: dict[str, Any]) -> str:
-    from extract.models import identity_key
+    from gla.extract.models import identity_key
 
     return identity_key(components)
 
@@ -282,7 +281,7 @@ def _progress(enabled: bool, total: int, label: str):
 def _device(opts: dict[str, Any]) -> str:
     """The device; for fp32 on "auto" decided without importing torch (a complete cell
     is then checked and skipped in well under a second)."""
-    from extract.models import resolve_device
+    from gla.extract.models import resolve_device
 
     if opts["precision"] == "fp32" and opts["device"] == "auto":
         return "auto"  # resolved when there is work to do; fp32 either way
@@ -303,7 +302,7 @@ def extract_cell(
     Returns a summary: status ("skipped" | "written" | "partial"), images, per-stage
     seconds (read, infer, write), images_per_s, sealed splits, skipped sample count.
     """
-    from extract.templates import load_templates, templates_hash
+    from gla.extract.templates import load_templates, templates_hash
 
     t_start = time.perf_counter()
     opts = _options(options)
@@ -362,11 +361,10 @@ def _run_parts(store, cell: Path, model: dict[str, Any], dataset_name: str, sour
                summary: dict[str, Any]) -> None:
     import torch
     import torch.nn.functional as F
+    from gla.extract.finetuned import load_finetuned
+    from gla.extract.models import autocast, load_model, resolve_device
+    from gla.extract.zeroshot import logit_params, zeroshot_head
     from PIL import Image
-
-    from extract.finetuned import load_finetuned
-    from extract.models import autocast, load_model, resolve_device
-    from extract.zeroshot import logit_params, zeroshot_head
 
     t0 = time.perf_counter()
     device = resolve_device(device)

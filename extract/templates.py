@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from extract.cellformat import text_hash
-from extract.errors import ExtractError
+from gla.extract.cellformat import text_hash
+from gla.extract.errors import ExtractError
 
 SIMPLE = ("a photo of a {}.",)
 

@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from extract.cellformat import atomic_write_bytes, text_hash
+from gla.extract.cellformat import atomic_write_bytes, text_hash
 
 log = logging.getLogger("extract")
 
@@ -45,8 +44,7 @@ def _encode_prompts(loaded: Any, prompts: list[str]) -> np.ndarray:
     """Normalised text embeddings (len(prompts), D) float32; the only text-tower call."""
     import torch
     import torch.nn.functional as F
-
-    from extract.models import autocast
+    from gla.extract.models import autocast
 
     out = []
     with torch.inference_mode(), autocast(loaded.device, loaded.precision):

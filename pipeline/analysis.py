@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from pipeline.errors import UserError
-from pipeline.store import DEFAULT_BATCH_ROWS, SplitData, SplitInfo, Store
+from gla.pipeline.errors import UserError
+from gla.pipeline.store import DEFAULT_BATCH_ROWS, SplitData, SplitInfo, Store
 
 
 @dataclass(frozen=True)
@@ -161,7 +160,7 @@ def _check_sample_ids(store: Store, model: str, dataset: str, splits: Iterable[s
 
 
 def _load_target_prior(path: str, c: int) -> np.ndarray:
-    from pipeline.importer import load_array
+    from gla.pipeline.importer import load_array
 
     arr, where = load_array(path, "target prior", 1)
     if arr.dtype.kind not in "iuf":
@@ -178,7 +177,7 @@ def _load_target_prior(path: str, c: int) -> np.ndarray:
 
 
 def _analysis_options(options: AnalyzeOptions, target_prior: np.ndarray | None):
-    from analyze.cell import AnalysisOptions
+    from gla.analyze.cell import AnalysisOptions
 
     return AnalysisOptions(
         estimators=tuple(options.estimators),
@@ -209,7 +208,7 @@ def _stream_eval(
     ``analyze.cell.evaluate`` already scans every chunk for NaN/Inf (max/min); only when it
     refuses a chunk do we re-scan it to name the file, column and row.
     """
-    from analyze.cell import evaluate
+    from gla.analyze.cell import evaluate
 
     c = info.num_classes
 
@@ -264,7 +263,7 @@ def analyze_cell(
     store: Store | str | os.PathLike, model: str, dataset: str, options: AnalyzeOptions | None = None
 ) -> CellResult:
     """Fit priors on ``options.fit_split``, evaluate every method on ``options.eval_split``."""
-    from analyze.cell import fit_priors, result_tables
+    from gla.analyze.cell import fit_priors, result_tables
 
     options = options or AnalyzeOptions()
     store = store if isinstance(store, Store) else Store(store)
@@ -311,7 +310,7 @@ def analyze_cell(
     _check_sample_ids(store, model, dataset, (fit_split, eval_split))
 
     # ---- fit split: loaded whole (zs + labels only)
-    from analyze.priors import LABEL_FREE
+    from gla.analyze.priors import LABEL_FREE
 
     labelled = any(e not in LABEL_FREE for e in options.estimators)
     fit = store.read_split(model, dataset, fit_split, columns=("label", "zs"), info=fit_info)
@@ -406,7 +405,7 @@ def calibration_table(model: str, dataset: str, split: str, tallies: dict) -> An
 
 def select_cells(store: Store, only=None) -> list[tuple[str, str]]:
     """The store's cells that ``only`` (``--only`` text, a list of them, or a CellFilter) keeps."""
-    from pipeline.config import CellFilter
+    from gla.pipeline.config import CellFilter
 
     cells = store.cells()
     if not cells:
@@ -448,8 +447,8 @@ def analyze_store(
     cells' new results stay cached). Returns the selected cells' results (read back from
     their caches; ``load_results=False`` skips that and returns an empty list with ``.run``).
     """
-    from pipeline.incremental import analyze_cells, load_cache
-    from pipeline.lock import store_lock
+    from gla.pipeline.incremental import analyze_cells, load_cache
+    from gla.pipeline.lock import store_lock
 
     store = store if isinstance(store, Store) else Store(store)
     options = options or AnalyzeOptions()

@@ -11,17 +11,17 @@ import argparse
 import importlib
 import sys
 
-from pipeline import __version__
-from pipeline.errors import UserError
+from gla.pipeline import __version__
+from gla.pipeline.errors import UserError
 
 # name -> (module, one-line help). Modules must not import torch at module level.
 COMMANDS = {
-    "import": ("pipeline.commands.import_cmd", "bring your own logits or training counts into a store"),
-    "analyze": ("pipeline.commands.analyze_cmd", "fit priors, apply GLA and baselines, write result tables"),
-    "extract": ("pipeline.commands.extract_cmd", "run open_clip models over datasets, write logits"),
-    "report": ("pipeline.commands.report_cmd", "write the self-contained HTML audit report"),
-    "run": ("pipeline.commands.run_cmd", "run every stage for every cell of a config, incrementally"),
-    "demo": ("pipeline.commands.demo_cmd", "the embedded default, end to end"),
+    "import": ("gla.pipeline.commands.import_cmd", "bring your own logits or training counts into a store"),
+    "analyze": ("gla.pipeline.commands.analyze_cmd", "fit priors, apply GLA and baselines, write result tables"),
+    "extract": ("gla.pipeline.commands.extract_cmd", "run open_clip models over datasets, write logits"),
+    "report": ("gla.pipeline.commands.report_cmd", "write the self-contained HTML audit report"),
+    "run": ("gla.pipeline.commands.run_cmd", "run every stage for every cell of a config, incrementally"),
+    "demo": ("gla.pipeline.commands.demo_cmd", "the embedded default, end to end"),
 }
 
 

@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from gla.extract.cellformat import check_name
+from gla.pipeline.errors import UserError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from extract.cellformat import check_name
-from pipeline.errors import UserError
 
 
 class _Strict(BaseModel):

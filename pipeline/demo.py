@@ -11,8 +11,7 @@ import json
 from pathlib import Path
 
 import polars as pl
-
-from pipeline.config import Config, load_config
+from gla.pipeline.config import Config, load_config
 
 CONFIG = Path(__file__).resolve().parent / "demo.toml"
 ASSETS = Path(__file__).resolve().parent.parent / "extract" / "demo" / "assets"
@@ -43,7 +42,7 @@ def true_frequencies(assets: Path = ASSETS) -> pl.DataFrame:
 
 def accuracy_table(results: Path) -> pl.DataFrame:
     """method × dataset accuracy on the eval split (rows in the DESIGN's method order)."""
-    from analyze.adjust import METHODS
+    from gla.analyze.adjust import METHODS
 
     s = pl.read_parquet(results / "summary.parquet")
     wide = s.pivot(on="dataset", index="method", values="accuracy", aggregate_function="first")

@@ -17,10 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-
-from extract import cellformat as cf
-from pipeline.errors import UserError
-from pipeline.store import Store
+from gla.extract import cellformat as cf
+from gla.pipeline.errors import UserError
+from gla.pipeline.store import Store
 
 PART_ROWS = 262144  # rows per Parquet part of an imported split
 

@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from extract import cellformat as cf
-from pipeline.errors import UserError
-from pipeline.results import COLUMNS, TABLES
+from gla.extract import cellformat as cf
+from gla.pipeline.errors import UserError
+from gla.pipeline.results import COLUMNS, TABLES
 
 CACHE_VERSION = 1
 KEY_FILE = "key.json"
@@ -199,8 +199,8 @@ def run_cell_task(task: CellTask) -> dict[str, Any]:
     t0 = time.perf_counter()
     fn = task.analyze_fn
     if fn is None:
-        from pipeline.analysis import analyze_cell as fn
-    from pipeline.store import Store
+        from gla.pipeline.analysis import analyze_cell as fn
+    from gla.pipeline.store import Store
 
     result = fn(Store(task.store), task.model, task.dataset, task.options)
     tables = result_tables(result)
@@ -383,8 +383,8 @@ def analyze_cells(
     cells; no cluster starts when nothing needs computing, nor for a little work when
     the worker count was left to the runner.
     """
-    from pipeline.runner import CellError, Runner
-    from pipeline.store import Store
+    from gla.pipeline.runner import CellError, Runner
+    from gla.pipeline.store import Store
 
     t0 = time.perf_counter()
     store = store if hasattr(store, "content_key") else Store(store)

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UserError
+from gla.pipeline.errors import UserError
 
 LOCK_NAME = ".gla.lock"
 _GUARD_NAME = ".gla.lock.guard"

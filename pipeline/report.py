@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from extract import cellformat as cf
-from pipeline.errors import UserError
-from pipeline.results import TABLES
+from gla.extract import cellformat as cf
+from gla.pipeline.errors import UserError
+from gla.pipeline.results import TABLES
 
 METHOD_ORDER = ("zs", "zs_debiased", "ft", "ft_la", "ensemble", "gla")
 METHOD_LABEL = {

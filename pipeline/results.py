@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.store import Store
+from gla.pipeline.store import Store
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "summary": (

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from extract import cellformat as cf
-from pipeline.errors import UserError
+from gla.extract import cellformat as cf
+from gla.pipeline.errors import UserError
 
 STAGES = ("extract", "analyze", "report")
 
@@ -142,7 +142,7 @@ class ExtractTask:
 
 def run_extract_task(task: ExtractTask) -> dict:
     """One cell's extraction (inside a worker). Extract errors become one-line messages."""
-    from extract.run import extract_cell
+    from gla.extract.run import extract_cell
 
     threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if threads > 0:
@@ -167,8 +167,8 @@ def import_train_counts(store: Path, dataset: dict) -> bool:
     path = Path(src)
     if not path.exists():
         raise UserError(f"datasets[{dataset['name']!r}].train_counts: file {src} not found")
-    from pipeline.importer import import_counts
-    from pipeline.store import Store
+    from gla.pipeline.importer import import_counts
+    from gla.pipeline.store import Store
 
     st = Store(store)
     names = list(dataset.get("class_names") or [])
@@ -194,7 +194,7 @@ def import_train_counts(store: Path, dataset: dict) -> bool:
 
 
 def analysis_options(config: Any) -> Any:
-    from pipeline.analysis import AnalyzeOptions
+    from gla.pipeline.analysis import AnalyzeOptions
 
     return AnalyzeOptions.from_mapping(config.analysis.model_dump())
 
@@ -212,10 +212,10 @@ def run_config(
     runner: Any = None,
 ) -> RunSummary:
     """Run ``stages`` for every (selected) cell of ``config`` that needs it."""
-    from pipeline.config import CellFilter, model_dict
-    from pipeline.incremental import analyze_cells
-    from pipeline.lock import store_lock
-    from pipeline.runner import CellError, Runner
+    from gla.pipeline.config import CellFilter, model_dict
+    from gla.pipeline.incremental import analyze_cells
+    from gla.pipeline.lock import store_lock
+    from gla.pipeline.runner import CellError, Runner
 
     bad = [s for s in stages if s not in STAGES]
     if bad:
@@ -247,7 +247,7 @@ def run_config(
                 for d in {d.name: d for _, d in pairs}.values():
                     if import_train_counts(store, d.model_dump()):
                         summary.counts_written.append(d.name)
-                from pipeline.store import Store
+                from gla.pipeline.store import Store
 
                 have = set(Store(store).cells())
                 missing = [c for c in summary.cells if c not in have]
@@ -264,7 +264,7 @@ def run_config(
                 summary.seconds["analyze"] = time.perf_counter() - t
             if "report" in stages:
                 t = time.perf_counter()
-                from pipeline.report import write_report
+                from gla.pipeline.report import write_report
 
                 if (store / "results" / "summary.parquet").exists():
                     summary.report, summary.report_written = write_report(store, force=force)
@@ -300,7 +300,7 @@ def _stage_extract(config, pairs, store, force, runner, summary, model_dict, log
             f"extract stage: {len(tasks)} cell(s) need extraction but torch/open_clip are not "
             "installed (pip install 'gla-pipeline[extract]', or run --stages analyze,report)"
         )
-    from pipeline.runner import CellError
+    from gla.pipeline.runner import CellError
 
     for task, out in runner.map(run_extract_task, tasks, key=lambda t: t.name, description="extract"):
         cell = (task.model["name"], task.dataset["name"])

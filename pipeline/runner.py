@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import UserError
+from gla.pipeline.errors import UserError
 
 THREAD_ENV_VARS = (
     "POLARS_MAX_THREADS",

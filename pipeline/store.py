@@ -23,9 +23,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-from extract import cellformat as cf
-from pipeline.errors import UserError
+from gla.extract import cellformat as cf
+from gla.pipeline.errors import UserError
 
 COUNTS_FILE = "class_counts.parquet"
 DEFAULT_BATCH_ROWS = 4096

@@ -13,8 +13,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-
-from extract import cellformat as cf
+from gla.extract import cellformat as cf
 
 
 def write_cell(
@@ -35,7 +34,7 @@ def write_cell(
     eval_split: str = "test",
 ) -> Path:
     """Write one synthetic cell (and the dataset's class counts). Returns the cell folder."""
-    from analyze.synthetic import planted_world, zipf_prior
+    from gla.analyze.synthetic import planted_world, zipf_prior
 
     c = int(num_classes)
     pi_p = zipf_prior(c, seed=seed)

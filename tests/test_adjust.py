@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from analyze import adjust
-from analyze.synthetic import planted_world, zipf_prior
+from gla.analyze import adjust
+from gla.analyze.synthetic import planted_world, zipf_prior
 
 
 @pytest.fixture

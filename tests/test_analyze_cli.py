@@ -9,13 +9,12 @@ import zlib
 import numpy as np
 import polars as pl
 import pytest
-
-from analyze.synthetic import planted_world, zipf_prior
-from extract import cellformat as cf
-from pipeline.analysis import AnalyzeOptions, analyze_cell
-from pipeline.cli import main
-from pipeline.results import COLUMNS
-from pipeline.store import Store
+from gla.analyze.synthetic import planted_world, zipf_prior
+from gla.extract import cellformat as cf
+from gla.pipeline.analysis import AnalyzeOptions, analyze_cell
+from gla.pipeline.cli import main
+from gla.pipeline.results import COLUMNS
+from gla.pipeline.store import Store
 
 C = 10
 METHODS = {"zs", "zs_debiased", "ft", "ft_la", "ensemble", "gla"}
@@ -358,7 +357,8 @@ def test_eval_split_is_streamed_in_bounded_batches(world, monkeypatch):
     """analyze_cell never hands evaluate more than batch_rows rows, and holds few at once."""
     import threading
 
-    import analyze.cell
+    import gla.analyze.cell  # noqa: F401
+    from gla import analyze
 
     store, _, _ = world
     real = analyze.cell.evaluate
@@ -436,7 +436,7 @@ def test_multi_part_float16_cell_matches_reference(tmp_path):
 
 def test_analyze_does_not_trust_a_foreign_combined_marker(world, capsys):
     """The tables are rebuilt unless the marker lists exactly the cells' current caches."""
-    from pipeline.incremental import COMBINED_FILE
+    from gla.pipeline.incremental import COMBINED_FILE
 
     store, _, _ = world
     marker = store / "results" / "cells" / COMBINED_FILE
@@ -449,8 +449,8 @@ def test_analyze_does_not_trust_a_foreign_combined_marker(world, capsys):
 
 def test_help_lists_every_estimator():
     """--estimator's help names the estimators without importing numpy; it must not go stale."""
-    from analyze.priors import ESTIMATORS
-    from pipeline.commands.analyze_cmd import DEFAULT_ESTIMATORS
+    from gla.analyze.priors import ESTIMATORS
+    from gla.pipeline.commands.analyze_cmd import DEFAULT_ESTIMATORS
 
     assert tuple(DEFAULT_ESTIMATORS) == tuple(ESTIMATORS)
 

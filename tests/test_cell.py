@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+from gla.analyze import cell, stats
+from gla.analyze.adjust import METHODS, ZS_METHODS
+from gla.analyze.synthetic import planted_world, zipf_prior
 from scipy.special import log_softmax
-
-from analyze import cell, stats
-from analyze.adjust import METHODS, ZS_METHODS
-from analyze.synthetic import planted_world, zipf_prior
 
 C = 12
 NAMES = [f"class{i}" for i in range(C)]

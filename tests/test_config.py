@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
-from pipeline.config import CellFilter, load_config, model_dict
-from pipeline.errors import UserError
+from gla.pipeline.config import CellFilter, load_config, model_dict
+from gla.pipeline.errors import UserError
 
 BASE = """
 store = "store"

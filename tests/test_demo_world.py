@@ -6,10 +6,9 @@ import json
 
 import numpy as np
 import pytest
-
-from extract import sources
-from extract.demo import world
-from pipeline import demo
+from gla.extract import sources
+from gla.extract.demo import world
+from gla.pipeline import demo
 
 ASSETS = demo.ASSETS
 
@@ -156,8 +155,7 @@ def test_committed_tiny_clip_loads_with_open_clip():
 
 def test_reduced_demo_end_to_end(tmp_path, capsys):
     import polars as pl
-
-    from pipeline.cli import main
+    from gla.pipeline.cli import main
 
     store = tmp_path / "store"
     rc = main(["demo", "--store", str(store), "--workers", "0", "--limit-per-class", "30", "--no-progress"])
@@ -181,8 +179,7 @@ def test_reduced_demo_end_to_end(tmp_path, capsys):
 def test_full_demo_shows_what_gla_is_for(tmp_path):
     """The committed world, run in full: the claims the README makes about it."""
     import polars as pl
-
-    from pipeline.run import run_config
+    from gla.pipeline.run import run_config
 
     config = demo.demo_config(tmp_path / "store", workers=0)
     assert run_config(config, progress=False, quiet=True).ok

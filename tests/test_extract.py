@@ -18,10 +18,9 @@ pytest.importorskip("open_clip")
 pytestmark = pytest.mark.torch
 
 from fixtures_tiny_clip import CLASSES, make_images, make_webdataset, tiny_clip_fixture  # noqa: E402, F401
-
-from extract import cellformat as cf  # noqa: E402
-from extract.errors import ExtractError  # noqa: E402
-from extract.run import extract_cell  # noqa: E402
+from gla.extract import cellformat as cf  # noqa: E402
+from gla.extract.errors import ExtractError  # noqa: E402
+from gla.extract.run import extract_cell  # noqa: E402
 
 OPTS = {"batch_size": 4, "num_workers": 0, "shard_rows": 5, "image_embeddings": True}
 
@@ -106,11 +105,10 @@ def test_zs_and_ft_match_direct_open_clip(tiny_clip, tmp_path):
 def test_openai_templates_head_matches_open_clip(tiny_clip):
     import open_clip
     import torch
+    from gla.extract.models import load_model
+    from gla.extract.templates import load_templates
+    from gla.extract.zeroshot import compute_head
     from open_clip.zero_shot_classifier import build_zero_shot_classifier
-
-    from extract.models import load_model
-    from extract.templates import load_templates
-    from extract.zeroshot import compute_head
 
     templates = load_templates("openai-imagenet")
     assert len(templates) == 80 and templates[0] == "a bad photo of a {}."
@@ -159,8 +157,8 @@ def test_resume_after_deleting_parts_gives_identical_table(tiny_clip, tmp_path):
 KILL_SCRIPT = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
-from extract import cellformat as cf
-import extract.run as run
+from gla.extract import cellformat as cf
+import gla.extract.run as run
 real = cf.write_part
 count = [0]
 def write_then_die(*a, **k):
@@ -356,7 +354,7 @@ def test_manifest_and_webdataset_kinds_match_imagefolder(tiny_clip, tmp_path):
 
 
 def test_head_cache_hit_skips_text_tower(tiny_clip, tmp_path, monkeypatch):
-    import extract.zeroshot as zs
+    import gla.extract.zeroshot as zs
 
     tc = tiny_clip
     calls = []
@@ -377,7 +375,7 @@ def test_head_cache_hit_skips_text_tower(tiny_clip, tmp_path, monkeypatch):
 def test_from_embeddings_new_templates_without_images(tiny_clip, tmp_path):
     import shutil
 
-    from extract.reembed import rezero_cell
+    from gla.extract.reembed import rezero_cell
 
     tc = tiny_clip
     images = tmp_path / "imgs"
@@ -418,7 +416,8 @@ def test_extract_never_imports_pipeline():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             for n in names:
-                assert n.split(".")[0] not in ("pipeline", "analyze"), f"{path} imports {n}"
+                top = n.removeprefix("gla.").split(".")[0]
+                assert top not in ("pipeline", "analyze"), f"{path} imports {n}"
 
 
 def test_killed_workers_leave_no_tmp(tiny_clip, tmp_path):
@@ -432,8 +431,7 @@ def test_killed_workers_leave_no_tmp(tiny_clip, tmp_path):
 
 def test_precision_and_device_options(tiny_clip, tmp_path):
     import torch
-
-    from extract.models import effective_precision, resolve_device
+    from gla.extract.models import effective_precision, resolve_device
 
     tc = tiny_clip
     assert effective_precision("bf16", "cpu") == "fp32"  # autocast only on CUDA
@@ -456,8 +454,7 @@ def test_precision_and_device_options(tiny_clip, tmp_path):
 def test_indexed_cuda_device_becomes_current(monkeypatch):
     """Pinned memory goes to the current CUDA device: a rank's cuda:<k> must be it."""
     import torch
-
-    from extract.run import use_cuda_device
+    from gla.extract.run import use_cuda_device
 
     calls = []
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(torch.device(d)))
@@ -471,7 +468,7 @@ def test_indexed_cuda_device_becomes_current(monkeypatch):
 def test_from_embeddings_killed_mid_split_resumes(tiny_clip, tmp_path, monkeypatch):
     import shutil
 
-    from extract.reembed import rezero_cell
+    from gla.extract.reembed import rezero_cell
 
     tc = tiny_clip
     spec = tc.model_spec(finetuned={"imgs": str(tc.finetuned)})

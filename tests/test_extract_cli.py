@@ -8,11 +8,10 @@ pytest.importorskip("open_clip")
 pytestmark = pytest.mark.torch
 
 from fixtures_tiny_clip import make_images, tiny_clip_fixture  # noqa: E402, F401
-
-from extract import cellformat as cf  # noqa: E402
-from pipeline.cli import main  # noqa: E402
-from pipeline.commands.extract_cmd import parse_shard  # noqa: E402
-from pipeline.errors import UserError  # noqa: E402
+from gla.extract import cellformat as cf  # noqa: E402
+from gla.pipeline.cli import main  # noqa: E402
+from gla.pipeline.commands.extract_cmd import parse_shard  # noqa: E402
+from gla.pipeline.errors import UserError  # noqa: E402
 
 
 def write_config(tmp_path, tc, images, templates="simple", extra=""):

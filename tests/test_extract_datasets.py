@@ -7,8 +7,8 @@ import pytest
 
 pytest.importorskip("PIL")
 
-from extract.datasets import KINDS, build_source  # noqa: E402
-from extract.errors import ExtractError  # noqa: E402
+from gla.extract.datasets import KINDS, build_source  # noqa: E402
+from gla.extract.errors import ExtractError  # noqa: E402
 
 
 def make_folder(root, counts=(6, 5, 7)):
@@ -102,7 +102,7 @@ def test_manifest_errors_name_file_and_column(tmp_path):
 
 
 def test_builtin_fashion_mnist_pool_and_splits():
-    from extract import sources
+    from gla.extract import sources
 
     try:
         sources.load_fashion_mnist("test")
@@ -120,16 +120,15 @@ def test_builtin_fashion_mnist_pool_and_splits():
 
 def test_animal_mnist_end_to_end_with_tiny_model(tmp_path, request):
     pytest.importorskip("open_clip")
-    from extract import sources
+    from gla.extract import sources
 
     try:
         sources.load_animal_mnist("test")
     except sources.SourceError:
         pytest.skip("animal-mnist not installed")
     from fixtures_tiny_clip import make_tiny_clip
-
-    from extract import cellformat as cf
-    from extract.run import extract_cell
+    from gla.extract import cellformat as cf
+    from gla.extract.run import extract_cell
 
     tc = make_tiny_clip(tmp_path / "tc")
     spec = {"name": "animals", "kind": "animal-mnist", "pool": "test", "seed": 3, "limit_per_class": 3,
@@ -155,7 +154,7 @@ def test_gla_extract_without_torch_is_a_clear_error(tmp_path):
         "import sys\n"
         "for m in ('torch', 'torchvision', 'open_clip'):\n"
         "    sys.modules[m] = None\n"
-        "from pipeline.cli import main\n"
+        "from gla.pipeline.cli import main\n"
         "sys.exit(main(['extract', 'run.toml']))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,

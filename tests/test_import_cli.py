@@ -9,9 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from pipeline.cli import main
-from pipeline.store import Store
+from gla.pipeline.cli import main
+from gla.pipeline.store import Store
 
 C = 5
 

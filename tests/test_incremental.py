@@ -9,12 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 import pytest
-
-from pipeline import incremental as inc
-from pipeline.errors import UserError
-from pipeline.runner import Runner
-from pipeline.store import Store
-from pipeline.synthetic import write_cell
+from gla.pipeline import incremental as inc
+from gla.pipeline.errors import UserError
+from gla.pipeline.runner import Runner
+from gla.pipeline.store import Store
+from gla.pipeline.synthetic import write_cell
 
 
 @dataclass(frozen=True)
@@ -241,7 +240,7 @@ def test_strict_failure_leaves_tables_untouched_and_keeps_good_caches(store):
 
 
 def test_user_errors_keep_their_message(store):
-    from pipeline.runner import cell_error
+    from gla.pipeline.runner import cell_error
 
     e = cell_error("m/d", UserError("x.parquet: column zs is missing"))
     assert e.user and e.error == "x.parquet: column zs is missing"

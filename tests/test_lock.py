@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from pipeline import lock
-from pipeline.errors import UserError
+from gla.pipeline import lock
+from gla.pipeline.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -111,7 +110,7 @@ def test_concurrent_takeover_of_a_stale_lock_has_one_winner(tmp_path):
     script = textwrap.dedent(
         f"""
         import sys, time
-        from pipeline import lock
+        from gla.pipeline import lock
         try:
             lock.acquire({str(tmp_path)!r}, "contender")
         except lock.StoreLocked:
@@ -138,7 +137,7 @@ def test_cli_run_on_locked_store_exits_2_naming_holder(tmp_path, sleeper):
         '[[datasets]]\nname = "d"\nkind = "imagefolder"\n'
     )
     r = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "run", str(cfg), "--stages", "analyze,report", "--workers", "0"],
+        [sys.executable, "-m", "gla.pipeline.cli", "run", str(cfg), "--stages", "analyze,report", "--workers", "0"],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )
     assert r.returncode == 2, r.stderr

@@ -1,5 +1,5 @@
 """The analysis install needs no torch: ``analyze`` and the ``gla import``/``gla analyze``
-path work with torch, torchvision and open_clip unimportable, and ``import pipeline.cli``
+path work with torch, torchvision and open_clip unimportable, and ``import gla.pipeline.cli``
 does not load torch."""
 
 from __future__ import annotations
@@ -55,10 +55,10 @@ def test_analysis_path_without_torch(tmp_path):
     out = _run(BLOCKER + textwrap.dedent("""
         import json, sys
         import numpy as np
-        import analyze, analyze.priors, analyze.adjust, analyze.stats, analyze.cell  # noqa: F401
-        import pipeline.store, pipeline.analysis, pipeline.results  # noqa: F401
-        from analyze.synthetic import planted_world
-        from pipeline.cli import main
+        import gla.analyze, gla.analyze.priors, gla.analyze.adjust, gla.analyze.stats, gla.analyze.cell  # noqa: F401
+        import gla.pipeline.store, gla.pipeline.analysis, gla.pipeline.results  # noqa: F401
+        from gla.analyze.synthetic import planted_world
+        from gla.pipeline.cli import main
 
         for split, n, seed in (("val", 30, 1), ("test", 60, 2)):
             w = planted_world(8, n, seed=seed)
@@ -86,10 +86,10 @@ def test_analysis_path_without_torch(tmp_path):
 def test_pipeline_cli_does_not_import_torch(tmp_path):
     out = _run("""
         import json, sys
-        import pipeline.cli
-        pipeline.cli.build_parser()  # imports every sub-command module
-        import pipeline.store, pipeline.analysis, pipeline.results, pipeline.importer  # noqa: F401
-        import analyze  # noqa: F401
+        import gla.pipeline.cli
+        gla.pipeline.cli.build_parser()  # imports every sub-command module
+        import gla.pipeline.store, gla.pipeline.analysis, gla.pipeline.results, gla.pipeline.importer  # noqa: F401
+        import gla.analyze  # noqa: F401
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "open_clip"))
         print(json.dumps({"heavy": heavy}))
     """, tmp_path)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.special import log_softmax, logsumexp, softmax
-
-from analyze.priors import (
+from gla.analyze.priors import (
     _BiasedSoftmax,
     class_conditional_mean,
     downstream_prior,
     estimate_pretrain_prior,
 )
-from analyze.synthetic import planted_world, zipf_prior
+from gla.analyze.synthetic import planted_world, zipf_prior
+from scipy.special import log_softmax, logsumexp, softmax
 
 
 def kl(p, q):

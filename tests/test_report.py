@@ -11,13 +11,12 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
-from pipeline.analysis import AnalyzeOptions
-from pipeline.errors import UserError
-from pipeline.incremental import analyze_cells
-from pipeline.report import gain_table, write_report
-from pipeline.runner import Runner
-from pipeline.synthetic import write_cell
+from gla.pipeline.analysis import AnalyzeOptions
+from gla.pipeline.errors import UserError
+from gla.pipeline.incremental import analyze_cells
+from gla.pipeline.report import gain_table, write_report
+from gla.pipeline.runner import Runner
+from gla.pipeline.synthetic import write_cell
 
 REPO = Path(__file__).resolve().parent.parent
 CELLS = [("clip-a", "fashion", True), ("clip-a", "animals", True), ("clip-b", "fashion", False)]
@@ -181,11 +180,11 @@ def test_missing_tables_is_a_user_error(tmp_path):
 def test_cli(report, tmp_path):
     root, _, _ = report
     out = tmp_path / "r.html"
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "report", "--store", str(root), "--out", str(out)],
+    r = subprocess.run([sys.executable, "-m", "gla.pipeline.cli", "report", "--store", str(root), "--out", str(out)],
                        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stderr
     assert out.exists() and f"wrote {out}" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "report", "--store", str(tmp_path / "nope")],
+    r = subprocess.run([sys.executable, "-m", "gla.pipeline.cli", "report", "--store", str(tmp_path / "nope")],
                        capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 2 and "store folder not found" in r.stderr
 
@@ -193,8 +192,7 @@ def test_cli(report, tmp_path):
 def test_calibration_table_matches_brute_force(report):
     """The reliability diagram's bins, recomputed with numpy from the stored zs logits."""
     import numpy as np
-
-    from pipeline.store import Store
+    from gla.pipeline.store import Store
 
     root, _, _ = report
     cal = pl.read_parquet(root / "results" / "calibration.parquet")

@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from pipeline.errors import UserError
-from pipeline.runner import CellError, ComputeOptions, Runner, failures, item_key, map_cells
+from gla.pipeline.errors import UserError
+from gla.pipeline.runner import CellError, ComputeOptions, Runner, failures, item_key, map_cells
 
 
 def _check_outcomes(out):
@@ -74,7 +73,7 @@ def test_bad_scheduler_is_a_user_error(tmp_path):
 
 
 def test_compute_options_from_config_and_overrides():
-    from pipeline.config import ComputeSettings
+    from gla.pipeline.config import ComputeSettings
 
     o = ComputeOptions.from_any(ComputeSettings(workers=3, threads_per_worker=2), workers=None, scheduler="")
     assert (o.workers, o.threads_per_worker, o.scheduler) == (3, 2, "")
@@ -112,7 +111,7 @@ kind = "imagefolder"
 
 
 def _synthetic_config(tmp_path: Path, workers: int) -> Path:
-    from pipeline.synthetic import write_cell
+    from gla.pipeline.synthetic import write_cell
 
     for i, (m, d) in enumerate([("ma", "da"), ("ma", "db"), ("mb", "da"), ("mb", "db")]):
         write_cell(tmp_path / "store", m, d, num_classes=6, fit_per_class=8, eval_rows=300, seed=i, counts=False)
@@ -124,7 +123,7 @@ def _synthetic_config(tmp_path: Path, workers: int) -> Path:
 
 
 def gla(*args, cwd=REPO):
-    r = subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "gla.pipeline.cli", *map(str, args)], capture_output=True, text=True,
                        cwd=cwd, timeout=600)
     return r
 
@@ -139,8 +138,7 @@ def test_gla_run_on_a_cluster_then_rerun_does_nothing(tmp_path):
     store = tmp_path / "store"
     assert (store / "report" / "index.html").exists()
     import polars as pl
-
-    from pipeline.analysis import AnalyzeOptions, analyze_cell
+    from gla.pipeline.analysis import AnalyzeOptions, analyze_cell
 
     # The cluster's tables equal an in-process analysis of each cell.
     summary = pl.read_parquet(store / "results" / "summary.parquet")
@@ -195,9 +193,8 @@ def test_gla_run_bad_input_exit_2(tmp_path):
 def test_gla_run_extracts_analyses_reports_and_reruns_nothing(tmp_path):
     pytest.importorskip("open_clip")
     from fixtures_tiny_clip import CLASSES, make_tiny_clip
-
-    from pipeline.config import load_config
-    from pipeline.run import run_config
+    from gla.pipeline.config import load_config
+    from gla.pipeline.run import run_config
 
     tc = make_tiny_clip(tmp_path / "tc")
     cfg = tmp_path / "run.toml"

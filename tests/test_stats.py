@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+from gla.analyze import stats
 from scipy.special import softmax
 from sklearn.metrics import (
     accuracy_score,
@@ -13,8 +14,6 @@ from sklearn.metrics import (
     log_loss,
     precision_recall_fscore_support,
 )
-
-from analyze import stats
 
 
 def random_case(seed, n=600, C=7, absent=()):

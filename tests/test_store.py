@@ -8,10 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from extract import cellformat as cf
-from pipeline.errors import UserError
-from pipeline.store import Store
+from gla.extract import cellformat as cf
+from gla.pipeline.errors import UserError
+from gla.pipeline.store import Store
 
 
 def _write(store, model, dataset, split, n, c, *, parts=1, ft=True, dtype="float32", seed=0,

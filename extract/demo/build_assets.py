@@ -1,7 +1,7 @@
 """Rebuild the demo's committed assets: a tiny CLIP pretrained on a long tail, and one
 fine-tuned classifier per downstream dataset.
 
-    python -m extract.demo.build_assets [--out DIR]
+    python -m gla.extract.demo.build_assets [--out DIR]
 
 Deterministic (seeded, single-threaded torch, deterministic algorithms). On two CPU cores
 it takes a few minutes. Not run by ``make demo``: the outputs are committed.
@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-from extract.demo import world
-from extract.sources import load_animal_mnist, load_fashion_mnist
+from gla.extract.demo import world
+from gla.extract.sources import load_animal_mnist, load_fashion_mnist
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 ARCH = "gla-tiny-clip"

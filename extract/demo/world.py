@@ -1,7 +1,7 @@
 """The demo world: which images pretrain the tiny CLIP, which fine-tune, and how often.
 
 Everything here is a constant or a seeded function of the constants, so the assets
-can be rebuilt bit for bit (``python -m extract.demo.build_assets``).
+can be rebuilt bit for bit (``python -m gla.extract.demo.build_assets``).
 
 - 20 classes: Fashion-MNIST's 10 and animal-mnist's 10, named as in ``extract.sources``.
 - Pretraining: a long tail over the 20 classes, geometric from ``PRETRAIN_MAX`` images down
@@ -15,8 +15,7 @@ can be rebuilt bit for bit (``python -m extract.demo.build_assets``).
 from __future__ import annotations
 
 import numpy as np
-
-from extract.sources import ANIMAL_CLASSES, FASHION_CLASSES
+from gla.extract.sources import ANIMAL_CLASSES, FASHION_CLASSES
 
 DATASETS = {"fashion": FASHION_CLASSES, "animals": ANIMAL_CLASSES}
 CLASSES = FASHION_CLASSES + ANIMAL_CLASSES  # pretraining label space (20)

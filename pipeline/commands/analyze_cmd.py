@@ -14,7 +14,7 @@ import argparse
 import math
 import time
 
-from pipeline.errors import UserError
+from gla.pipeline.errors import UserError
 
 DEFAULT_ESTIMATORS = ("gla", "gla-reference", "eigen", "prior-matching", "batch-calibration")
 
@@ -70,8 +70,8 @@ def _temperature(text: str):
 
 
 def options_from_args(args: argparse.Namespace):
-    from analyze.priors import ESTIMATORS
-    from pipeline.analysis import AnalyzeOptions
+    from gla.analyze.priors import ESTIMATORS
+    from gla.pipeline.analysis import AnalyzeOptions
 
     estimators = tuple(args.estimators or ("gla",))
     unknown = [e for e in estimators if e not in ESTIMATORS]
@@ -82,7 +82,7 @@ def options_from_args(args: argparse.Namespace):
     if not math.isfinite(args.smoothing) or args.smoothing < 0:
         raise UserError(f"--smoothing: must be >= 0, got {args.smoothing}")
     if args.target_prior is not None:
-        from pipeline.importer import load_array
+        from gla.pipeline.importer import load_array
 
         load_array(args.target_prior, "target prior", 1)  # fails early, naming the file
     return AnalyzeOptions(
@@ -129,10 +129,10 @@ def print_summary(results, console=None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.analysis import analyze_store
-    from pipeline.results import results_paths
-    from pipeline.runner import ComputeOptions
-    from pipeline.store import Store
+    from gla.pipeline.analysis import analyze_store
+    from gla.pipeline.results import results_paths
+    from gla.pipeline.runner import ComputeOptions
+    from gla.pipeline.store import Store
 
     options = options_from_args(args)
     store = Store(args.store)

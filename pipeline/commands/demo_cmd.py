@@ -27,13 +27,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import polars as pl
-
-    from pipeline import demo
-    from pipeline.errors import UserError
-    from pipeline.run import run_config
+    from gla.pipeline import demo
+    from gla.pipeline.errors import UserError
+    from gla.pipeline.run import run_config
 
     if args.rebuild_assets:
-        from extract.demo import build_assets
+        from gla.extract.demo import build_assets
 
         return build_assets.main(["--out", str(demo.ASSETS)])
     if args.limit_per_class is not None and args.limit_per_class < 21:

@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 
-from pipeline.errors import UserError
+from gla.pipeline.errors import UserError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +53,7 @@ def parse_shard(text: str | None, env: dict[str, str] | None = None) -> tuple[in
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.config import CellFilter, load_config, model_dict
+    from gla.pipeline.config import CellFilter, load_config, model_dict
 
     config = load_config(args.config)
     only = CellFilter(args.only)
@@ -71,10 +71,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"gla extract needs {' and '.join(missing)}: pip install 'gla-pipeline[extract]'"
         )
-    from extract.errors import ExtractError
-    from extract.reembed import rezero_cell
-    from extract.run import extract_cell
-    from extract.sources import SourceError
+    from gla.extract.errors import ExtractError
+    from gla.extract.reembed import rezero_cell
+    from gla.extract.run import extract_cell
+    from gla.extract.sources import SourceError
 
     options = config.extract.model_dump()
     progress = not args.no_progress and sys.stderr.isatty()

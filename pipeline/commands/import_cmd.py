@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.errors import UserError
+from gla.pipeline.errors import UserError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -31,14 +31,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.lock import store_lock
+    from gla.pipeline.lock import store_lock
 
     with store_lock(args.store, "gla import"):  # one writer at a time per store
         return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipeline.importer import import_counts, import_logits
+    from gla.pipeline.importer import import_counts, import_logits
 
     logit_opts = {k: getattr(args, k) for k in ("model", "split", "labels", "zs", "ft", "sample_ids")}
     if args.train_counts is not None:

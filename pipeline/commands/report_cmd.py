@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.errors import UserError
+from gla.pipeline.errors import UserError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +23,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.report import DEFAULT_MAX_CELLS, write_report
+    from gla.pipeline.report import DEFAULT_MAX_CELLS, write_report
 
     store = Path(args.store)
     if not store.is_dir():

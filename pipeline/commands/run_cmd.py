@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from pipeline.errors import UserError
+from gla.pipeline.errors import UserError
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -53,8 +53,8 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
-    from pipeline.run import run_config
+    from gla.pipeline.config import load_config
+    from gla.pipeline.run import run_config
 
     overrides = parse_overrides(args.set)
     if args.workers is not None:
