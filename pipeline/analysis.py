@@ -236,11 +236,13 @@ def _stream_eval(
         if unknown == len(b):
             return {}, unknown
         try:
-            return evaluate([(b.zs, b.ft, b.labels)], fitted, aopts), unknown
+            return evaluate([(b.zs, b.ft, b.labels, b.extra)], fitted, aopts), unknown
         except ValueError as e:
             _check_finite(b.zs, locate, "zs")
             if b.ft is not None:
                 _check_finite(b.ft, locate, "ft")
+            for col, x in b.extra.items():
+                _check_finite(x, locate, col)
             raise UserError(f"{b.file}: {e}") from None
 
     total, n, unknown = None, 0, 0
@@ -357,7 +359,7 @@ def analyze_cell(
 
     # ---- eval split: streamed
     batches = store.iter_split(
-        model, dataset, eval_split, columns=("label", "zs", "ft"),
+        model, dataset, eval_split, columns=("label", "zs", "ft", *eval_info.extra_logits),
         batch_rows=options.batch_rows, info=eval_info,
     )
     tallies, n_eval, n_unknown = _stream_eval(
