@@ -17,7 +17,8 @@ import time
 from gla.analyze.priors import parse_temperature
 from gla.pipeline.errors import UserError
 
-DEFAULT_ESTIMATORS = ("gla", "gla-reference", "eigen", "prior-matching", "batch-calibration")
+DEFAULT_ESTIMATORS = ("gla", "gla-reference", "eigen", "prior-matching", "batch-calibration",
+                      "eigen-iterated")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
