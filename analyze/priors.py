@@ -339,15 +339,15 @@ def _est_eigen(pb: _Problem):
     without convergence P is squared: iterating P^(2^k) has the same fixed point and
     doubles the speed each time. ``iterations`` counts applications of P.
     """
-    return _power_iteration(class_conditional_mean(pb.z, pb.y, pb.z.shape[1]), pb)
+    P = class_conditional_mean(pb.z, pb.y, pb.z.shape[1])
+    return _power_iteration(P, pb.tol, 10**6 if pb.max_iter is None else int(pb.max_iter))
 
 
-def _power_iteration(P: np.ndarray, pb: _Problem):
+def _power_iteration(P: np.ndarray, tol: float, budget: int):
     """Stationary vector of column-stochastic P, squaring P every 50 unconverged steps."""
     C = P.shape[0]
     v = np.full(C, 1.0 / C)
-    budget = 10**6 if pb.max_iter is None else int(pb.max_iter)
-    step_tol = pb.tol * 1e-2
+    step_tol = tol * 1e-2
     applied, power, delta = 0, 1, np.inf
     while applied < budget:
         for _ in range(50):
@@ -390,7 +390,7 @@ def _margin_mask(r: np.ndarray, keep: float) -> np.ndarray:
     return margin >= np.quantile(margin, 1.0 - keep)
 
 
-def _est_eigen_iterated(pb: _Problem, keep=0.5, rounds=200):
+def _est_eigen_iterated(pb: _Problem, keep=0.5):
     """Label-free eigen: pseudo-label confident rows, rebuild P, power iteration, repeat.
 
     Round r pseudo-labels every row softly with its posterior under the current estimate
@@ -403,7 +403,7 @@ def _est_eigen_iterated(pb: _Problem, keep=0.5, rounds=200):
     model every step is unbiased, so π_p is a fixed point whatever ``keep`` is; the filter
     only decides which rows' pseudo-labels are trusted. (Hard argmax pseudo-labels bias P
     badly: L1 error ≈ 1 on planted worlds where this form matches the labelled estimators.)
-    Rounds stop when the L1 change of π is ≤ tol·100, or after ``rounds``.
+    Rounds stop when the L1 change of π is ≤ tol·100, or after max_iter rounds (200).
     """
     C = pb.z.shape[1]
     if not 0 < float(keep) <= 1:
@@ -411,14 +411,15 @@ def _est_eigen_iterated(pb: _Problem, keep=0.5, rounds=200):
     s = _softmax(pb.z)
     pi = np.full(C, 1.0 / C)
     delta = np.inf
-    for r in range(1, int(rounds) + 1):
+    rounds = 200 if pb.max_iter is None else int(pb.max_iter)
+    for r in range(1, rounds + 1):
         resp = _softmax(pb.z - np.log(pi).astype(np.float32) + pb.shift.astype(np.float32))
         inside = _margin_mask(resp, float(keep))
         ra = resp[inside]
         mass = ra.sum(axis=0, dtype=np.float64)
         P = (ra.T @ s[inside]).astype(np.float64).T / np.maximum(mass, 1e-300)[None, :]
         P[:, mass <= 0] = 1.0 / C  # a class no kept row belongs to: an uninformative column
-        v, _, _, _ = _power_iteration(P / P.sum(axis=0, keepdims=True), pb)
+        v, _, _, _ = _power_iteration(P / P.sum(axis=0, keepdims=True), pb.tol, 10**6)
         accept = mass / np.maximum(resp.sum(axis=0, dtype=np.float64), 1e-300)
         new = v / np.maximum(accept, 1e-12)
         new /= new.sum()
@@ -426,7 +427,7 @@ def _est_eigen_iterated(pb: _Problem, keep=0.5, rounds=200):
         pi = new
         if delta <= pb.tol * 1e2:
             return pi, r, True, ""
-    return pi, int(rounds), False, f"rounds did not settle in {rounds} (L1 change {delta:.1e})"
+    return pi, rounds, False, f"rounds did not settle in {rounds} (L1 change {delta:.1e})"
 
 
 ESTIMATORS: dict[str, Callable] = {
