@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from gla.analyze.cell import AnalysisOptions, FittedPriors, evaluate, fit_priors, result_tables
-from gla.analyze.priors import LABEL_FREE
+from gla.analyze.cell import AnalysisOptions, FittedPriors, build_tables, evaluate, fit_priors
+from gla.analyze.priors import LABEL_FREE, parse_temperature
 from gla.analyze.stats import Tally
 from gla.pipeline.errors import UserError
 from gla.pipeline.importer import load_array
@@ -64,9 +64,11 @@ class StoreAnalysisOptions:
         if "estimators" in kw:
             est = kw["estimators"]
             kw["estimators"] = (est,) if isinstance(est, str) else tuple(est)
-        t = kw.get("temperature")
-        if isinstance(t, str) and t.strip().lower() in ("", "none"):
-            kw["temperature"] = None
+        if "temperature" in kw:
+            try:
+                kw["temperature"] = parse_temperature(kw["temperature"])
+            except ValueError as e:
+                raise UserError(f"analysis.{e}") from None
         if kw.get("target_prior") in ("", None):
             kw["target_prior"] = None
         else:
@@ -412,31 +414,9 @@ def analyze_cell(
             f"{options.eval_split!r}; evaluation needs labels"
         )
     clock.mark()
-    summary, per_class, priors = result_tables(
+    tables = build_tables(
         model, dataset, options.eval_split, list(info.class_names), fitted, tallies, class_counts=counts
     )
-    tables = {"summary": summary, "per_class": per_class, "priors": priors,
-              "calibration": calibration_table(model, dataset, options.eval_split, tallies)}
     clock.mark()
     return CellResult(model, dataset, tables, key,
                       _diagnostics(fit_info, info, n_eval, n_unknown, fitted, clock))
-
-
-def calibration_table(model: str, dataset: str, split: str, tallies: dict[str, Tally]) -> pl.DataFrame:
-    """Reliability-diagram bins of every method from its merged ``Tally``: count, mean
-    top-label confidence and accuracy per equal-width confidence bin (null when empty)."""
-    rows = []
-    for method, t in tallies.items():
-        nb = len(t.bin_count)
-        for b in range(nb):
-            n = int(t.bin_count[b])
-            rows.append({
-                "model": model, "dataset": dataset, "method": method, "split": split, "bin": b,
-                "bin_lo": b / nb, "bin_hi": (b + 1) / nb, "count": n,
-                "confidence": float(t.bin_conf[b]) / n if n else None,
-                "accuracy": float(t.bin_correct[b]) / n if n else None,
-            })
-    schema = {"model": pl.String, "dataset": pl.String, "method": pl.String, "split": pl.String,
-              "bin": pl.Int32, "bin_lo": pl.Float64, "bin_hi": pl.Float64, "count": pl.Int64,
-              "confidence": pl.Float64, "accuracy": pl.Float64}
-    return pl.DataFrame(rows, schema=schema)

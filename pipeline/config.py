@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from gla.analyze.priors import parse_temperature
 from gla.extract.cellformat import check_name
 from gla.pipeline.errors import UserError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -43,14 +44,11 @@ class AnalysisSettings(_Strict):
     @field_validator("temperature")
     @classmethod
     def _temperature(cls, v: str) -> str:
-        if v in ("none", "confidence", "nll"):
-            return v
         try:
-            if float(v) > 0:
-                return v
+            parse_temperature(v)  # the one parser (gla.analyze.priors)
         except ValueError:
-            pass
-        raise ValueError("expected 'none', 'confidence', 'nll' or a positive number")
+            raise ValueError("expected 'none', 'confidence', 'nll' or a positive number") from None
+        return v
 
 
 class ExtractOptions(_Strict):

@@ -1,9 +1,8 @@
-"""The names of the result tables and their empty forms, for the store code.
+"""The result tables, as the store code sees them: names, contract, empty forms, order.
 
-The per-cell cache and the publication handle any table by name; this module says which
-tables exist, which every publication must contain (``CONTRACT``), which may be absent
-(``is_optional``) and what an empty one looks like. (Until ``analyze/schema.py`` defines
-every table, the names and empty schemas live here.)
+The tables, their columns and dtypes are defined once, in ``gla.analyze.schema``; the
+per-cell cache and the publication handle any table listed there by name, through this
+module (``COLUMNS``: the columns each contract table must carry).
 """
 
 from __future__ import annotations
@@ -11,33 +10,20 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import polars as pl
+from gla.analyze import schema
 
-_EMPTY: dict[str, dict[str, pl.DataType]] = {
-    "summary": {"model": pl.String, "dataset": pl.String, "method": pl.String, "split": pl.String,
-                "n": pl.Int64, "accuracy": pl.Float64, "balanced_accuracy": pl.Float64,
-                "nll": pl.Float64, "ece": pl.Float64, "acc_head": pl.Float64,
-                "acc_medium": pl.Float64, "acc_tail": pl.Float64},
-    "per_class": {"model": pl.String, "dataset": pl.String, "method": pl.String,
-                  "class_index": pl.Int32, "class_name": pl.String, "n": pl.Int64,
-                  "accuracy": pl.Float64, "prior_pretrain": pl.Float64,
-                  "prior_downstream": pl.Float64, "group": pl.String},
-    "priors": {"model": pl.String, "dataset": pl.String, "estimator": pl.String,
-               "class_index": pl.Int32, "class_name": pl.String, "prior": pl.Float64},
-}  # fmt: skip
-
-# The tables every publication holds (DESIGN.md's contract), then the optional ones.
-CONTRACT: tuple[str, ...] = tuple(_EMPTY)
-TABLES: tuple[str, ...] = (*CONTRACT, "calibration")
-COLUMNS: dict[str, tuple[str, ...]] = {name: tuple(cols) for name, cols in _EMPTY.items()}
+TABLES: tuple[str, ...] = tuple(schema.TABLES)
+CONTRACT: tuple[str, ...] = tuple(schema.CONTRACT)  # every publication holds these
+COLUMNS: dict[str, tuple[str, ...]] = {name: schema.required(name) for name in schema.CONTRACT}
 
 
 def is_optional(name: str) -> bool:
-    return name not in CONTRACT
+    return name not in schema.TABLES or schema.table(name).optional
 
 
 def empty(name: str) -> pl.DataFrame:
-    """The table with no rows."""
-    return pl.DataFrame(schema=_EMPTY[name])
+    """The table with no rows (its full schema)."""
+    return schema.empty(name)
 
 
 def ordered(names: Iterable[str]) -> list[str]:
