@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from gla.extract import cellformat as cf
 from gla.extract.datasets import Source, build_source
 from gla.extract.errors import ExtractError
-from gla.extract.finetuned import finetuned_identity, load_finetuned
+from gla.extract.finetuned import finetuned_identity, load_finetuned, wiseft_column, wiseft_model
 from gla.extract.models import (
     autocast,
     effective_precision,
@@ -75,7 +75,7 @@ def cell_components(model: dict[str, Any], source: Source, templates_hash: str,
                     options: dict[str, Any], device: str) -> dict[str, Any]:
     """Everything the cell's content depends on (hashed into the cell key)."""
     ft_path = (model.get("finetuned") or {}).get(source.name) or ""
-    return {
+    comp = {
         "model": model_identity(model),
         "precision": effective_precision(options["precision"], device),
         "finetuned": finetuned_identity(ft_path) if ft_path else None,
@@ -85,6 +85,17 @@ def cell_components(model: dict[str, Any], source: Source, templates_hash: str,
         "image_embeddings": bool(options["image_embeddings"]),
         "shard_rows": int(options["shard_rows"]),
     }
+    alphas = wiseft_alphas(model, source.name)
+    if alphas:  # only when asked, so the key of every other cell stays as it was
+        comp["wiseft_alphas"] = alphas
+    return comp
+
+
+def wiseft_alphas(model: dict[str, Any], dataset: str) -> list[float]:
+    """The WiSE-FT α values of a cell: the model's list, when the cell has a fine-tuned checkpoint."""
+    if not (model.get("finetuned") or {}).get(dataset):
+        return []
+    return sorted({float(a) for a in model.get("wiseft_alphas") or []})
 
 
 def cell_key(components: dict[str, Any]) -> str:
@@ -367,6 +378,7 @@ class _Encoders:
     scale: float
     bias: float
     ft_model: Any | None
+    extra_models: dict[str, Any]  # extra logit columns: name -> images -> (N, C) module
     metadata: dict[str, Any]  # Parquet metadata of every part
 
 
@@ -399,8 +411,24 @@ def _load_encoders(store: str | os.PathLike, model: dict[str, Any], dataset_name
         "components": components,
         "cell_key": key,
     }
-    return _Encoders(loaded, device, torch.from_numpy(head_np).to(device), scale, bias,
-                     ft_model, metadata)
+    if "wiseft_alphas" in components:
+        metadata["wiseft_alphas"] = components["wiseft_alphas"]
+    head = torch.from_numpy(head_np).to(device)
+    return _Encoders(loaded, device, head, scale, bias, ft_model,
+                     _extra_encoders(loaded, ft_model, head, scale, bias, model, dataset_name),
+                     metadata)
+
+
+def _extra_encoders(loaded: Any, ft_model: Any, head: Any, scale: float, bias: float,
+                    model: dict[str, Any], dataset_name: str) -> dict[str, Any]:
+    """Extra logit columns of the cell, each an images -> (N, C) module fed by the same
+    decoded batch: WiSE-FT at every α of the model (when the cell has a fine-tuned model)."""
+    if ft_model is None:
+        return {}
+    return {
+        wiseft_column(a): wiseft_model(ft_model, loaded.model, scale * head, bias, a)
+        for a in wiseft_alphas(model, dataset_name)
+    }
 
 
 def _batch_plan(todo: list[PartPlan], source: Source, batch_size: int) -> tuple[list[Any], list[list[int]], list[int]]:
@@ -429,11 +457,12 @@ class _PartWriter:
         self.cell, self.source, self.key, self.enc = cell, source, key, enc
         self.want_emb, self.summary = want_emb, summary
         self.buf: dict[str, list[Any]] = {"zs": [], "ft": [], "emb": [], "ok": [], "err": []}
+        self.buf.update({name: [] for name in enc.extra_models})
         self.seconds = 0.0
 
     def add(self, zs: np.ndarray, ft: np.ndarray | None, emb: np.ndarray | None,
-            ok: np.ndarray, errs: list[str]) -> None:
-        for name, v in (("zs", zs), ("ft", ft), ("emb", emb), ("ok", ok), ("err", errs)):
+            extra: dict[str, np.ndarray], ok: np.ndarray, errs: list[str]) -> None:
+        for name, v in (("zs", zs), ("ft", ft), ("emb", emb), ("ok", ok), ("err", errs), *extra.items()):
             if v is not None:
                 self.buf[name].append(v)
 
@@ -451,12 +480,13 @@ class _PartWriter:
         zs = self._stack("zs", c)
         ft = self._stack("ft", c) if self.enc.ft_model is not None else None
         emb = np.concatenate(self.buf["emb"]) if self.want_emb and self.buf["emb"] else None
+        extra = {n: self._stack(n, c)[ok] for n in self.enc.extra_models}
         skipped = [{"sample_id": str(ids[i]), "error": errs[i]} for i in np.flatnonzero(~ok)]
         table = cf.build_table(
             ids[ok].tolist(), p.split, labels[ok], zs[ok],
             ft[ok] if ft is not None else None,
             emb[ok] if emb is not None else None,
-            metadata=self.enc.metadata,
+            metadata=self.enc.metadata, extra=extra,
         )
         side = _skip_sidecar(self.cell, p.split, p.index)
         if skipped:
@@ -471,18 +501,20 @@ class _PartWriter:
         self.seconds += time.perf_counter() - tw
 
 
-def _encode(enc: _Encoders, x: Any, pin: bool, want_emb: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """zs logits, ft logits and the float16 image embedding of one decoded batch."""
+def _encode(enc: _Encoders, x: Any, pin: bool, want_emb: bool) -> tuple[Any, ...]:
+    """zs logits, ft logits, the float16 image embedding and the extra logit columns of
+    one decoded batch."""
     import torch.nn.functional as F
 
     x = x.to(enc.device, non_blocking=pin)
     with autocast(enc.device, enc.loaded.precision):
         feats = enc.loaded.model.encode_image(x)
         ft = enc.ft_model(x).float() if enc.ft_model is not None else None
+        extra = {name: m(x).float().cpu().numpy() for name, m in enc.extra_models.items()}
     f = F.normalize(feats.float(), dim=-1)  # the head in float32
     zs = enc.scale * (f @ enc.head.T) + enc.bias
     return (zs.float().cpu().numpy(), None if ft is None else ft.cpu().numpy(),
-            f.half().cpu().numpy() if want_emb else None)
+            f.half().cpu().numpy() if want_emb else None, extra)
 
 
 def _run_parts(store: str | os.PathLike, cell: Path, model: dict[str, Any], dataset_name: str,

@@ -283,11 +283,13 @@ def _tally_batch(b: SplitArrays, fitted: FittedPriors, core: AnalysisOptions, c:
     if unknown == len(b):
         return {}, unknown
     try:
-        return evaluate([(b.zs, b.ft, b.labels)], fitted, core), unknown
+        return evaluate([(b.zs, b.ft, b.labels, b.extra)], fitted, core), unknown
     except ValueError as e:
         _check_finite(b.zs, locate, "zs")
         if b.ft is not None:
             _check_finite(b.ft, locate, "ft")
+        for col, x in b.extra.items():
+            _check_finite(x, locate, col)
         raise UserError(f"{b.file}: {e}") from None
 
 
@@ -404,7 +406,8 @@ def analyze_cell(
     clock.mark()
     fitted = _fit(store, info, fit_info, options, counts, core)
     clock.mark()
-    batches = store.iter_split(model, dataset, options.eval_split, columns=("label", "zs", "ft"),
+    batches = store.iter_split(model, dataset, options.eval_split,
+                               columns=("label", "zs", "ft", *eval_info.extra_logits),
                                batch_rows=options.batch_rows, info=eval_info)
     tallies, n_eval, n_unknown = _stream_eval(batches, fitted, core, eval_info, options.eval_split,
                                               _threads(options))

@@ -522,10 +522,7 @@ def write_report(
     figures = FigureCache(path.parent / f".{path.stem}.figures")
     page = render(data, max_cells=max_cells, figures=figures)
     marker.unlink(missing_ok=True)
-    cf.atomic_write_bytes(path, page.encode("utf-8"))
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)  # a report is for sharing (mkstemp makes 0600)
+    cf.atomic_write_bytes(path, page.encode("utf-8"))  # mode from the umask: for sharing
     cf.atomic_write_bytes(marker, json.dumps({"key": key}).encode())
     figures.prune()
     return path, True
