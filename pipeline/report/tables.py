@@ -12,21 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
+from gla.analyze import schema
 from gla.extract import cellformat as cf
 from gla.pipeline.errors import UserError
 from gla.pipeline.report.style import METHOD_ORDER, ordered_methods
 
-# The tables the report reads, with the columns it relies on. The first three are the
-# contract (a store without them has nothing to report); the others are optional and
-# their sections appear only when the table exists and has rows.
-REQUIRED: dict[str, tuple[str, ...]] = {
-    "summary": ("model", "dataset", "method", "accuracy"),
-    "per_class": ("model", "dataset", "method", "class_index", "accuracy", "prior_pretrain"),
-    "priors": ("model", "dataset", "estimator", "class_index", "prior"),
-    "calibration": ("model", "dataset", "method", "bin", "count", "confidence", "accuracy"),
-}
-CONTRACT = ("summary", "per_class", "priors")
-READ = tuple(REQUIRED)
+# The tables the report reads: every table of the schema. The contract tables must exist
+# (a store without them has nothing to report); an optional table's section appears only
+# when the table exists and has rows. Required columns come from the schema.
+READ = tuple(schema.TABLES)
 
 
 @dataclass
@@ -75,7 +69,7 @@ def load_tables(store: str | os.PathLike) -> ReportData:
     for name in READ:
         path = table_path(store, name)
         if not path.exists():
-            if name in CONTRACT:
+            if not schema.table(name).optional:
                 raise UserError(f"{path}: not found (run `gla analyze --store {store}` first)")
             frames[name] = None
             continue
@@ -83,7 +77,7 @@ def load_tables(store: str | os.PathLike) -> ReportData:
             frames[name] = pl.read_parquet(path)
         except Exception as e:  # noqa: BLE001 - any read failure is a bad file
             raise UserError(f"{path}: unreadable Parquet ({e})") from None
-        missing = [c for c in REQUIRED.get(name, ()) if c not in frames[name].columns]
+        missing = [c for c in schema.required(name) if c not in frames[name].columns]
         if missing:
             raise UserError(f"{path}: column {missing[0]} is missing")
     if frames["summary"].height == 0:

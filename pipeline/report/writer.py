@@ -12,7 +12,6 @@ import functools
 import hashlib
 import json
 import os
-import secrets
 from pathlib import Path
 
 from gla.extract import cellformat as cf
@@ -85,23 +84,6 @@ class FigureCache:
                     f.unlink(missing_ok=True)
 
 
-def write_shared(path: Path, data: bytes) -> None:
-    """Atomic write of a file meant for sharing: created 0666 & ~umask, as ``open`` would
-    (mkstemp makes 0600), without touching the process umask."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_report(
     store: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -125,7 +107,7 @@ def write_report(
     cache = FigureCache(path.parent / f".{path.stem}.figures", data)
     html = page.render(data, max_cells=max_cells, figures_for=cache.get)
     marker.unlink(missing_ok=True)
-    write_shared(path, html.encode("utf-8"))
+    cf.atomic_write_bytes(path, html.encode("utf-8"))  # 0666 & ~umask: for sharing
     cf.atomic_write_bytes(marker, json.dumps({"key": key}).encode())
     cache.prune()
     return path, True
