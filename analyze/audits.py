@@ -166,7 +166,6 @@ def target_tables(model: str, dataset: str, split: str, class_names: Sequence[st
                   window_tallies: dict, window_names: Sequence[str], shares) -> dict[str, pl.DataFrame]:
     """summary/per_class/calibration rows of gla_tp, target_priors and window_accuracy."""
     names = [str(c) for c in class_names]
-    C = len(names)
     out: dict[str, list[pl.DataFrame]] = {"summary": [], "per_class": [], "calibration": []}
     for e, t in whole_tallies.items():
         tabs = build_tables(model, dataset, split, names, fitted, {"gla_tp": t})

@@ -63,6 +63,7 @@ _CELL = (
 )
 _EST = (("estimator", S, "π_p estimator whose prior the methods used (the primary one)"),)
 _METHOD = (("method", S, "zs, zs_debiased, ft, ft_la, ensemble, gla (and gla_tp, wiseft@α)"),)
+_TARGET = (("target_estimator", S, "π_t estimate gla_tp used (em, bbse); null for other methods"),)
 
 
 def _with_ci(metric: str, doc: str) -> tuple:
@@ -78,7 +79,7 @@ SUMMARY = Table(
     "summary",
     "one row per model × dataset × estimator × method: metrics on the eval split",
     _cols(
-        *_CELL, *_EST, *_METHOD,
+        *_CELL, *_EST, *_METHOD, *_TARGET,
         ("split", S, "eval split the metrics are computed on"),
         ("n", I64, "labelled eval samples scored"),
         ("accuracy", F, "top-1 accuracy (pooled over samples)"),
@@ -93,7 +94,7 @@ SUMMARY = Table(
         ("acc_medium_shot", F, "medium-shot accuracy (count 20–100)"),
         ("acc_few", F, "few-shot accuracy (count < 20)"),
     ),
-    keys=("model", "dataset", "estimator", "method"),
+    keys=("model", "dataset", "estimator", "method", "target_estimator"),
     required=("model", "dataset", "estimator", "method", "split", "n", "accuracy",
               "balanced_accuracy", "nll", "ece", "acc_head", "acc_medium", "acc_tail"),
 )  # fmt: skip
@@ -102,7 +103,7 @@ PER_CLASS = Table(
     "per_class",
     "one row per model × dataset × estimator × method × class",
     _cols(
-        *_CELL, *_EST, *_METHOD,
+        *_CELL, *_EST, *_METHOD, *_TARGET,
         ("class_index", I32, "class index (column of the logits)"),
         ("class_name", S, "class name"),
         ("n", I64, "eval samples of the class"),
@@ -114,7 +115,7 @@ PER_CLASS = Table(
         ("group", S, "head / medium / tail by π_p"),
         ("count_group", S, "many / medium / few by training count (null without counts)"),
     ),
-    keys=("model", "dataset", "estimator", "method", "class_index"),
+    keys=("model", "dataset", "estimator", "method", "class_index", "target_estimator"),
     required=("model", "dataset", "method", "class_index", "class_name", "n", "accuracy",
               "prior_pretrain", "prior_downstream", "group"),
 )  # fmt: skip
@@ -142,7 +143,7 @@ CALIBRATION = Table(
     "calibration",
     "reliability-diagram bins per method (for the report)",
     _cols(
-        *_CELL, *_EST, *_METHOD,
+        *_CELL, *_EST, *_METHOD, *_TARGET,
         ("split", S, "eval split"),
         ("bin", I32, "bin index"),
         ("bin_lo", F, "lower edge of the confidence bin"),
@@ -151,7 +152,7 @@ CALIBRATION = Table(
         ("confidence", F, "mean top-label confidence in the bin (null when empty)"),
         ("accuracy", F, "accuracy in the bin (null when empty)"),
     ),
-    keys=("model", "dataset", "estimator", "method", "bin"),
+    keys=("model", "dataset", "estimator", "method", "bin", "target_estimator"),
     required=("model", "dataset", "method", "bin", "count", "confidence", "accuracy"),
     optional=True,
 )  # fmt: skip
@@ -216,8 +217,86 @@ WARNINGS = Table(
     optional=True,
 )  # fmt: skip
 
+TARGET_PRIORS = Table(
+    "target_priors",
+    "π_t of the eval split estimated without its labels (whole split, and per window)",
+    _cols(
+        *_CELL, *_EST,
+        ("target_estimator", S, "em (Saerens EM on BCTS-calibrated probabilities) or bbse"),
+        ("split", S, "the split whose label distribution is estimated"),
+        ("window", S, "time window (null: the whole split)"),
+        ("window_index", I32, "order of the window (−1: the whole split)"),
+        ("class_index", I32, "class index"),
+        ("class_name", S, "class name"),
+        ("prior", F, "estimated π_t (sums to 1 per window)"),
+        ("label_share", F, "fraction of the labelled rows with this label (null when unlabelled)"),
+        ("iterations", I64, "passes over the split"),
+        ("converged", B, "the estimator met its tolerance"),
+    ),
+    keys=("model", "dataset", "estimator", "target_estimator", "window_index", "class_index"),
+    required=("model", "dataset", "target_estimator", "window", "class_index", "class_name", "prior"),
+    optional=True,
+)  # fmt: skip
+
+WINDOW_ACCURACY = Table(
+    "window_accuracy",
+    "accuracy per time window of the de-biased model and of gla_tp with the tracked π_t",
+    _cols(
+        *_CELL, *_EST, *_METHOD, *_TARGET,
+        ("split", S, "eval split"),
+        ("window", S, "time window"),
+        ("window_index", I32, "order of the window"),
+        ("n", I64, "labelled rows of the window"),
+        ("accuracy", F, "top-1 accuracy in the window"),
+        ("balanced_accuracy", F, "mean per-class accuracy in the window"),
+    ),
+    keys=("model", "dataset", "estimator", "method", "target_estimator", "window_index"),
+    required=("model", "dataset", "method", "window", "window_index", "accuracy"),
+    optional=True,
+)  # fmt: skip
+
+LABEL_ISSUES = Table(
+    "label_issues",
+    "samples whose given label looks wrong: BH flags at level α and confident-learning issues",
+    _cols(
+        *_CELL, *_EST,
+        ("split", S, "audited split"),
+        ("sample_id", S, "sample id"),
+        ("label", I32, "given label"),
+        ("suggested_label", I32, "argmax of the de-biased probabilities"),
+        ("score", F, "log-probability of the given label (de-biased model)"),
+        ("p_value", F, "conformal p-value against the clean split's scores"),
+        ("flagged", B, "rejected by Benjamini–Hochberg at the --fdr level"),
+        ("cl_issue", B, "an off-diagonal of the confident joint (confident learning)"),
+    ),
+    keys=("model", "dataset", "estimator", "split", "sample_id"),
+    required=("model", "dataset", "split", "sample_id", "label", "suggested_label", "score",
+              "p_value", "flagged"),
+    optional=True,
+)  # fmt: skip
+
+CLASS_CONFUSIONS = Table(
+    "class_confusions",
+    "class pairs most often confused in the labels: the confident joint's off-diagonal",
+    _cols(
+        *_CELL, *_EST,
+        ("split", S, "audited split"),
+        ("label", I32, "given label"),
+        ("label_name", S, "given class name"),
+        ("suggested_label", I32, "likely true label (confident learning)"),
+        ("suggested_name", S, "likely true class name"),
+        ("count", I64, "samples in the confident joint with this (given, likely true) pair"),
+        ("n_flagged", I64, "BH-flagged samples with this (given, suggested) pair"),
+        ("n_tested", I64, "labelled samples audited in the split"),
+    ),
+    keys=("model", "dataset", "estimator", "split", "label", "suggested_label"),
+    required=("model", "dataset", "split", "label", "suggested_label", "count"),
+    optional=True,
+)  # fmt: skip
+
 TABLES: dict[str, Table] = {
-    t.name: t for t in (SUMMARY, PER_CLASS, PRIORS, CALIBRATION, COMPARISONS, PROVENANCE, WARNINGS)
+    t.name: t for t in (SUMMARY, PER_CLASS, PRIORS, CALIBRATION, COMPARISONS, PROVENANCE, WARNINGS,
+                  TARGET_PRIORS, WINDOW_ACCURACY, LABEL_ISSUES, CLASS_CONFUSIONS)
 }
 # The tables every published result must contain (DESIGN.md's contract).
 CONTRACT = tuple(n for n, t in TABLES.items() if not t.optional)

@@ -31,6 +31,7 @@ import pyarrow as pa
 from gla.analyze.cell import AnalysisOptions, FittedPriors, build_tables, evaluate, fit_priors
 from gla.analyze.priors import LABEL_FREE, parse_temperature
 from gla.analyze.stats import Tally
+from gla.pipeline import cell_audits
 from gla.pipeline.errors import UserError
 from gla.pipeline.importer import load_array
 from gla.pipeline.store import DEFAULT_BATCH_ROWS, CellInfo, SplitArrays, SplitInfo, Store
@@ -54,6 +55,12 @@ class StoreAnalysisOptions:
     allow_fit_on_eval: bool = False
     batch_rows: int = DEFAULT_BATCH_ROWS  # eval rows per streamed batch
     threads: int = 0  # evaluation threads per cell; 0 = min(2, cpu count)
+    # Audits beyond the paper (pipeline/cell_audits.py): π_t estimation/tracking, label issues.
+    target_estimators: tuple[str, ...] = ()  # em, bbse
+    window_splits: tuple[str, ...] = ()  # eval splits in time order, one window each
+    window_memory: float = 0.0  # EM pseudo-counts from the previous window's estimate
+    label_issues: bool = False
+    fdr: float = 0.1
 
     @classmethod
     def from_mapping(cls, d: dict[str, Any] | None, **overrides: Any) -> StoreAnalysisOptions:
@@ -64,6 +71,9 @@ class StoreAnalysisOptions:
         if "estimators" in kw:
             est = kw["estimators"]
             kw["estimators"] = (est,) if isinstance(est, str) else tuple(est)
+        for k in ("target_estimators", "window_splits"):
+            if k in kw:
+                kw[k] = (kw[k],) if isinstance(kw[k], str) else tuple(kw[k])
         if "temperature" in kw:
             try:
                 kw["temperature"] = parse_temperature(kw["temperature"])
@@ -420,6 +430,7 @@ def analyze_cell(
     tables = build_tables(
         model, dataset, options.eval_split, list(info.class_names), fitted, tallies, class_counts=counts
     )
+    tables = cell_audits.merge(tables, cell_audits.run(store, info, options, fitted, fit_info, eval_info))
     clock.mark()
     return CellResult(model, dataset, tables, key,
                       _diagnostics(fit_info, info, n_eval, n_unknown, fitted, clock))

@@ -40,6 +40,11 @@ class AnalysisSettings(_Strict):
     smoothing: float = Field(0.0, ge=0.0)
     target_prior: str = ""
     allow_fit_on_eval: bool = False
+    target_estimators: list[Literal["em", "bbse"]] = Field(default_factory=list)
+    window_splits: list[str] = Field(default_factory=list)
+    window_memory: float = Field(0.0, ge=0.0)
+    label_issues: bool = False
+    fdr: float = Field(0.1, gt=0.0, lt=1.0)
 
     @field_validator("temperature")
     @classmethod

@@ -225,6 +225,46 @@ def load_lines(path: str | os.PathLike, what: str) -> list[str]:
     return [ln.strip() for ln in lines]
 
 
+def _parquet_strings(path: str, column: str) -> list[str]:
+    names = pq.read_schema(path).names
+    if column not in names:
+        raise UserError(f"{path}: column {column} not found (columns: {', '.join(names)})")
+    col = pq.read_table(path, columns=[column]).column(0)
+    if col.null_count:
+        raise UserError(f"{path}: column {column} has missing (null) values")
+    return [str(v) for v in col.to_pylist()]
+
+
+def load_windows(spec: str, n: int, *sources: Spec | None) -> list[str]:
+    """Window keys, one per row: a file (.txt lines, .npy/.npz[:key], .parquet:column), or
+    the name of a column of one of the Parquet ``sources`` (the --zs or --labels file)."""
+    s = str(spec)
+    try:
+        path, key = _split_spec(s)
+    except UserError:
+        files = [_split_spec(x)[0] for x in sources if x is not None]
+        files = [p for p in files if p.suffix.lower() == ".parquet"]
+        owner = next((p for p in files if s in pq.read_schema(p).names), None)
+        if owner is None:
+            raise UserError(f"--window {s}: neither a file nor a column of "
+                            f"{', '.join(map(str, files)) or 'a Parquet input'}") from None
+        path, key = owner, s
+    where = str(path) if key is None else f"{path}: column {key}"
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        keys = _parquet_strings(str(path), key or pq.read_schema(path).names[0])
+    elif suffix in (".npy", ".npz"):
+        keys = [str(v) for v in load_array(s, "windows", 1)[0].tolist()]
+    else:
+        keys = load_lines(path, "windows")
+    if len(keys) != n:
+        raise UserError(f"{where}: {len(keys)} windows but zs has {n} rows")
+    empty = next((i for i, k in enumerate(keys) if not k.strip()), None)
+    if empty is not None:
+        raise UserError(f"{where}: window of row {empty} is empty")
+    return keys
+
+
 # --------------------------------------------------------------------------- logits
 
 
@@ -353,7 +393,8 @@ def _sample_ids(store: Store, model: str, dataset: str, split: str, sample_ids: 
 
 
 def _split_tables(ids: list[str], split: str, y: np.ndarray, zs_arr: np.ndarray,
-                  ft_arr: np.ndarray | None, meta: dict) -> list[pa.Table]:
+                  ft_arr: np.ndarray | None, meta: dict,
+                  windows: list[str] | None = None) -> list[pa.Table]:
     n = len(y)
     dtype = "float16" if zs_arr.dtype == np.float16 and (
         ft_arr is None or ft_arr.dtype == np.float16
@@ -361,12 +402,13 @@ def _split_tables(ids: list[str], split: str, y: np.ndarray, zs_arr: np.ndarray,
     tables = []
     for start in range(0, max(n, 1), PART_ROWS):
         sl = slice(start, min(n, start + PART_ROWS))
-        tables.append(
-            cf.build_table(
-                ids[sl], split, y[sl].astype(np.int32), zs_arr[sl],
-                None if ft_arr is None else ft_arr[sl], metadata=meta, dtype=dtype,
-            )
+        t = cf.build_table(
+            ids[sl], split, y[sl].astype(np.int32), zs_arr[sl],
+            None if ft_arr is None else ft_arr[sl], metadata=meta, dtype=dtype,
         )
+        if windows is not None:  # optional time-window key (label-shift tracking)
+            t = t.append_column("window", pa.array(windows[sl], pa.string()))
+        tables.append(t)
     return tables
 
 
@@ -380,6 +422,7 @@ def import_logits(
     ft: Spec | None = None,
     classnames: Spec | None = None,
     sample_ids: Spec | None = None,
+    windows: str | None = None,
 ) -> dict:
     """Write one split of a cell from array files; replaces that split only.
 
@@ -391,6 +434,7 @@ def import_logits(
     ref = _reference_split(store, model, dataset, split, c, ft_arr is not None, zs_where)
     names = _class_names(store, model, dataset, classnames, c, ref)
     ids = _sample_ids(store, model, dataset, split, sample_ids, n)
+    win = None if windows is None else load_windows(windows, n, zs, labels)
     meta = {
         "class_names": list(names),
         "model": {"name": model, "source": "import", "zs_file": os.fspath(zs),
@@ -399,7 +443,7 @@ def import_logits(
         "templates_hash": None,
     }
     cell = store.cell_path(model, dataset)
-    manifest = cf.write_split(cell, split, _split_tables(ids, split, y, zs_arr, ft_arr, meta))
+    manifest = cf.write_split(cell, split, _split_tables(ids, split, y, zs_arr, ft_arr, meta, win))
     return {"cell": str(cell), "split": split, "rows": n, "classes": c,
             "has_ft": ft_arr is not None, "manifest": str(manifest)}
 

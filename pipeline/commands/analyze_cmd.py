@@ -45,6 +45,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="known target label prior (C values; .npy/.npz/.parquet/.txt)")
     parser.add_argument("--allow-fit-on-eval", action="store_true",
                         help="allow --fit-split equal to --eval-split (leaks the eval labels)")
+    parser.add_argument("--target-estimator", action="append", dest="target_estimators",
+                        choices=("em", "bbse"), metavar="em|bbse",
+                        help="estimate the eval split's label distribution π_t without its labels "
+                        "and score gla_tp = gla + log π̂_t (repeatable)")
+    parser.add_argument("--label-issues", action="store_true",
+                        help="flag eval samples whose label looks wrong (BH against the fit split)")
+    parser.add_argument("--fdr", type=float, default=None, metavar="A",
+                        help="false discovery rate of --label-issues (default 0.1)")
     parser.add_argument("--only", action="append", metavar="model=M,dataset=D",
                         help="analyse only matching cells (shell patterns; repeatable)")
     parser.add_argument("--threads", type=int, default=0,
@@ -79,6 +87,12 @@ def options_from_args(args: argparse.Namespace) -> StoreAnalysisOptions:
         raise UserError(f"--smoothing: must be >= 0, got {args.smoothing}")
     if args.target_prior is not None:
         load_array(args.target_prior, "target prior", 1)  # fails early, naming the file
+    targets = tuple(dict.fromkeys(args.target_estimators or ()))
+    if args.fdr is not None and not args.label_issues:
+        raise UserError("--fdr: only with --label-issues")
+    fdr = 0.1 if args.fdr is None else args.fdr
+    if not 0 < fdr < 1:
+        raise UserError(f"--fdr: must be in (0, 1), got {fdr}")
     return StoreAnalysisOptions(
         fit_split=args.fit_split,
         eval_split=args.eval_split,
@@ -88,7 +102,16 @@ def options_from_args(args: argparse.Namespace) -> StoreAnalysisOptions:
         target_prior=args.target_prior,
         allow_fit_on_eval=args.allow_fit_on_eval,
         threads=args.threads,
+        target_estimators=targets,
+        label_issues=args.label_issues,
+        fdr=fdr,
     )
+
+
+def _label(row: dict) -> str:
+    """Method name as shown: gla_tp carries the π_t estimate it used (gla_tp[em])."""
+    t = row.get("target_estimator")
+    return f"{row['method']}[{t}]" if t else row["method"]
 
 
 def print_summary(results, console=None) -> None:
@@ -102,10 +125,10 @@ def print_summary(results, console=None) -> None:
     methods: list[str] = []
     for r in results:
         table.add_column(f"{r.model}/{r.dataset}", justify="right")
-        for m in r.summary["method"].to_list():
+        for m in map(_label, r.summary.iter_rows(named=True)):
             if m not in methods:
                 methods.append(m)
-    rows = {r.model + "\0" + r.dataset: {d["method"]: d for d in r.summary.iter_rows(named=True)}
+    rows = {r.model + "\0" + r.dataset: {_label(d): d for d in r.summary.iter_rows(named=True)}
             for r in results}
     for m in methods:
         cells = []

@@ -1,7 +1,7 @@
 """``gla import``: bring your own logits, or a dataset's training counts, into a store.
 
     gla import --store S --model M --dataset D --split SPLIT --labels y.npy --zs zs.npy
-               [--ft ft.npy] [--classnames names.txt] [--sample-ids ids.txt]
+               [--ft ft.npy] [--classnames names.txt] [--sample-ids ids.txt] [--window FILE|COLUMN]
     gla import --store S --dataset D --train-counts counts.npy   (or a CSV class_index,count)
 
 Arrays: .npy, .npz (single array, or file.npz:key) or Parquet (a list column or numeric
@@ -25,6 +25,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ft", help="2-D fine-tuned logits (N, C), optional")
     parser.add_argument("--classnames", help="text file, one class name per line (label order)")
     parser.add_argument("--sample-ids", help="text file, one sample id per line (default <split>-<row>)")
+    parser.add_argument("--window", metavar="FILE|COLUMN",
+                        help="time window of each row (a file, or a column of the --zs/--labels "
+                        "Parquet file): π_t is tracked per window")
     parser.add_argument(
         "--train-counts", help="per-class training counts: .npy/.npz/.parquet or CSV class_index,count"
     )
@@ -40,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from gla.pipeline.importer import import_counts, import_logits
 
-    logit_opts = {k: getattr(args, k) for k in ("model", "split", "labels", "zs", "ft", "sample_ids")}
+    logit_opts = {k: getattr(args, k) for k in ("model", "split", "labels", "zs", "ft", "sample_ids", "window")}
     if args.train_counts is not None:
         given = [f"--{k.replace('_', '-')}" for k, v in logit_opts.items() if v is not None]
         if given:
@@ -53,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
             raise UserError(f"--{opt} is required when importing logits (or give --train-counts)")
     info = import_logits(
         args.store, args.model, args.dataset, args.split, args.labels, args.zs, args.ft,
-        args.classnames, args.sample_ids,
+        args.classnames, args.sample_ids, args.window,
     )
     print(
         f"wrote {info['cell']} split {info['split']}: {info['rows']} rows, {info['classes']} classes"
