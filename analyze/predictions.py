@@ -14,12 +14,9 @@ from collections.abc import Iterable
 
 import numpy as np
 import polars as pl
+from gla.analyze import schema
 
-KEYS = ("model", "dataset", "estimator", "method")
-SCHEMA = {
-    "model": pl.String, "dataset": pl.String, "estimator": pl.String, "method": pl.String,
-    "sample_hash": pl.UInt64, "label": pl.Int32, "pred": pl.Int32,
-}  # fmt: skip
+SCHEMA = schema.table("predictions").dtypes
 
 
 def sample_hashes(sample_ids: Iterable[str]) -> np.ndarray:
@@ -29,7 +26,7 @@ def sample_hashes(sample_ids: Iterable[str]) -> np.ndarray:
 
 
 def empty() -> pl.DataFrame:
-    return pl.DataFrame(schema=SCHEMA)
+    return schema.empty("predictions")
 
 
 def frame(model: str, dataset: str, estimator: str, method: str, hashes, labels, preds) -> pl.DataFrame:
@@ -46,3 +43,13 @@ def frame(model: str, dataset: str, estimator: str, method: str, hashes, labels,
         "pred": pl.Series(p.astype(np.int32, copy=False)),
     })  # fmt: skip
     return df.with_columns(pl.lit(v, dtype=pl.String).alias(k) for k, v in cell.items()).select(list(SCHEMA))
+
+
+def cell_frame(model: str, dataset: str, estimator: str, sample_ids, labels, preds: dict) -> pl.DataFrame:
+    """Every method's predictions of one cell (``preds``: method -> (N,) classes)."""
+    return frame_from_hashes(model, dataset, estimator, sample_hashes(sample_ids), labels, preds)
+
+
+def frame_from_hashes(model: str, dataset: str, estimator: str, h, labels, preds: dict) -> pl.DataFrame:
+    frames = [frame(model, dataset, estimator, m, h, labels, p) for m, p in preds.items()]
+    return pl.concat(frames) if frames else empty()

@@ -191,6 +191,36 @@ def _load_target_prior(path: str, c: int) -> np.ndarray:
 # --------------------------------------------------------------------------- one cell
 
 
+class _KeptPredictions:
+    """Per-sample predictions of the eval split (for paired run diffs), in batch order:
+    64-bit id hashes, labels and each method's predicted class (analyze.predictions)."""
+
+    def __init__(self) -> None:
+        self.parts: dict[tuple[Path | None, int], tuple] = {}
+
+    def append_batch(self, b: SplitData, preds: dict) -> None:
+        from gla.analyze.predictions import sample_hashes
+
+        known = b.labels >= 0
+        ids = b.sample_ids.to_pylist() if b.sample_ids is not None else []
+        hashes = sample_hashes(i for i, k in zip(ids, known, strict=True) if k)
+        self.parts[(b.file, b.row_offset)] = (hashes, b.labels[known], {m: np.concatenate(v) for m, v in preds.items()})
+
+    def table(self, model: str, dataset: str, estimator: str):
+        from gla.analyze import predictions as apred
+
+        if not self.parts:
+            return apred.empty()
+        parts = [self.parts[k] for k in sorted(self.parts, key=lambda k: (str(k[0]), k[1]))]
+        methods = parts[0][2].keys()
+        return apred.frame_from_hashes(
+            model, dataset, estimator, np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]),
+            {m: np.concatenate([p[2][m] for p in parts]) for m in methods},
+        )
+
+
+
 def _analysis_options(options: AnalyzeOptions, target_prior: np.ndarray | None):
     from gla.analyze.cell import AnalysisOptions
 
@@ -215,7 +245,8 @@ def _threads(options: AnalyzeOptions) -> int:
 
 
 def _stream_eval(
-    batches: Iterator[SplitData], fitted, aopts, info: SplitInfo, split: str, threads: int
+    batches: Iterator[SplitData], fitted, aopts, info: SplitInfo, split: str, threads: int,
+    keep: _KeptPredictions,
 ) -> tuple[dict, int, int]:
     """Validate and tally the eval split batch by batch; at most threads+1 batches in memory.
 
@@ -236,7 +267,10 @@ def _stream_eval(
         if unknown == len(b):
             return {}, unknown
         try:
-            return evaluate([(b.zs, b.ft, b.labels, b.extra)], fitted, aopts), unknown
+            preds: dict = {}
+            tallies = evaluate([(b.zs, b.ft, b.labels, b.extra)], fitted, aopts, predictions=preds)
+            keep.append_batch(b, preds)
+            return tallies, unknown
         except ValueError as e:
             _check_finite(b.zs, locate, "zs")
             if b.ft is not None:
@@ -359,11 +393,12 @@ def analyze_cell(
 
     # ---- eval split: streamed
     batches = store.iter_split(
-        model, dataset, eval_split, columns=("label", "zs", "ft", *eval_info.extra_logits),
+        model, dataset, eval_split, columns=("label", "zs", "ft", "sample_id", *eval_info.extra_logits),
         batch_rows=options.batch_rows, info=eval_info,
     )
+    kept = _KeptPredictions()
     tallies, n_eval, n_unknown = _stream_eval(
-        batches, fitted, aopts, info, eval_split, _threads(options)
+        batches, fitted, aopts, info, eval_split, _threads(options), kept
     )
     if tallies is None:
         raise UserError(
@@ -374,6 +409,7 @@ def analyze_cell(
     tables = build_tables(
         model, dataset, eval_split, list(info.class_names), fitted, tallies, class_counts=counts
     )
+    tables["predictions"] = kept.table(model, dataset, fitted.primary)
     diag = {
         "fit_rows": fit_info.rows,
         "eval_rows": n_eval,
