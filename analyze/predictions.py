@@ -53,3 +53,33 @@ def cell_frame(model: str, dataset: str, estimator: str, sample_ids, labels, pre
 def frame_from_hashes(model: str, dataset: str, estimator: str, h, labels, preds: dict) -> pl.DataFrame:
     frames = [frame(model, dataset, estimator, m, h, labels, p) for m, p in preds.items()]
     return pl.concat(frames) if frames else empty()
+
+
+class Collector:
+    """Predictions of a streamed eval split, batch by batch (thread-safe: one dict slot
+    per batch), put back in batch order by :meth:`table`. Only hashes are kept."""
+
+    def __init__(self) -> None:
+        self._parts: dict = {}
+
+    def add(self, order, sample_ids, labels, preds: dict) -> None:
+        """``order``: sortable batch position; ``labels`` (N,) with −1 for rows evaluate
+        skipped; ``preds``: method -> list of arrays (what ``analyze.cell.evaluate`` kept)."""
+        y = np.asarray(labels)
+        known = y >= 0
+        ids = list(sample_ids) if sample_ids is not None else [None] * y.size
+        if len(ids) != y.size:
+            raise ValueError(f"{len(ids)} sample ids for {y.size} labels")
+        h = sample_hashes(i for i, k in zip(ids, known, strict=True) if k)
+        self._parts[order] = (h, y[known], {m: np.concatenate(v) for m, v in preds.items()})
+
+    def table(self, model: str, dataset: str, estimator: str) -> pl.DataFrame:
+        if not self._parts:
+            return empty()
+        parts = [self._parts[k] for k in sorted(self._parts)]
+        methods = list(parts[0][2])
+        return frame_from_hashes(
+            model, dataset, estimator, np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]),
+            {m: np.concatenate([p[2][m] for p in parts]) for m in methods},
+        )
