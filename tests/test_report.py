@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from gla.pipeline.analysis import AnalyzeOptions
+from gla.pipeline.cell_analysis import StoreAnalysisOptions
 from gla.pipeline.errors import UserError
 from gla.pipeline.incremental import analyze_cells
 from gla.pipeline.report import gain_table, write_report
@@ -26,7 +26,7 @@ def make_store(root: Path, options=None) -> Path:
     for i, (m, d, ft) in enumerate(CELLS):
         if not (root / "logits" / m / d).exists():
             write_cell(root, m, d, num_classes=12, fit_per_class=10, eval_rows=600, seed=i, ft=ft)
-    analyze_cells(root, options or AnalyzeOptions(estimators=("gla", "eigen")),
+    analyze_cells(root, options or StoreAnalysisOptions(estimators=("gla", "eigen")),
                   runner=Runner(workers=0, quiet=True))
     return root
 
@@ -168,7 +168,7 @@ def test_rebuilt_only_when_tables_change(tmp_path):
     assert written
     assert oct(path.stat().st_mode & 0o044) != "0o0"  # readable by others, not 0600
     assert write_report(root) == (path, False)
-    make_store(root, AnalyzeOptions(estimators=("eigen",)))
+    make_store(root, StoreAnalysisOptions(estimators=("eigen",)))
     assert write_report(root) == (path, True)
     assert "prior estimators: eigen" in path.read_text()
     _, w = write_report(root, max_cells=1)
