@@ -123,7 +123,7 @@ def score_targets(parts: Parts, fitted: FittedPriors, result: TargetResult, n_wi
     model and of gla_tp with the tracked prior. Rows with label −1 are skipped."""
     C = fitted.pi_p.shape[0]
     whole = {e: stats.Tally.empty(C) for e in result.whole}
-    win: dict[tuple[str, str | None, int], stats.Tally] = {}
+    win: dict[tuple[str, str, int], stats.Tally] = {}
     for zs, ft, y, t in parts():
         y = np.asarray(y)
         keep = y >= 0
@@ -139,7 +139,7 @@ def score_targets(parts: Parts, fitted: FittedPriors, result: TargetResult, n_wi
         base = debiased_method(ft is not None)
         for w in np.unique(tk):
             sel = tk == w
-            key = (base, None, int(w))
+            key = (base, "", int(w))
             win[key] = win.get(key, stats.Tally.empty(C)).merge(stats.tally(g[sel], yk[sel], C))
             for e, est in result.windows.items():
                 key = ("gla_tp", e, int(w))
@@ -183,7 +183,7 @@ def target_tables(model: str, dataset: str, split: str, class_names: Sequence[st
                                     est, est.prior[w], share_win[w]))
     tables["target_priors"] = schema.concat("target_priors", rows)
     acc = []
-    for (method, e, w), t in sorted(window_tallies.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1] or "")):
+    for (method, e, w), t in sorted(window_tallies.items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1])):
         m = stats.summary_metrics(t)
         acc.append({"model": model, "dataset": dataset, "estimator": fitted.primary, "method": method,
                     "target_estimator": e, "split": split, "window": window_names[w],

@@ -173,7 +173,8 @@ def build_tables(
             raise ValueError(f"class counts have shape {counts.shape}, expected ({C},)")
         cgroup = stats.count_groups(counts)
     pgroup = stats.prior_groups(fitted.pi_p)
-    cell = {"model": model, "dataset": dataset, "estimator": fitted.primary}
+    # target_estimator names the π_t estimate of gla_tp rows (analyze.audits); empty here.
+    cell = {"model": model, "dataset": dataset, "estimator": fitted.primary, "target_estimator": ""}
     summary_rows, per_class, calibration = [], [], []
     for m, t in tallies.items():
         row = {**cell, "method": m, "split": eval_split, **stats.summary_metrics(t)}

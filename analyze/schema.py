@@ -63,7 +63,7 @@ _CELL = (
 )
 _EST = (("estimator", S, "π_p estimator whose prior the methods used (the primary one)"),)
 _METHOD = (("method", S, "zs, zs_debiased, ft, ft_la, ensemble, gla (and gla_tp, wiseft@α)"),)
-_TARGET = (("target_estimator", S, "π_t estimate gla_tp used (em, bbse); null for other methods"),)
+_TARGET = (("target_estimator", S, "π_t estimate gla_tp used (em, bbse); empty for other methods"),)
 
 
 def _with_ci(metric: str, doc: str) -> tuple:
