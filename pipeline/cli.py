@@ -21,6 +21,7 @@ COMMANDS = {
     "extract": ("gla.pipeline.commands.extract_cmd", "run open_clip models over datasets, write logits"),
     "report": ("gla.pipeline.commands.report_cmd", "write the self-contained HTML audit report"),
     "run": ("gla.pipeline.commands.run_cmd", "run every stage for every cell of a config, incrementally"),
+    "models": ("gla.pipeline.commands.models_cmd", "list the architectures and pretrained tags open_clip knows"),
     "demo": ("gla.pipeline.commands.demo_cmd", "the embedded default, end to end"),
 }
 
