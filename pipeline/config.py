@@ -31,6 +31,7 @@ class ComputeSettings(_Strict):
     threads_per_worker: int = Field(1, ge=1)
     scheduler: str = Field("", description="tcp://HOST:PORT or a scheduler-file path")
     memory_limit: str = "auto"
+    worker_timeout: float = Field(60.0, gt=0)
 
 
 class AnalysisSettings(_Strict):
