@@ -86,7 +86,10 @@ def fit_priors(zs_fit, y_fit, num_classes: int, class_counts=None, options: Anal
 
 
 def evaluate(chunks: Iterable[tuple], fitted: FittedPriors, options: AnalysisOptions | None = None) -> dict[str, stats.Tally]:
-    """Merge per-method tallies over (zs, ft | None, labels) chunks of the eval split.
+    """Merge per-method tallies over (zs, ft | None, labels[, extra]) chunks of the eval split.
+
+    ``extra`` maps further classifiers' logits by name (``wiseft@0.5``): each is scored
+    as it is, as a method of that name (no prior, no temperature).
 
     Rows with label −1 (unknown) are skipped. The zs logits are divided by the primary
     estimate's temperature first, so log π_p is removed in the scale it was fitted in.
@@ -97,7 +100,9 @@ def evaluate(chunks: Iterable[tuple], fitted: FittedPriors, options: AnalysisOpt
     inv_t = np.float32(1.0 / fitted.temperature)
     tallies: dict[str, stats.Tally] = {}
     has_ft = None
-    for i, (zs, ft, y) in enumerate(chunks):
+    for i, chunk in enumerate(chunks):
+        zs, ft, y = chunk[:3]
+        extra = chunk[3] if len(chunk) > 3 else {}
         if np.shape(zs)[:1] == (0,):  # an empty part contributes nothing
             continue
         z = check_logits(zs, f"zs logits (chunk {i})")
@@ -105,7 +110,7 @@ def evaluate(chunks: Iterable[tuple], fitted: FittedPriors, options: AnalysisOpt
             raise ValueError(f"zs logits (chunk {i}) have {z.shape[1]} columns, expected {C}")
         if has_ft is None:
             has_ft = ft is not None
-            tallies = {m: stats.Tally.empty(C, options.n_bins) for m in adjust.methods_for(has_ft)}
+            tallies = {m: stats.Tally.empty(C, options.n_bins) for m in (*adjust.methods_for(has_ft), *extra)}
         elif has_ft != (ft is not None):
             raise ValueError(f"chunk {i}: ft logits present in some chunks and missing in others")
         f = None if ft is None else check_logits(ft, f"ft logits (chunk {i})")
@@ -114,10 +119,14 @@ def evaluate(chunks: Iterable[tuple], fitted: FittedPriors, options: AnalysisOpt
         y = np.asarray(y)
         if y.shape != (z.shape[0],):
             raise ValueError(f"labels (chunk {i}) have shape {y.shape}, expected ({z.shape[0]},)")
+        extra = {n: check_logits(x, f"{n} logits (chunk {i})") for n, x in extra.items()}
+        if set(extra) != set(tallies) - set(adjust.methods_for(has_ft)):
+            raise ValueError(f"chunk {i}: extra logits {sorted(extra)} differ from the first chunk's")
         keep = y >= 0
         if not keep.all():
             z, y = z[keep], y[keep]
             f = None if f is None else f[keep]
+            extra = {n: x[keep] for n, x in extra.items()}
         y = check_labels(y, z.shape[0], C, f"labels (chunk {i})")
         # Sub-blocks keep every adjusted copy small (cache-friendly, no page-faulting
         # of chunk-sized temporaries per method).
@@ -130,6 +139,8 @@ def evaluate(chunks: Iterable[tuple], fitted: FittedPriors, options: AnalysisOpt
                 zb, fb, pi_s=fitted.pi_s, pi_p=fitted.pi_p, target_prior=options.target_prior
             ):
                 tallies[m] = tallies[m].merge(stats.tally(logits, yb, C, options.n_bins))
+            for n, x in extra.items():
+                tallies[n] = tallies[n].merge(stats.tally(x[a : a + _EVAL_ROWS], yb, C, options.n_bins))
     return tallies
 
 

@@ -70,6 +70,9 @@ class ModelSpec(_Strict):
     pretrained: str = ""
     templates: str = "simple"
     finetuned: dict[str, str] = Field(default_factory=dict)
+    wiseft_alphas: list[float] = Field(
+        default_factory=list, description="WiSE-FT mixing weights α in [0, 1]: wiseft@α logits per fine-tuned cell"
+    )
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -77,6 +80,14 @@ class ModelSpec(_Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         return check_name(v, "model")
+
+    @field_validator("wiseft_alphas")
+    @classmethod
+    def _alphas(cls, v: list[float]) -> list[float]:
+        bad = [a for a in v if not 0.0 <= a <= 1.0]
+        if bad:
+            raise ValueError(f"expected values in [0, 1], got {bad[0]}")
+        return v
 
 
 class SplitSpec(_Strict):

@@ -45,6 +45,7 @@ class SplitInfo:
     logit_dtype: str
     class_names: tuple[str, ...]
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    extra_logits: tuple[str, ...] = ()  # extra logit columns (wiseft@0.5, ...)
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class CellInfo:
 
 
 @dataclass
-class SplitData:
+class SplitArrays:
     """A split (or a batch of one) as numpy arrays. ``zs``/``ft`` are (N, C) float32."""
 
     labels: np.ndarray | None
@@ -69,6 +70,7 @@ class SplitData:
     sample_ids: pa.ChunkedArray | pa.Array | None = None
     file: Path | None = None  # the part this batch came from (batches only)
     row_offset: int = 0  # first row of this batch inside ``file``
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # extra logit columns asked for
 
     def __len__(self) -> int:
         for a in (self.labels, self.zs, self.ft, self.sample_ids):
@@ -243,7 +245,12 @@ class Store:
             )
         if not names:
             names = tuple(f"class_{i}" for i in range(width))
-        logit_cols = [c for c in ("zs", "ft") if c in schema.names]
+        extra = tuple(cf.extra_logit_columns(schema))
+        for col in extra:
+            if _logit_width(schema.field(col).type) != width:
+                raise UserError(f"{files[0]}: column {col} has width "
+                                f"{_logit_width(schema.field(col).type)} but column zs has width {width}")
+        logit_cols = [c for c in ("zs", "ft", *extra) if c in schema.names]
         for f in files[1:]:
             s = pq.read_schema(f)
             if s.names != schema.names or any(s.field(c).type != schema.field(c).type for c in logit_cols):
@@ -260,6 +267,7 @@ class Store:
             logit_dtype=dtype,
             class_names=names,
             metadata=meta,
+            extra_logits=extra,
         )
 
     @staticmethod
@@ -310,7 +318,7 @@ class Store:
     # ---- reading
     def _columns(self, info: SplitInfo, columns: Sequence[str]) -> list[str]:
         cols = [c for c in columns if c != "ft" or info.has_ft]
-        return cols
+        return [c for c in cols if not cf.is_extra_logit_column(c) or c in info.extra_logits]
 
     def read_split(
         self,
@@ -321,7 +329,7 @@ class Store:
         *,
         info: SplitInfo | None = None,
         batch_rows: int = DEFAULT_BATCH_ROWS,
-    ) -> SplitData:
+    ) -> SplitArrays:
         """A whole split in memory. ``columns`` ⊆ label, zs, ft, sample_id (ft skipped if absent).
 
         Decoded batch by batch straight into preallocated arrays: a one-shot
@@ -335,6 +343,7 @@ class Store:
         labels = np.empty(n, np.int32) if "label" in cols else None
         zs = np.empty((n, c), np.float32) if "zs" in cols else None
         ft = np.empty((n, c), np.float32) if "ft" in cols else None
+        extra = {e: np.empty((n, c), np.float32) for e in cols if e in info.extra_logits}
         ids = []
         row = 0
         for b in self.iter_split(model, dataset, split, cols, batch_rows=batch_rows, info=info):
@@ -342,6 +351,8 @@ class Store:
             for out, part in ((labels, b.labels), (zs, b.zs), (ft, b.ft)):
                 if out is not None:
                     out[row : row + k] = part
+            for e, out in extra.items():
+                out[row : row + k] = b.extra[e]
             if b.sample_ids is not None:
                 ids.append(b.sample_ids)
             row += k
@@ -350,7 +361,7 @@ class Store:
         sample_ids = None
         if "sample_id" in cols:
             sample_ids = pa.chunked_array(ids, type=pa.string())
-        return SplitData(labels=labels, zs=zs, ft=ft, sample_ids=sample_ids)
+        return SplitArrays(labels=labels, zs=zs, ft=ft, sample_ids=sample_ids, extra=extra)
 
     def iter_split(
         self,
@@ -361,7 +372,7 @@ class Store:
         *,
         batch_rows: int = DEFAULT_BATCH_ROWS,
         info: SplitInfo | None = None,
-    ) -> Iterator[SplitData]:
+    ) -> Iterator[SplitArrays]:
         """The split in batches of at most ``batch_rows`` rows (bounded memory).
 
         Each batch records the part file it came from and its first row in that file, so
@@ -377,7 +388,7 @@ class Store:
             offset = 0
             for rb in pf.iter_batches(batch_size=batch_rows, columns=cols, use_threads=True):
                 n = rb.num_rows
-                yield SplitData(
+                yield SplitArrays(
                     labels=_labels_to_numpy(rb.column("label"), f"{f}: column label")
                     if "label" in cols
                     else None,
@@ -390,6 +401,8 @@ class Store:
                     sample_ids=rb.column("sample_id") if "sample_id" in cols else None,
                     file=f,
                     row_offset=offset,
+                    extra={c: _column_to_numpy(rb.column(c), info.num_classes, f"{f}: column {c}")
+                           for c in cols if c in info.extra_logits},
                 )
                 offset += n
 
@@ -445,6 +458,11 @@ class Store:
         path = self.counts_path(dataset)
         cf.atomic_write_table(path, table)
         return path
+
+    def split_rows(self, model: str, dataset: str) -> dict[str, int]:
+        """Rows of every sealed split, from the manifests (reads no parts)."""
+        cell = self.cell_path(model, dataset)
+        return {s: int((cf.read_manifest(cell, s) or {}).get("rows", 0)) for s in cf.sealed_splits(cell)}
 
     # ---- content key
     def content_key(self, model: str, dataset: str) -> str:
