@@ -22,7 +22,8 @@ from gla.pipeline.importer import load_array
 from gla.pipeline.runner import ComputeOptions
 from gla.pipeline.store import Store
 
-DEFAULT_ESTIMATORS = ("gla", "gla-reference", "eigen", "prior-matching", "batch-calibration")
+DEFAULT_ESTIMATORS = ("gla", "gla-reference", "eigen", "prior-matching", "batch-calibration",
+                      "eigen-iterated")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
