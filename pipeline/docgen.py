@@ -189,6 +189,11 @@ def config_reference() -> str:
     return "\n".join(lines)
 
 
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: one line, pipes and angle brackets escaped."""
+    return " ".join(text.split()).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _option_row(a: argparse.Action) -> str | None:
     if isinstance(a, argparse._HelpAction) or a.help == argparse.SUPPRESS:
         return None
@@ -196,7 +201,7 @@ def _option_row(a: argparse.Action) -> str | None:
     names = a.option_strings or [a.metavar or a.dest]
     flags = ", ".join(f"`{n}{value}`" for n in names).replace("|", "\\|")
     default = "" if a.default in (None, False, argparse.SUPPRESS, []) or not a.option_strings else f"`{a.default}`"
-    text = " ".join((a.help or "").split()).replace("|", "\\|")
+    text = _cell(a.help or "")
     if a.choices and not isinstance(a, argparse._SubParsersAction):
         text += f" (one of {', '.join(map(str, a.choices))})"
     return f"| {flags} | {default} | {text} |"
@@ -228,7 +233,7 @@ def tables_reference() -> str:
                   "| column | type | meaning |", "|---|---|---|"]
         for name, c in t.columns.items():
             shown = f"**`{name}`**" if name in t.required else f"`{name}`"
-            lines.append(f"| {shown} | {c.dtype} | {c.doc} |")
+            lines.append(f"| {shown} | {c.dtype} | {_cell(c.doc)} |")
         lines.append("")
     lines.append(END)
     return "\n".join(lines)
