@@ -42,11 +42,17 @@ class AnalysisSettings(_Strict):
     smoothing: float = Field(0.0, ge=0.0)
     target_prior: str = ""
     allow_fit_on_eval: bool = False
-    target_estimators: list[Literal["em", "bbse"]] = Field(default_factory=list)
-    window_splits: list[str] = Field(default_factory=list)
-    window_memory: float = Field(0.0, ge=0.0)
-    label_issues: bool = False
-    fdr: float = Field(0.1, gt=0.0, lt=1.0)
+    target_estimators: list[Literal["em", "bbse"]] = Field(
+        default_factory=list, description="estimate the eval split's π_t without labels (em, bbse) "
+        "and score gla_tp = gla + log π̂_t")
+    window_splits: list[str] = Field(
+        default_factory=list, description="eval splits in time order, one window each: π_t is "
+        "tracked per window (else the eval split's window column, if any)")
+    window_memory: float = Field(0.0, ge=0.0, description="EM pseudo-counts borrowed from the "
+                                 "previous window's π_t estimate (0: each window alone)")
+    label_issues: bool = Field(False, description="flag eval samples whose label looks wrong "
+                               "(label_issues, class_confusions tables)")
+    fdr: float = Field(0.1, gt=0.0, lt=1.0, description="Benjamini–Hochberg level of the label-issue flags")
 
     @field_validator("temperature")
     @classmethod
