@@ -402,7 +402,9 @@ def _run_parts(store, cell: Path, model: dict[str, Any], dataset_name: str, sour
     ft_model, ft_ident = None, None
     ft_path = (model.get("finetuned") or {}).get(dataset_name) or ""
     if ft_path:
-        ft_model, ft_ident = load_finetuned(ft_path, loaded.model, loaded.arch, len(class_names))
+        ident = source.identity
+        rows = ident.get("source_classes") or ident.get("classes")  # a subset of the checkpoint's classes
+        ft_model, ft_ident = load_finetuned(ft_path, loaded.model, loaded.arch, len(class_names), rows=rows)
     extra_models = _extra_encoders(loaded, ft_model, head, scale, bias, model, dataset_name)
     metadata = {
         "class_names": list(class_names),

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,13 @@ import numpy as np
 from gla.analyze.priors import parse_temperature
 from gla.analyze.schema import TABLES
 from gla.pipeline.errors import UserError
+from gla.pipeline.shift import (
+    class_map,
+    fitted_from_tables,
+    read_shift,
+    restrict_priors,
+    robustness_table,
+)
 from gla.pipeline.store import DEFAULT_BATCH_ROWS, SplitData, SplitInfo, Store
 
 
@@ -298,6 +305,9 @@ def analyze_cell(
     key = hashlib.sha256(
         f"{store.content_key(model, dataset)}:{options.fingerprint()}".encode()
     ).hexdigest()[:24]
+    shift = read_shift(store.root, dataset)
+    if shift is not None:  # a shifted set: the source cell's priors, no fit of its own
+        return _analyze_shifted(store, model, dataset, options, shift, info, key)
     c = info.num_classes
     fit_info = store.split_info(model, dataset, fit_split)
     eval_info = store.split_info(model, dataset, eval_split)
@@ -391,6 +401,54 @@ def analyze_cell(
             for name, est in fitted.estimates.items()
         },
     }
+    return CellResult(model, dataset, tables, key, diag)
+
+
+def _analyze_shifted(store: Store, model: str, dataset: str, options: AnalyzeOptions, shift,
+                     info, key: str) -> CellResult:
+    """Score a shifted set with the priors of its source cell (``pipeline.shift``).
+
+    The source is analysed as alone (primary estimator only), its π_p, π_s and
+    temperature are restricted to the shifted set's classes, and the shifted set's eval
+    split is streamed with them. Adds a robustness table beside the usual ones.
+    """
+    from gla.analyze.cell import build_tables
+
+    if read_shift(store.root, shift.source) is not None:
+        raise UserError(f"{shift.path}: source {shift.source!r} is itself a shifted set")
+    if (model, shift.source) not in store.cells():
+        raise UserError(f"{shift.path}: source cell {model}/{shift.source} is not in the store")
+    # Only the primary estimator: its π_p is the one the methods use, so the source's
+    # summary is the same as in its own cell, at a fraction of the cost.
+    source = analyze_cell(store, model, shift.source, replace(options, estimators=options.estimators[:1]))
+    src_info = store.cell_info(model, shift.source)
+    m = class_map(shift, info.class_names, src_info.class_names)
+    fitted = restrict_priors(fitted_from_tables(source.tables), m)
+    counts_obj = store.read_class_counts(shift.source)
+    counts = None if counts_obj is None else counts_obj.counts[m]
+    target = None
+    if options.target_prior:
+        target = _load_target_prior(options.target_prior, src_info.num_classes)[m]
+    eval_split = options.eval_split
+    eval_info = store.split_info(model, dataset, eval_split)
+    if eval_info.rows == 0:
+        raise UserError(f"{eval_info.files[0]}: split {eval_split!r} has no rows")
+    _check_sample_ids(store, model, dataset, (eval_split,))
+    aopts = _analysis_options(options, target)
+    batches = store.iter_split(
+        model, dataset, eval_split, columns=("label", "zs", "ft", *eval_info.extra_logits),
+        batch_rows=options.batch_rows, info=eval_info,
+    )
+    tallies, n_eval, n_unknown = _stream_eval(batches, fitted, aopts, info, eval_split, _threads(options))
+    if tallies is None:
+        raise UserError(f"{eval_info.files[0]}: column label is -1 (unknown) in every row of eval split "
+                        f"{eval_split!r}; evaluation needs labels")
+    tables = build_tables(model, dataset, eval_split, list(info.class_names), fitted, tallies, class_counts=counts)
+    tables["robustness"] = robustness_table(tables["summary"], source.tables["summary"], shift.source,
+                                            info.num_classes, src_info.num_classes)
+    diag = {"fit_rows": 0, "eval_rows": n_eval, "eval_rows_unlabelled": n_unknown,
+            "classes": info.num_classes, "has_ft": info.has_ft,
+            "evaluated_with": {"source": shift.source, "source_classes": m.tolist()}}
     return CellResult(model, dataset, tables, key, diag)
 
 

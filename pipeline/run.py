@@ -31,6 +31,7 @@ from typing import Any
 
 from gla.extract import cellformat as cf
 from gla.pipeline.errors import UserError
+from gla.pipeline.shift import write_shift
 
 STAGES = ("extract", "analyze", "report")
 
@@ -247,6 +248,7 @@ def run_config(
                 for d in {d.name: d for _, d in pairs}.values():
                     if import_train_counts(store, d.model_dump()):
                         summary.counts_written.append(d.name)
+                    write_shift(store, d.model_dump())  # evaluate_with: the source's priors
                 from gla.pipeline.store import Store
 
                 have = set(Store(store).cells())
