@@ -1,168 +1,149 @@
-"""Distribution-shift sets scored with a source cell's priors (pipeline.shift).
-
-The reference is independent of the restriction the tool does: GLA over the source's
-full class space with the other classes masked out (−inf), priors fitted by the public
-estimator on the source's fit split.
-"""
-
-from __future__ import annotations
-
-import json
+"""Target-prior estimation (EM on BCTS-calibrated probabilities, BBSE) against independent
+references (scipy, QuaPy, brute force) and on planted label-shift worlds."""
 
 import numpy as np
-import polars as pl
 import pytest
-from gla.analyze.priors import downstream_prior, estimate_pretrain_prior
-from gla.extract import cellformat as cf
-from gla.pipeline.analysis import AnalyzeOptions, analyze_store
-from gla.pipeline.errors import UserError
-from gla.pipeline.shift import write_shift
-from gla.pipeline.store import Store
+from gla.analyze import adjust, shift, synthetic
 
-NAMES = ["ant", "bee", "cat", "dog", "eel", "fox"]
-C = len(NAMES)
+scipy_optimize = pytest.importorskip("scipy.optimize")
 
 
-def _logits(rng, y, bias):
-    z = rng.normal(size=(len(y), C)).astype(np.float32) + bias
-    z[np.arange(len(y)), y] += 2.0
-    return z.astype(np.float32)
+def _nll(params, z, y):
+    beta, b = params[0], params[1:]
+    a = beta * z + b
+    m = a.max(axis=1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(a - m).sum(axis=1))
+    return float(np.mean(lse - a[np.arange(len(y)), y]))
 
 
-def _cell(store, dataset, splits, names, cols=None):
-    cell = cf.cell_dir(store, "m", dataset)
-    cell.mkdir(parents=True, exist_ok=True)
-    for split, (y, zs, ft) in splits.items():
-        ids = [f"{dataset}-{split}-{i}" for i in range(len(y))]
-        t = cf.build_table(ids, split, y, zs if cols is None else zs[:, cols],
-                           ft if cols is None else ft[:, cols], metadata={"class_names": names})
-        cf.write_split(cell, split, [t])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bcts_matches_scipy_minimiser(seed):
+    rng = np.random.default_rng(seed)
+    C, N = 5, 400
+    y = rng.integers(0, C, N)
+    y[:C] = np.arange(C)
+    z = rng.normal(size=(N, C)) * 2
+    z[np.arange(N), y] += 1.5
+    z += rng.normal(size=C)  # a class bias for b to remove
+    cal = shift.fit_bcts(z, y)
+    ref = scipy_optimize.minimize(_nll, np.r_[1.0, np.zeros(C)], args=(z, y), method="BFGS",
+                                  options={"gtol": 1e-10})
+    assert _nll(np.r_[cal.beta, cal.bias], z, y) <= ref.fun + 1e-6
+    assert cal.beta == pytest.approx(ref.x[0], rel=1e-3)
+    b_ref = ref.x[1:] - ref.x[1:].mean()
+    np.testing.assert_allclose(cal.bias, b_ref, atol=2e-3)
 
 
-@pytest.fixture()
-def world(tmp_path):
-    rng = np.random.default_rng(3)
-    zb = np.log(np.array([0.4, 0.25, 0.15, 0.1, 0.06, 0.04]))  # zs bias (π_p)
-    fb = np.log(np.array([0.05, 0.1, 0.1, 0.2, 0.25, 0.3]))  # ft bias (π_s)
-    store = tmp_path / "s"
-    src = {}
-    for split, n in (("val", 20 * C), ("test", 600)):
-        y = np.arange(n) % C
-        src[split] = (y, _logits(rng, y, zb), _logits(rng, y, fb))
-    _cell(store, "src", src, NAMES)
-    counts = np.array([20, 40, 40, 80, 100, 120])
-    Store(store).write_class_counts("src", counts, NAMES)
-    # the shifted set: noisier logits, classes {fox, bee, dog} in its own order
-    keep = [5, 1, 3]
-    y_full = np.asarray(keep)[np.arange(300) % 3]
-    zs_full = _logits(rng, y_full, zb) + rng.normal(scale=1.5, size=(300, C)).astype(np.float32)
-    ft_full = _logits(rng, y_full, fb) + rng.normal(scale=1.5, size=(300, C)).astype(np.float32)
-    y_own = np.arange(300) % 3
-    _cell(store, "shf", {"test": (y_own, zs_full, ft_full)}, [NAMES[k] for k in keep], cols=keep)
-    write_shift(store, {"name": "shf", "evaluate_with": "src"})
-    return store, src, counts, keep, (y_full, zs_full, ft_full)
+def _quapy_em(tr_prev, posteriors, eps):
+    emq = pytest.importorskip("quapy.method.aggregative").EMQ
+    qs, _ = emq.EM(tr_prev, posteriors, epsilon=eps)
+    return qs
 
 
-def _masked_gla_accuracy(src, counts, keep, full):
-    """GLA in the source's full class space, classes outside ``keep`` masked out."""
-    y_val, zs_val, _ = src["val"]
-    pi_p = estimate_pretrain_prior(zs_val, y_val, "gla").prior
-    pi_s = downstream_prior(counts, C)
-    y, zs, ft = full
-    g = zs + ft - np.log(pi_s) - np.log(pi_p)
-    mask = np.full(C, -np.inf)
-    mask[keep] = 0.0
-    return float((np.argmax(g + mask, 1) == y).mean()), float((np.argmax(zs + mask, 1) == y).mean())
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_em_matches_quapy_emq(seed):
+    rng = np.random.default_rng(seed)
+    C, N = 6, 3000
+    post = rng.dirichlet(np.full(C, 0.7), size=N)
+    rho = rng.dirichlet(np.full(C, 3.0))
+    ref = _quapy_em(rho, post, 1e-10)
+    red = shift.array_reducer(np.log(post), rows=700)  # parts of uneven size
+    plain = shift.estimate_em(red, rho, accelerate=False, tol=1e-12, max_passes=5000)
+    fast = shift.estimate_em(red, rho, tol=1e-12)
+    np.testing.assert_allclose(plain.prior[0], ref, atol=1e-6)
+    np.testing.assert_allclose(fast.prior[0], ref, atol=1e-6)
+    assert fast.converged and fast.iterations < plain.iterations
 
 
-def test_shifted_subset_scored_with_source_priors(world):
-    store, src, counts, keep, full = world
-    analyze_store(store, AnalyzeOptions())
-    res = store / "results"
-    rob = pl.read_parquet(res / "robustness.parquet")
-    row = {r["method"]: r for r in rob.iter_rows(named=True)}
-    ref_gla, ref_zs = _masked_gla_accuracy(src, counts, keep, full)
-    assert row["gla"]["accuracy"] == pytest.approx(ref_gla, abs=1e-12)
-    assert row["zs"]["accuracy"] == pytest.approx(ref_zs, abs=1e-12)
-    assert row["gla"]["n"] == 300 and row["gla"]["classes"] == 3 and row["gla"]["source_class_count"] == C
-    # the source's numbers beside it are the source cell's own summary rows
-    summary = pl.read_parquet(res / "summary.parquet")
-    src_acc = dict(summary.filter(pl.col("dataset") == "src").select("method", "accuracy").iter_rows())
-    for m, r in row.items():
-        assert r["source_dataset"] == "src" and r["source_accuracy"] == pytest.approx(src_acc[m])
-        assert r["accuracy_drop"] == pytest.approx(src_acc[m] - r["accuracy"])
-    # priors of the shifted cell: the source's, restricted and renormalised
-    priors = pl.read_parquet(res / "priors.parquet")
-    p_src = priors.filter((pl.col("dataset") == "src") & (pl.col("estimator") == "gla")).sort("class_index")
-    p_shf = priors.filter((pl.col("dataset") == "shf") & (pl.col("estimator") == "gla")).sort("class_index")
-    expect = p_src["prior"].to_numpy()[keep]
-    np.testing.assert_allclose(p_shf["prior"].to_numpy(), expect / expect.sum(), rtol=1e-12)
-    assert p_shf["class_name"].to_list() == ["fox", "bee", "dog"]
+def test_em_parts_merge_exactly():
+    rng = np.random.default_rng(5)
+    c = rng.normal(size=(1001, 4)).astype(np.float32)
+    lw = rng.normal(size=(1, 4))
+    whole = shift.em_part(c, lw)
+    parts = shift.em_part(c[:333], lw).merge(shift.em_part(c[333:], lw))
+    np.testing.assert_allclose(parts.post, whole.post, rtol=1e-6)
+    np.testing.assert_allclose(parts.loglik, whole.loglik, rtol=1e-6)
 
 
-def test_mapping_by_index_equals_mapping_by_name(world, tmp_path):
-    store, src, counts, keep, full = world
-    analyze_store(store, AnalyzeOptions())
-    by_name = pl.read_parquet(store / "results" / "robustness.parquet").sort("method")
-    # rename the shifted classes so that names no longer match: indices must do it
-    cell = cf.cell_dir(store, "m", "shf")
-    t = Store(store).read_split("m", "shf", "test", columns=("label", "zs", "ft", "sample_id"))
-    table = cf.build_table(t.sample_ids.to_pylist(), "test", t.labels, t.zs, t.ft,
-                           metadata={"class_names": ["x", "y", "z"]})
-    cf.write_split(cell, "test", [table])
-    with pytest.raises(UserError, match=r"evaluate_with.json: class 'x' is not a class of source 'src'"):
-        analyze_store(store, AnalyzeOptions())
-    write_shift(store, {"name": "shf", "evaluate_with": "src", "source_classes": keep})
-    analyze_store(store, AnalyzeOptions())
-    by_index = pl.read_parquet(store / "results" / "robustness.parquet").sort("method")
-    assert by_index["accuracy"].to_list() == by_name["accuracy"].to_list()
-    write_shift(store, {"name": "shf", "evaluate_with": "src", "source_classes": [5, 1, 9]})
-    with pytest.raises(UserError, match="source_classes must be distinct indices in 0..5"):
-        analyze_store(store, AnalyzeOptions())
+def test_simplex_least_squares_matches_slsqp_and_inversion():
+    rng = np.random.default_rng(0)
+    for C in (3, 5, 8):
+        M = rng.dirichlet(np.full(C, 0.5), size=C).T + 2 * np.eye(C)
+        M /= M.sum(axis=0)
+        pi = rng.dirichlet(np.ones(C))
+        mu = M @ pi
+        got, _, ok = shift.simplex_least_squares(M, mu)
+        assert ok
+        np.testing.assert_allclose(got, np.linalg.solve(M, mu), atol=1e-7)  # exact inversion
+        # an infeasible target: compare with scipy's constrained minimiser
+        mu2 = mu + rng.normal(scale=0.1, size=C)
+        got2, _, _ = shift.simplex_least_squares(M, mu2)
+        cons = ({"type": "eq", "fun": lambda x: x.sum() - 1},)
+        ref = scipy_optimize.minimize(lambda x, M=M, mu2=mu2: np.sum((M @ x - mu2) ** 2), np.full(C, 1 / C),
+                                      method="SLSQP", bounds=[(0, 1)] * C, constraints=cons,
+                                      options={"ftol": 1e-14, "maxiter": 1000})
+        assert np.sum((M @ got2 - mu2) ** 2) <= ref.fun + 1e-9
+        np.testing.assert_allclose(got2, ref.x, atol=1e-4)
 
 
-def test_changed_source_reanalyses_the_shifted_set(world):
-    store, src, counts, keep, full = world
-    analyze_store(store, AnalyzeOptions())
-    before = pl.read_parquet(store / "results" / "robustness.parquet")
-    # new source counts: π_s changes, so the shifted set's gla must change
-    Store(store).write_class_counts("src", counts[::-1].copy(), NAMES)
-    run = analyze_store(store, AnalyzeOptions(), load_results=False).run
-    assert run is not None
-    after = pl.read_parquet(store / "results" / "robustness.parquet")
-    assert before.filter(pl.col("method") == "gla")["source_accuracy"].item() != \
-        after.filter(pl.col("method") == "gla")["source_accuracy"].item()
-    shf_gla = after.filter(pl.col("method") == "gla")["accuracy"].item()
-    ref, _ = _masked_gla_accuracy(src, counts[::-1].copy(), keep, full)
-    assert shf_gla == pytest.approx(ref, abs=1e-12)
+def test_project_simplex_brute_force():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        v = rng.normal(size=4) * 2
+        got = shift.project_simplex(v)
+        cons = ({"type": "eq", "fun": lambda x: x.sum() - 1},)
+        ref = scipy_optimize.minimize(lambda x, v=v: np.sum((x - v) ** 2), np.full(4, 0.25),
+                                      method="SLSQP", bounds=[(0, 1)] * 4, constraints=cons,
+                                      options={"ftol": 1e-14})
+        np.testing.assert_allclose(got, ref.x, atol=1e-5)
 
 
-def test_bad_declarations_are_refused_and_results_stay(world):
-    store, *_ = world
-    analyze_store(store, AnalyzeOptions())
-    before = {p.name: p.read_bytes() for p in (store / "results").rglob("*.parquet")}
-    path = store / "datasets" / "shf" / "evaluate_with.json"
-    path.write_text(json.dumps({"source": "nowhere"}))
-    with pytest.raises(UserError, match="source cell m/nowhere is not in the store"):
-        analyze_store(store, AnalyzeOptions())
-    path.write_text("{not json")
-    with pytest.raises(UserError, match="evaluate_with.json: unreadable shift declaration"):
-        analyze_store(store, AnalyzeOptions())
-    assert {p.name: p.read_bytes() for p in (store / "results").rglob("*.parquet")} == before
+def _world(seed, C=10, target=None, n_eval=20000):
+    sig = {"signal": 1.2, "ft_signal": 1.2}  # a hard world: gla is ~70 % accurate
+    world = synthetic.planted_world(C, 400, seed=seed, pi_s=synthetic.zipf_prior(C, 1.0, seed + 50), **sig)
+    tp = synthetic.zipf_prior(C, 1.2, seed + 100) if target is None else target
+    deploy = synthetic.shifted_world(world, tp, n_eval, seed=seed + 1, **sig)
+    truth = synthetic.label_counts(tp, n_eval) / n_eval
+    return world, deploy, truth
 
 
-def test_config_validates_evaluate_with(tmp_path):
-    from gla.pipeline.config import load_config
+def _gla(w):
+    return adjust.gla(w.zs, w.ft, w.pi_s, w.pi_p)
 
-    base = 'store = "s"\n[[models]]\nname = "m"\narch = "a"\nfinetuned = { a = "ft.pt" }\n'
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(base + '[[datasets]]\nname = "a"\nkind = "imagefolder"\n'
-                   '[[datasets]]\nname = "b"\nkind = "imagefolder"\nevaluate_with = "a"\n')
-    conf = load_config(cfg)
-    assert conf.models[0].finetuned["b"] == conf.models[0].finetuned["a"]  # the source's fine-tuned model
-    cfg.write_text(base + '[[datasets]]\nname = "a"\nkind = "imagefolder"\nevaluate_with = "zz"\n')
-    with pytest.raises(UserError, match="evaluate_with names no other dataset"):
-        load_config(cfg)
-    cfg.write_text(base + '[[datasets]]\nname = "a"\nkind = "imagefolder"\ncorruption = "melt"\n')
-    with pytest.raises(UserError, match="corruption"):
-        load_config(cfg)
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_planted_shift_em_and_bbse_recover_target(seed):
+    world, deploy, truth = _world(seed)
+    cal = shift.fit_bcts(_gla(world), world.labels)
+    g = _gla(deploy)
+    em = shift.estimate_em(shift.array_reducer(cal(g)), cal.source_prior)
+    M = shift.confusion_conditional(_gla(world).argmax(axis=1), world.labels, 10)
+    bb = shift.bbse_from_chunks(M, [(g[:7000], None), (g[7000:], None)])
+    uniform_err = np.abs(np.full(10, 0.1) - truth).sum()
+    assert em.converged
+    assert np.abs(em.prior[0] - truth).sum() < 0.07 < 0.5 < uniform_err
+    assert np.abs(bb.prior[0] - truth).sum() < 0.15
+    # the tracked prior helps: gla + log π̂_t beats gla on the shifted set
+    acc = lambda z: float((z.argmax(1) == deploy.labels).mean())  # noqa: E731
+    assert acc(g + np.log(em.prior[0])) > acc(g) + 0.02
+
+
+def test_windows_are_causal_and_tracked():
+    C = 6
+    world = synthetic.planted_world(C, 80, seed=3)
+    priors = [synthetic.zipf_prior(C, 1.5, s) for s in (10, 11, 12)]
+    parts = [synthetic.shifted_world(world, p, 3000, seed=20 + i) for i, p in enumerate(priors)]
+    cal = shift.fit_bcts(world.zs - np.log(world.pi_p), world.labels)
+    z = np.vstack([cal(w.zs - np.log(w.pi_p)) for w in parts])
+    t = np.repeat(np.arange(3), 3000)
+    for memory in (0.0, 500.0):
+        est = shift.estimate_em(shift.array_reducer(z, t), cal.source_prior, 3, memory=memory)
+        for k in range(3):
+            truth = synthetic.label_counts(priors[k], 3000) / 3000
+            assert np.abs(est.prior[k] - truth).sum() < 0.12
+        # change the last window only: earlier windows' estimates do not move
+        z2 = z.copy()
+        z2[t == 2] = z2[t == 2][::-1] * 0.5
+        est2 = shift.estimate_em(shift.array_reducer(z2, t), cal.source_prior, 3, memory=memory)
+        np.testing.assert_allclose(est2.prior[:2], est.prior[:2], atol=1e-6)
+        assert np.abs(est2.prior[2] - est.prior[2]).sum() > 1e-3
