@@ -96,7 +96,8 @@ def load_finetuned(path: str | os.PathLike, clip_model: Any, arch: str, num_clas
     tensors, meta = _read(path)
     layout, visual_sd, weight, bias = _split_layout(tensors, path)
     full = int(weight.shape[0]) if weight.ndim == 2 else -1
-    if rows and full != num_classes and len(rows) == num_classes:
+    subset = bool(rows) and full != num_classes and len(rows) == num_classes
+    if subset:
         if max(rows) >= full or min(rows) < 0:
             raise ExtractError(f"fine-tuned checkpoint {path}: class rows {list(rows)} outside its {full} classes")
         weight = weight[list(rows)]
@@ -110,7 +111,7 @@ def load_finetuned(path: str | os.PathLike, clip_model: Any, arch: str, num_clas
             raise ExtractError(
                 f"fine-tuned checkpoint {path} was made for arch {ck_arch!r}, not {arch!r}"
             )
-        if meta.get("num_classes") and int(meta["num_classes"]) not in (num_classes, full):
+        if meta.get("num_classes") and int(meta["num_classes"]) != (full if subset else num_classes):
             raise ExtractError(
                 f"fine-tuned checkpoint {path} has {meta['num_classes']} classes, "
                 f"the dataset has {num_classes}"
