@@ -127,8 +127,9 @@ class DatasetSpec(_Strict):
     evaluate_with: str = Field("", description="source dataset whose π_p, π_s and temperature score this one")
     source_classes: list[int] = Field(default_factory=list, description="source class index of each class")
     classes: list[int] = Field(default_factory=list, description="keep only these pool classes, in this order")
-    corruption: Literal["", "invert", "blur", "noise"] = ""
-    severity: int = Field(3, ge=1, le=5)
+    corruption: Literal["", "invert", "blur", "noise"] = Field(
+        "", description="a deterministic corruption of every image: invert, blur or noise (a shifted set)")
+    severity: int = Field(3, ge=1, le=5, description="strength of the corruption, 1 to 5")
 
     @field_validator("name")
     @classmethod
