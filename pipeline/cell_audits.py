@@ -133,12 +133,14 @@ def run(store: Store, info: CellInfo, options: Any, fitted: FittedPriors, fit_in
             out.setdefault(k, []).append(v)
     if aopts.label_issues:
         clean = audits.clean_scores(fit, fitted)
-        parts = _Stream(store, info, [(options.eval_split, eval_info)], options.batch_rows, None)
+        split = options.label_issue_split or options.eval_split
+        sinfo = eval_info if split == options.eval_split else store.split_info(info.model, info.dataset, split)
+        parts = _Stream(store, info, [(split, sinfo)], options.batch_rows, None)
         audit = audits.audit_split(parts, fitted, clean, aopts.fdr)
         ids = pa.concat_arrays([a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a for _, a in
-                                store.read_sample_ids(info.model, info.dataset, options.eval_split)])
+                                store.read_sample_ids(info.model, info.dataset, split)])
         sid = ids.take(pa.array(audit.rows["index"].astype(np.int64))).to_pylist()
-        for k, v in audits.label_tables(info.model, info.dataset, fitted.primary, options.eval_split,
+        for k, v in audits.label_tables(info.model, info.dataset, fitted.primary, split,
                                         names, audit, sid).items():
             out.setdefault(k, []).append(v)
     return {k: schema.concat(k, v) for k, v in out.items()}

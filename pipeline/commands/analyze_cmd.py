@@ -52,6 +52,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "and score gla_tp = gla + log π̂_t (repeatable)")
     parser.add_argument("--label-issues", action="store_true",
                         help="flag eval samples whose label looks wrong (BH against the fit split)")
+    parser.add_argument("--label-issue-split", default="", metavar="SPLIT",
+                        help="labelled split --label-issues audits (default: the eval split)")
     parser.add_argument("--fdr", type=float, default=None, metavar="A",
                         help="false discovery rate of --label-issues (default 0.1)")
     parser.add_argument("--only", action="append", metavar="model=M,dataset=D",
@@ -109,6 +111,7 @@ def options_from_args(args: argparse.Namespace) -> StoreAnalysisOptions:
         threads=args.threads,
         target_estimators=targets,
         label_issues=args.label_issues,
+        label_issue_split=args.label_issue_split,
         fdr=fdr,
     )
 
