@@ -3,7 +3,7 @@ what `gla models` costs next to importing open_clip.
 
 For each case it prints the wall time, the exit code and how many lines reached stderr:
 
-- ``gla extract`` of a one-image config whose model is an open_clip tag (default
+- ``gla extract`` (and ``gla run``, which checks before loading torch) of a one-image config whose model is an open_clip tag (default
   ViT-B-32 / laion2b_s34b_b79k) with an empty Hugging Face cache and ``HF_HUB_OFFLINE=1``
   (no request at all), then without it (gla probes the hub for ``GLA_HUB_PROBE_TIMEOUT``
   seconds; with no network open_clip's own retries took 58 s before this check existed);
@@ -63,6 +63,9 @@ def main() -> int:
         extract = [str(BIN / "gla"), "extract", "c.toml"]
         report(f"gla extract, uncached {args.tag}, HF_HUB_OFFLINE=1",
                [timed(extract, work, {**env, "HF_HUB_OFFLINE": "1"}) for _ in range(args.repeat)])
+        report(f"gla run, uncached {args.tag}, HF_HUB_OFFLINE=1",
+               [timed([str(BIN / "gla"), "run", "c.toml", "--no-progress"], work, {**env, "HF_HUB_OFFLINE": "1"})
+                for _ in range(args.repeat)])
         if args.probe:
             report(f"gla extract, uncached {args.tag}, probe",
                    [timed(extract, work, env) for _ in range(args.repeat)])
