@@ -459,3 +459,136 @@ def test_one_provenance_line_per_cell(data):
     assert "code abcdef012345 " not in line and line.endswith("code abcdef012345")
     plain = render(data, figures_for=lambda v: {})
     assert plain.count("provenance: not recorded") == len(CELLS)
+
+
+def test_overview_gains_carry_the_comparisons_intervals(data):
+    from gla.pipeline.report import render
+
+    comp = pl.DataFrame([
+        {"model": m, "dataset": d, "estimator": "gla", "method": meth, "baseline": base,
+         "delta_ci_low": -0.01 * (i + 1), "delta_ci_high": 0.02 * (i + 1)}
+        for i, (m, d, _) in enumerate(CELLS) for meth, base in (("gla", "ft"), ("zs_debiased", "zs"))
+    ])
+    text = render(_with(data, comparisons=comp), figures_for=lambda v: {})
+    overview = [rows for sec, rows in parse(text).tables if sec == "overview"][0]
+    header = overview[0]
+    i = header.index("gla − ft (pp)")
+    assert header[i + 1] == "95 % CI (pp)" and header[i + 3] == "95 % CI (pp)"
+    rows = {(r[0], r[1]): r for r in overview[1:]}
+    assert rows[("clip-a", "animals")][i + 1] == "[-2.00, +4.00]"  # CELLS[1]
+    assert rows[("clip-a", "fashion")][i + 3] == "[-1.00, +2.00]"
+
+
+def test_per_sample_tables_are_not_read():
+    from gla.pipeline.report.tables import READ
+
+    assert "predictions" not in READ and {"summary", "per_class", "priors", "warnings"} <= set(READ)
+
+
+def _visible_texts(fig):
+    """Every drawn label of a one-panel figure: title, axis labels, tick labels in view,
+    legend entries and texts on the axes, with their boxes in display pixels."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    out = []
+    for ax in fig.axes:
+        texts = [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            lo, hi = min(lo, hi), max(lo, hi)
+            texts += [t.label1 for t in axis.get_major_ticks() if lo <= t.get_loc() <= hi]
+        if ax.get_legend():
+            texts += [*ax.get_legend().get_texts(), ax.get_legend().get_title()]
+        out += [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_visible() and t.get_text()]
+    return out
+
+
+def test_no_overlapping_text_in_any_figure(data):
+    from gla.pipeline.report import figures, gain_table
+    from gla.pipeline.report.tables import GAINS
+
+    control = figures.new_figure(3, 2)
+    ax = control.add_subplot()
+    ax.set_title("a planted clash")
+    ax.text(0.5, 1.02, "over the title", transform=ax.transAxes, ha="center")
+    assert any(ba.overlaps(bb) for i, (_, ba) in enumerate(_visible_texts(control))
+               for _, bb in _visible_texts(control)[i + 1:])
+    gains = gain_table(data.summary)
+    figs = [figures.heatmap(gains, col, f"acc({m}) − acc({b})") for col, m, b in GAINS]
+    for cell in data.cells():
+        figs += figures.cell_figures(data.view(*cell)).values()
+    for fig in figs:
+        boxes = _visible_texts(fig)
+        assert len(boxes) >= 5
+        clashes = [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:] if ba.overlaps(bb)]
+        assert clashes == [], clashes
+
+
+# ----------------------------------------------------------------- sections of the audit tables
+
+
+def _section(text, model, dataset):
+    return text.split(f"id='cell-{model}--{dataset}'")[1].split("</section>")[0]
+
+
+def _target_priors(model, dataset, n_classes=12):
+    rows = []
+    for e, bump in (("em", 0.30), ("bbse", 0.20)):
+        prior = [bump if c == 3 else (1 - bump) / (n_classes - 1) for c in range(n_classes)]
+        share = [0.25 if c == 3 else 0.75 / (n_classes - 1) for c in range(n_classes)]
+        for window in (None, "2024-01"):
+            rows += [{"model": model, "dataset": dataset, "estimator": "gla", "target_estimator": e,
+                      "split": "test", "window": window, "window_index": -1 if window is None else 0,
+                      "class_index": c, "class_name": f"class_{c:04d}", "prior": prior[c],
+                      "label_share": share[c], "converged": e == "em"} for c in range(n_classes)]
+    return pl.DataFrame(rows)
+
+
+def test_label_shift_section_only_with_its_table(data):
+    from gla.pipeline.report import render
+
+    plain = render(data, figures_for=lambda v: {})
+    assert "Label shift" not in plain and "Label issues" not in plain and "Distribution shift" not in plain
+    empty = _target_priors("clip-a", "fashion").clear()
+    assert "Label shift" not in render(_with(data, target_priors=empty), figures_for=lambda v: {})
+    text = render(_with(data, target_priors=_target_priors("clip-a", "fashion")), figures_for=lambda v: {})
+    section = _section(text, "clip-a", "fashion")
+    assert "Label shift" in section and "Label shift" not in _section(text, "clip-a", "animals")
+    # TV(em) = 0.5 * (|0.30 - 0.25| + 11 * |0.7/11 - 0.75/11|) = 0.05; TV(bbse) = 0.05 too.
+    assert "Total variation distance between π̂t and the labelled class shares: bbse 0.050, em 0.050." in section
+    rows = [r for sec, r in parse(text).tables if sec == "cell-clip-a--fashion"][2]
+    assert rows[0] == ["class", "π̂t (bbse)", "π̂t (em)", "labelled share"]
+    assert rows[1] == ["class_0003", "0.2000", "0.3000", "0.2500"]  # farthest from uniform first
+    assert "did not converge: bbse" in section
+
+
+def test_label_issues_section(data):
+    from gla.pipeline.report import render
+
+    li = pl.DataFrame({"model": "clip-a", "dataset": "fashion", "estimator": "gla", "split": "test",
+                       "sample_id": ["s1", "s2", "s3"], "label": [0, 1, 2], "suggested_label": [5, 6, 7],
+                       "score": [-9.0, -8.0, -1.0], "p_value": [0.001, 0.0005, 0.4], "flagged": [True, True, False]})
+    cc = pl.DataFrame({"model": "clip-a", "dataset": "fashion", "estimator": "gla", "split": "test",
+                       "label": [0, 1], "label_name": ["class_0000", "class_0001"], "suggested_label": [5, 6],
+                       "suggested_name": ["class_0005", "class_0006"], "count": [3, 7], "n_flagged": [1, 1],
+                       "n_tested": [600, 600]})
+    text = render(_with(data, label_issues=li, class_confusions=cc), figures_for=lambda v: {})
+    section = _section(text, "clip-a", "fashion")
+    assert "2 label(s) of 600 labelled samples flagged as likely wrong" in section
+    tables = [r for sec, r in parse(text).tables if sec == "cell-clip-a--fashion"]
+    samples, pairs = tables[2], tables[3]
+    assert [r[0] for r in samples[1:]] == ["s2", "s1"]  # strongest evidence first; s3 not flagged
+    assert samples[1][1:3] == ["class_0001", "class_0006"]
+    assert pairs[1][:3] == ["class_0001", "class_0006", "7"]
+
+
+def test_distribution_shift_section(data):
+    from gla.pipeline.report import render
+
+    rob = pl.DataFrame({"model": "clip-a", "dataset": "fashion-sketch", "estimator": "gla",
+                        "method": ["gla", "ft"], "accuracy": [0.5, 0.4], "source_dataset": "fashion",
+                        "source_accuracy": [0.7, 0.6], "accuracy_drop": [0.2, 0.2]})
+    text = render(_with(data, robustness=rob), figures_for=lambda v: {})
+    assert "<h2 id='shift'>Distribution shift</h2>" in text
+    rows = [r for sec, r in parse(text).tables if sec == "overview"][1]
+    assert rows[1] == ["clip-a", "fashion", "fashion-sketch", "ft", "60.00", "40.00", "-20.00"]
+    assert rows[2][3] == "gla"
