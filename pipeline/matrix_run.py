@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from gla.extract import cellformat as cf
-from gla.extract.models import parse_pretrained
+from gla.extract.errors import ExtractError
+from gla.extract.models import check_models, parse_pretrained
 from gla.extract.run import extract_cell
 from gla.pipeline.cell_analysis import StoreAnalysisOptions
 from gla.pipeline.config import CellFilter, Config, DatasetSpec, ModelSpec, model_dict
@@ -311,6 +312,10 @@ def _stage_extract(config: Config, pairs: list[Pair], store: Path, force: bool, 
             f"extract stage: {len(tasks)} cell(s) need extraction but torch/open_clip are not "
             "installed (pip install 'gla-pipeline[extract]', or run --stages analyze,report)"
         )
+    try:  # weights neither cached nor downloadable stop the run here, before any cell
+        check_models([t.model for t in tasks])
+    except ExtractError as e:
+        raise UserError(str(e)) from None
     for task, out in runner.map(run_extract_task, tasks, key=lambda t: t.name, description="extract"):
         cell = (task.model["name"], task.dataset["name"])
         if isinstance(out, CellError):
