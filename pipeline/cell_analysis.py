@@ -70,6 +70,7 @@ class StoreAnalysisOptions:
     window_memory: float = 0.0  # EM pseudo-counts from the previous window's estimate
     label_issues: bool = False
     label_issue_split: str = ""  # the labelled split audited ("" = the eval split)
+    clean_split: str = ""  # clean labelled split the p-values are taken against ("" = fit split)
     fdr: float = 0.1
 
     @classmethod

@@ -13,6 +13,7 @@ from several splits named in order (``analysis.window_splits``), each a window.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -103,7 +104,8 @@ def _fit_arrays(store: Store, info: CellInfo, options: Any, fit_info: SplitInfo)
                            columns=("label", "zs", "ft"), info=fit_info)
     if (fit.labels < 0).any():
         raise UserError(f"{fit_info.files[0]}: column label has unknown (-1) rows; "
-                        f"--target-estimator and --label-issues need a labelled fit split")
+                        f"--target-estimator and --label-issues need a labelled split "
+                        f"{options.fit_split!r}")
     return fit.zs, fit.ft, fit.labels.astype(np.int64)
 
 
@@ -132,7 +134,11 @@ def run(store: Store, info: CellInfo, options: Any, fitted: FittedPriors, fit_in
                                          whole, win, wnames, shares).items():
             out.setdefault(k, []).append(v)
     if aopts.label_issues:
-        clean = audits.clean_scores(fit, fitted)
+        clean_fit = fit
+        if options.clean_split and options.clean_split != options.fit_split:
+            cinfo = store.split_info(info.model, info.dataset, options.clean_split)
+            clean_fit = _fit_arrays(store, info, replace(options, fit_split=options.clean_split), cinfo)
+        clean = audits.clean_scores(clean_fit, fitted)
         split = options.label_issue_split or options.eval_split
         sinfo = eval_info if split == options.eval_split else store.split_info(info.model, info.dataset, split)
         parts = _Stream(store, info, [(split, sinfo)], options.batch_rows, None)

@@ -54,6 +54,8 @@ class AnalysisSettings(_Strict):
                                "(label_issues, class_confusions tables)")
     label_issue_split: str = Field("", description="labelled split audited by label_issues "
                                    "(default: the eval split)")
+    clean_split: str = Field("", description="clean labelled split the label-issue p-values are "
+                             "computed against (default: the fit split)")
     fdr: float = Field(0.1, gt=0.0, lt=1.0, description="Benjamini–Hochberg level of the label-issue flags")
 
     @field_validator("temperature")

@@ -165,7 +165,14 @@ def test_reduced_demo_end_to_end(tmp_path, capsys):
     summary = pl.read_parquet(store / "results" / "summary.parquet")
     shifted = {"fashion-blur", "animals-noise", "fashion-tops-noise"}
     assert set(summary["dataset"]) == {"fashion", "animals"} | shifted
-    assert set(summary["method"]) == {"zs", "zs_debiased", "ft", "ft_la", "ensemble", "gla", "wiseft@0.5"}
+    assert set(summary["method"]) == {"zs", "zs_debiased", "ft", "ft_la", "ensemble", "gla", "wiseft@0.5",
+                                      "gla_tp"}
+    # the planted audits: π_t tracked over three deploy windows, label issues in the audit split
+    tp = pl.read_parquet(store / "results" / "target_priors.parquet")
+    assert set(tp["dataset"]) == {"fashion", "animals"}
+    assert set(tp["window"].drop_nulls()) == {"deploy-1", "deploy-2", "deploy-3"}
+    assert "Planted wrong labels" in out and "Label shift" in out
+    summary = summary.filter(pl.col("method") != "gla_tp")  # scored on the deploy windows
     n = dict(summary.select("dataset", "n").unique().iter_rows())
     assert n == {"fashion": 100, "animals": 100, "fashion-blur": 100, "animals-noise": 100,
                  "fashion-tops-noise": 40}  # 30 per class − 20 for val; the tops are 4 classes

@@ -54,6 +54,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="flag eval samples whose label looks wrong (BH against the fit split)")
     parser.add_argument("--label-issue-split", default="", metavar="SPLIT",
                         help="labelled split --label-issues audits (default: the eval split)")
+    parser.add_argument("--clean-split", default="", metavar="SPLIT",
+                        help="clean labelled split the label-issue p-values use (default: the fit split)")
     parser.add_argument("--fdr", type=float, default=None, metavar="A",
                         help="false discovery rate of --label-issues (default 0.1)")
     parser.add_argument("--only", action="append", metavar="model=M,dataset=D",
@@ -112,6 +114,7 @@ def options_from_args(args: argparse.Namespace) -> StoreAnalysisOptions:
         target_estimators=targets,
         label_issues=args.label_issues,
         label_issue_split=args.label_issue_split,
+        clean_split=args.clean_split,
         fdr=fdr,
     )
 

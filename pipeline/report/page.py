@@ -141,7 +141,7 @@ def _warn_box(flags: list[findings.Flag]) -> str:
 def _methods_table(view: CellView) -> str:
     summ = method_rank(view.summary)
     if "target_estimator" in summ.columns:  # gla_tp once per π_t estimator: say which
-        summ = summ.with_columns(pl.when(pl.col("target_estimator").is_not_null()).then(
+        summ = summ.with_columns(pl.when(pl.col("target_estimator").is_not_null() & (pl.col("target_estimator") != "")).then(
             pl.format("{} ({})", "method", "target_estimator")).otherwise(pl.col("method")).alias("method"))
     if {"accuracy_ci_low", "accuracy_ci_high"} <= set(summ.columns):
         summ = summ.with_columns(interval("accuracy_ci_low", "accuracy_ci_high").alias("accuracy_ci"))

@@ -71,7 +71,7 @@ def _window_table(view: CellView) -> list[str]:
     if wa is None:
         return []
     if "target_estimator" in wa.columns:
-        wa = wa.with_columns(pl.when(pl.col("target_estimator").is_not_null())
+        wa = wa.with_columns(pl.when(pl.col("target_estimator").is_not_null() & (pl.col("target_estimator") != ""))
                              .then(pl.format("{} ({})", "method", "target_estimator"))
                              .otherwise(pl.col("method")).alias("method"))
     wide = wa.pivot(on="method", index=["window_index", "window"], values="accuracy",
