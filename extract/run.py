@@ -89,7 +89,16 @@ def cell_components(model: dict[str, Any], source: Source, templates_hash: str,
     alphas = wiseft_alphas(model, source.name)
     if alphas:  # only when asked, so the key of every other cell stays as it was
         comp["wiseft_alphas"] = alphas
+    shots = kshot_checkpoints(model, source.name)
+    if shots:
+        comp["kshot"] = {str(k): finetuned_identity(p) for k, p in shots.items()}
     return comp
+
+
+def kshot_checkpoints(model: dict[str, Any], dataset: str) -> dict[int, str]:
+    """Fine-tuned checkpoints of the cell by shot count (``kshot@k`` columns), sorted."""
+    shots = (model.get("kshot") or {}).get(dataset) or {}
+    return {int(k): str(shots[k]) for k in sorted(shots, key=int)}
 
 
 def wiseft_alphas(model: dict[str, Any], dataset: str) -> list[float]:
@@ -439,9 +448,28 @@ def _load_encoders(store: str | os.PathLike, model: dict[str, Any], dataset_name
     if "wiseft_alphas" in components:
         metadata["wiseft_alphas"] = components["wiseft_alphas"]
     head = torch.from_numpy(head_np).to(device)
-    return _Encoders(loaded, device, head, scale, bias, ft_model,
-                     _extra_encoders(loaded, ft_model, head, scale, bias, model, dataset_name),
-                     metadata)
+    extra = _extra_encoders(loaded, ft_model, head, scale, bias, model, dataset_name)
+    for k, path in kshot_checkpoints(model, dataset_name).items():
+        extra[kshot_column(k)] = _on_features(
+            load_finetuned(path, loaded.model, loaded.arch, len(class_names))[0], loaded.model)
+    if "kshot" in components:
+        metadata["kshot"] = components["kshot"]
+    return _Encoders(loaded, device, head, scale, bias, ft_model, extra, metadata)
+
+
+def kshot_column(shots: int) -> str:
+    return f"kshot@{int(shots)}"
+
+
+def _on_features(ft: Any, clip_model: Any) -> Any:
+    """Mark a fine-tuned classifier whose image tower is the pretrained one (a head
+    trained on frozen features, as k-shot heads often are): it is then fed the pretrained
+    features of the batch instead of running the tower again."""
+    import torch
+
+    own, pre = ft.visual.state_dict(), clip_model.visual.state_dict()
+    ft.on_features = all(torch.equal(v, pre[k].to(v.device, v.dtype)) for k, v in own.items())
+    return ft
 
 
 def _extra_encoders(loaded: Any, ft_model: Any, head: Any, scale: float, bias: float,
@@ -526,6 +554,15 @@ class _PartWriter:
         self.seconds += time.perf_counter() - tw
 
 
+def _extra_logits(m: Any, x: Any, feats: Any) -> np.ndarray:
+    if getattr(m, "on_features", False):  # the pretrained tower's features, no second pass
+        import torch.nn.functional as F
+
+        f = F.normalize(feats.float(), dim=-1) if m.normalize else feats.float()
+        return m.head(f).float().cpu().numpy()
+    return m(x).float().cpu().numpy()
+
+
 def _encode(enc: _Encoders, x: Any, pin: bool, want_emb: bool) -> tuple[Any, ...]:
     """zs logits, ft logits, the float16 image embedding and the extra logit columns of
     one decoded batch."""
@@ -535,7 +572,7 @@ def _encode(enc: _Encoders, x: Any, pin: bool, want_emb: bool) -> tuple[Any, ...
     with autocast(enc.device, enc.loaded.precision):
         feats = enc.loaded.model.encode_image(x)
         ft = enc.ft_model(x).float() if enc.ft_model is not None else None
-        extra = {name: m(x).float().cpu().numpy() for name, m in enc.extra_models.items()}
+        extra = {name: _extra_logits(m, x, feats) for name, m in enc.extra_models.items()}
     f = F.normalize(feats.float(), dim=-1)  # the head in float32
     zs = enc.scale * (f @ enc.head.T) + enc.bias
     return (zs.float().cpu().numpy(), None if ft is None else ft.cpu().numpy(),

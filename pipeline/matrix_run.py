@@ -125,6 +125,7 @@ def extract_fingerprint(store: Path, model: dict, dataset: dict, options: dict) 
     weights = parse_pretrained(model.get("pretrained"))  # a tag or hub id is in `model` itself
     files = [weights.value if weights.kind == "file" else "", model.get("model_config", ""), model.get("templates", "")]
     files += [model.get("finetuned", {}).get(dataset["name"], "")]
+    files += list((model.get("kshot") or {}).get(dataset["name"], {}).values())
     files += [dataset.get("root", "")]
     for s in (dataset.get("splits") or {}).values():
         files += [s.get("root", ""), s.get("file", "")]
