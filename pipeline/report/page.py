@@ -110,7 +110,8 @@ def _overview(data: ReportData, views: dict[tuple[str, str], CellView],
     cols += [("flags", "flags", "text")]
     out.append(table(gains, cols))
     out.append("<p class='note'>Accuracy (%) per method: zs zero-shot, zs_debiased = zs − log π̂p, ft fine-tuned, "
-               "ft_la = ft − log πs (logit adjustment), ensemble = zs + ft, gla = zs + ft − log πs − log π̂p.</p>")
+               "ft_la = ft − log πs (logit adjustment), ensemble = zs + ft, gla = zs + ft − log πs − log π̂p; "
+               "wiseft@α: the weight-space interpolation of the zero-shot and fine-tuned models.</p>")
     return out
 
 
