@@ -11,7 +11,7 @@ import html
 
 import polars as pl
 from gla.analyze.diff import RunDiff
-from gla.pipeline.report.page import interval, table
+from gla.pipeline.report.markup import interval, table
 
 MAX_ROWS = 60
 TEST_COLUMNS = [

@@ -115,7 +115,7 @@ def write_report(
     if previous is not None:  # (label, tables) of the run to show the changes since
         d = rundiff.compute(previous[1], rundiff.latest_tables(store))  # predictions too: paired
         sections = (diff_section.render(d, previous[0], "these results"),)
-    html = page.render(data, max_cells=max_cells, figures_for=cache.get, sections=sections)
+    html = page.render(data, max_cells=max_cells, figures_for=cache.get, extra_sections=sections)
     marker.unlink(missing_ok=True)
     cf.atomic_write_bytes(path, html.encode("utf-8"))  # 0666 & ~umask: for sharing
     cf.atomic_write_bytes(marker, json.dumps({"key": key}).encode())
