@@ -15,6 +15,7 @@ import math
 import time
 
 from gla.analyze.priors import ESTIMATORS, parse_temperature
+from gla.pipeline import gate
 from gla.pipeline.analysis import analyze_store
 from gla.pipeline.cell_analysis import StoreAnalysisOptions
 from gla.pipeline.errors import UserError
@@ -22,7 +23,8 @@ from gla.pipeline.importer import load_array
 from gla.pipeline.runner import ComputeOptions
 from gla.pipeline.store import Store
 
-DEFAULT_ESTIMATORS = ("gla", "gla-reference", "eigen", "prior-matching", "batch-calibration")
+DEFAULT_ESTIMATORS = ("gla", "gla-reference", "eigen", "prior-matching", "batch-calibration",
+                      "eigen-iterated")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +60,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="recompute every selected cell even if its inputs and options are unchanged")
     parser.add_argument("--quiet", action="store_true", help="do not print the summary table")
+    gate.add_arguments(parser)
 
 
 def _temperature(text: str):
@@ -132,6 +135,10 @@ def run(args: argparse.Namespace) -> int:
         None, workers=args.workers, threads_per_worker=args.threads_per_worker,
         scheduler=args.scheduler or "", progress=not args.quiet, quiet=args.quiet,
     )
+    spec = gate.from_args(args)
+    if spec.blocks_publish:
+        raise UserError("--gate-blocks-publish: needs publication by run (run history), not in this build")
+    previous = gate.previous_tables(store.root) if spec else None
     t0 = time.perf_counter()
     # Runner and incremental notes go to stdout: stderr carries only the error line.
     results = analyze_store(store, options, only=args.only, compute=compute, force=args.force,
@@ -153,4 +160,4 @@ def run(args: argparse.Namespace) -> int:
               f"{len(run.computed)} analysed, {len(run.cached)} unchanged; "
               f"tables {'rebuilt' if run.tables_written else 'unchanged'}; "
               f"{time.perf_counter() - t0:.2f} s)")
-    return 0
+    return gate.check_store(spec, previous, store.root) if spec else 0
