@@ -32,6 +32,7 @@ from typing import Any
 
 from gla.extract import cellformat as cf
 from gla.extract import records
+from gla.extract.models import parse_pretrained
 from gla.extract.records import IntegrityError
 from gla.extract.run import extract_cell
 from gla.pipeline.cell_analysis import StoreAnalysisOptions
@@ -88,7 +89,7 @@ class RunSummary:
 
 def _stat_sig(path: str) -> list[Any]:
     """Size and mtime of a file, or of a folder's entries two levels deep (cheap)."""
-    if not path or "://" in path or path.startswith("hf-hub:"):
+    if not path or "://" in path:
         return [path]
     p = Path(path)
     try:
@@ -118,7 +119,8 @@ def extract_fingerprint(store: Path, model: dict, dataset: dict, options: dict) 
             return None  # extract_cell checks the parts and rebuilds what no longer matches
     except IntegrityError:
         return None
-    files = [model.get("pretrained", ""), model.get("model_config", ""), model.get("templates", "")]
+    weights = parse_pretrained(model.get("pretrained"))  # a tag or hub id is in `model` itself
+    files = [weights.value if weights.kind == "file" else "", model.get("model_config", ""), model.get("templates", "")]
     files += [model.get("finetuned", {}).get(dataset["name"], "")]
     files += [dataset.get("root", "")]
     for s in (dataset.get("splits") or {}).values():
