@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gla.extract.corruptions import CorruptedReader
 from gla.extract.errors import ExtractError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff"}
@@ -356,6 +357,26 @@ READERS = {
 # ---------------------------------------------------------------------------- splits
 
 
+def _keep_classes(splits: dict[str, SplitData], class_names: list[str], classes: list[int] | None,
+                  where: str) -> tuple[dict[str, SplitData], list[str]]:
+    """Only the classes ``classes`` (indices), relabelled 0.. in that order. Applied after
+    the splits are drawn, so each split holds the same images as without the filter (a
+    shifted subset's test split stays inside its source's test split)."""
+    if not classes:
+        return splits, class_names
+    c = len(class_names)
+    if any(not 0 <= int(k) < c for k in classes) or len(set(classes)) != len(classes):
+        raise ExtractError(f"{where}.classes: expected distinct indices in 0..{c - 1}, got {list(classes)}")
+    remap = np.full(c, -1, dtype=np.int64)
+    remap[np.asarray(classes, dtype=np.int64)] = np.arange(len(classes))
+    out = {}
+    for name, d in splits.items():
+        keep = np.flatnonzero((d.labels >= 0) & (remap[np.maximum(d.labels, 0)] >= 0))
+        out[name] = SplitData(name, [d.sample_ids[i] for i in keep], remap[d.labels[keep]],
+                              [d.refs[i] for i in keep])
+    return out, [class_names[k] for k in classes]
+
+
 def _limit(pool: Pool, k: int | None) -> np.ndarray:
     idx = np.arange(len(pool.labels))
     if not k:
@@ -464,6 +485,7 @@ def build_source(spec: dict[str, Any]) -> Source:
         if getattr(sub, "images", None) is not None:
             raise ExtractError(f"{where}: split {s!r}: root/file splits are not supported for kind {kind}")
         splits[s] = _subset(sub, s, _limit(sub, spec.get("limit_per_class")))
+    splits, class_names = _keep_classes(splits, class_names, spec.get("classes"), where)
     # keep the config's split order
     order = list(splits_cfg) or list(splits)
     splits = {s: splits[s] for s in order if s in splits}
@@ -471,12 +493,18 @@ def build_source(spec: dict[str, Any]) -> Source:
         if len(set(s.sample_ids)) != len(s.sample_ids):
             raise ExtractError(f"{where}: split {s.name!r} has repeated sample ids")
     reader = ArrayReader(images, f"{kind}:{spec.get('pool') or 'test'}") if images is not None else READERS[kind]()
+    if spec.get("corruption"):
+        reader = CorruptedReader(reader, spec["corruption"], int(spec.get("severity") or 3))
     identity = {
         "name": name,
         "kind": kind,
         "pool": spec.get("pool") or "",
         "seed": int(spec.get("seed") or 0),
         "limit_per_class": spec.get("limit_per_class"),
+        **({"classes": list(spec["classes"])} if spec.get("classes") else {}),
+        **({"source_classes": list(spec["source_classes"])} if spec.get("source_classes") else {}),
+        **({"corruption": spec["corruption"], "severity": int(spec.get("severity") or 3)}
+           if spec.get("corruption") else {}),
         "splits": {s: {"rows": len(d), "digest": d.digest()} for s, d in splits.items()},
     }
     return Source(name, kind, class_names, splits, reader, identity)
