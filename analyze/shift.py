@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from gla.analyze.priors import _solve_matching, check_labels, check_logits
+from gla.analyze.priors import _BiasedSoftmax, _solve_matching, check_labels, check_logits
 
 TARGET_ESTIMATORS = ("em", "bbse")
 _FLOOR = 1e-12  # smallest prior entry kept (log π must stay finite)
@@ -80,13 +80,16 @@ def _profile_nll(z: np.ndarray, zy_mean: float, p: np.ndarray, beta: float):
     only through the class fractions p), solved by the project's log-space solver. By the
     envelope theorem the β-derivative at the optimal b is mean_i E_softmax[z_i] − z_iy.
     """
-    zb = z * beta
-    b, _, f, _, _ = _solve_matching(_Softmax64(zb), p, 1e-12, 500)  # mean softmax(zb − b) = p
+    zb = (z * beta).astype(np.float32)
+    try:  # float32, two matrix-vector products per evaluation (analyze.priors)
+        b, _, f, _, _ = _solve_matching(_BiasedSoftmax(zb), p, 1e-10, 500)
+    except RecursionError:  # whole rows underflow at an extreme β: exact float64 instead
+        b, _, f, _, _ = _solve_matching(_Softmax64(zb.astype(np.float64)), p, 1e-12, 500)
     nll = f - beta * zy_mean  # f = mean lse(zb − b) + p·b, and mean_i b_{y_i} = p·b
-    a = zb - b
+    a = zb - b.astype(np.float32)
     a = np.exp(a - a.max(axis=1, keepdims=True))
     a /= a.sum(axis=1, keepdims=True)
-    dbeta = float(np.einsum("ij,ij->i", a, z).mean() - zy_mean)
+    dbeta = float(np.einsum("ij,ij->i", a, z, dtype=np.float64).mean() - zy_mean)
     return float(nll), dbeta, -b
 
 
@@ -108,14 +111,14 @@ def fit_bcts(logits, labels, num_classes: int | None = None, tol: float = 1e-9) 
     Jointly convex in (β, b), so the profile NLL over β is convex: its derivative is
     monotone, bracketed from β = 1 and found by safeguarded secant (Illinois) search on log β.
     """
-    z = check_logits(logits, "calibration logits").astype(np.float64)
+    z = check_logits(logits, "calibration logits")
     C = z.shape[1] if num_classes is None else int(num_classes)
     y = check_labels(labels, z.shape[0], C, "calibration labels")
     n = np.bincount(y, minlength=C)
     if (n == 0).any():
         raise ValueError(f"calibration: class {int(np.flatnonzero(n == 0)[0])} has no labelled sample")
     p = n / n.sum()
-    zy_mean = float(z[np.arange(z.shape[0]), y].mean())
+    zy_mean = float(z[np.arange(z.shape[0]), y].astype(np.float64).mean())
     d = lambda lb: _profile_nll(z, zy_mean, p, float(np.exp(lb)))[1]  # noqa: E731
     lo, dlo, hi, dhi = _bracket(d)
     if lo is None:  # the optimum is at an end of [1e-3, 1e3] (separable or uninformative)
@@ -163,8 +166,9 @@ class EMStats:
 def em_part(cal_logits: np.ndarray, log_w: np.ndarray, windows: np.ndarray | None = None) -> EMStats:
     """One part's EM statistics at weights w = π/ρ per window (log_w: (W, C)).
 
-    Posterior of row i: softmax(c_i + log w_{t(i)}); its log-normaliser minus lse(c_i) is
-    the row's log-likelihood ratio log Σ_k q_ik w_k.
+    Posterior of row i: softmax(c_i + log w_{t(i)}) ∝ e_i ∘ w with e_i = exp(c_i − max c_i)
+    (one exp per row and pass); log Σ_k q_ik w_k = log(e_i·w) − log Σ e_i is the row's
+    log-likelihood ratio to the source prior.
     """
     c = np.asarray(cal_logits, dtype=np.float32)
     W, C = log_w.shape
@@ -172,20 +176,30 @@ def em_part(cal_logits: np.ndarray, log_w: np.ndarray, windows: np.ndarray | Non
     out = EMStats.empty(W, C)
     if c.shape[0] == 0:
         return out
-    a = c + log_w[t].astype(np.float32)
-    m0 = c.max(axis=1, keepdims=True)
-    lse0 = m0[:, 0].astype(np.float64) + np.log(np.exp(c - m0).sum(axis=1, dtype=np.float64))
-    m = a.max(axis=1, keepdims=True)
-    np.subtract(a, m, out=a)
-    np.exp(a, out=a)
-    s = a.sum(axis=1, dtype=np.float64)
-    a /= s[:, None].astype(np.float32)
-    lse = m[:, 0].astype(np.float64) + np.log(s)
+    shift_w = log_w.max(axis=1)
+    w = np.exp(log_w - shift_w[:, None]).astype(np.float32)  # ≤ 1
+    e = c - c.max(axis=1, keepdims=True)
+    np.exp(e, out=e)
+    s0 = e.sum(axis=1, dtype=np.float64)
     for k in np.unique(t):
-        sel = t == k
-        out.post[k] = a[sel].sum(axis=0, dtype=np.float64)
-        out.n[k] = sel.sum()
-        out.loglik[k] = float((lse[sel] - lse0[sel]).sum())
+        sel = slice(None) if W == 1 else t == k
+        ek = e if W == 1 else e[sel]
+        a = ek * w[k]
+        s = a.sum(axis=1, dtype=np.float64)
+        if not (s.min() > 0):  # every weighted term underflowed: the direct, slower form
+            a = c[sel] + log_w[k].astype(np.float32)
+            a = np.exp(a - a.max(axis=1, keepdims=True))
+            s = None
+        sa = a.sum(axis=1, dtype=np.float64)
+        out.post[k] = (a / sa[:, None].astype(np.float32)).sum(axis=0, dtype=np.float64)
+        out.n[k] = a.shape[0]
+        if s is not None:
+            out.loglik[k] = float((np.log(s) - np.log(s0 if W == 1 else s0[sel])).sum()
+                                  + a.shape[0] * shift_w[k])
+        else:
+            lse = np.log(sa) + (c[sel] + log_w[k]).max(axis=1)
+            lse0 = np.log(s0 if W == 1 else s0[sel]) + c[sel].max(axis=1)
+            out.loglik[k] = float((lse - lse0).sum())
     return out
 
 
