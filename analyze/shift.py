@@ -214,7 +214,7 @@ def estimate_em(
     n_windows: int = 1,
     *,
     memory: float = 0.0,
-    tol: float = 1e-9,
+    tol: float = 1e-6,
     max_passes: int = 1000,
     accelerate: bool = True,
 ) -> TargetEstimate:
@@ -223,7 +223,9 @@ def estimate_em(
     M-step: π_t = (S_t + κ π_{t−1}) / (n_t + κ), with κ = ``memory`` pseudo-counts drawn
     from the previous window's estimate (κ = 0: each window alone). Window t depends only
     on windows ≤ t. SQUAREM (Varadhan & Roland 2008) extrapolates two EM steps and keeps
-    the result only if the (penalised) likelihood did not drop.
+    the result only if the (penalised) likelihood did not drop. Stops when no entry of π
+    moves by more than ``tol`` in a pass (1e-6: ~30 passes at C = 1000, far below the
+    sampling error of any split).
     """
     rho = np.asarray(source_prior, dtype=np.float64)
     log_rho = np.log(rho)

@@ -7,8 +7,8 @@ data never exists whole), exactly as a store's parts are streamed by ``pipeline.
 Peak memory is the process's max RSS growth during the run: flat means it does not grow
 with N. Run it at two sizes to see time grow linearly and memory stay flat:
 
-    python bench/bench_audits.py --n 100000 --classes 1000
-    python bench/bench_audits.py --n 400000 --classes 1000
+    python bench/bench_audits.py --n 16384 --classes 1000
+    python bench/bench_audits.py --n 65536 --classes 1000
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--classes", type=int, default=1000)
+    ap.add_argument("--fit-per-class", type=int, default=5, help="rows per class of the fit split")
     args = ap.parse_args()
     C, N = args.classes, args.n
-    fit = synthetic.planted_world(C, 20, seed=0, signal=2.0, ft_signal=2.0)
+    fit = synthetic.planted_world(C, args.fit_per_class, seed=0, signal=2.0, ft_signal=2.0)
     base = synthetic.shifted_world(fit, synthetic.zipf_prior(C, 1.0, 7), PART, seed=1,
                                    signal=2.0, ft_signal=2.0)
     g_fit = adjust.gla(fit.zs, fit.ft, fit.pi_s, fit.pi_p)
@@ -83,7 +84,7 @@ def main() -> int:
     print(f"  label issues (2 passes)        {t_li:7.1f} s   {audit.n_flagged:,} BH flags, "
           f"{audit.n_cl_issues:,} CL issues kept")
     print(f"  peak RSS growth                {rss:7.0f} MB  (one part of logits is {PART * C * 4 / 2**20:.0f} MB)")
-    print(f"command: python bench/bench_audits.py --n {N} --classes {C}")
+    print(f"command: python bench/bench_audits.py --n {N} --classes {C} --fit-per-class {args.fit_per_class}")
     return 0
 
 
