@@ -11,7 +11,6 @@ and a flipped row is one whose ``audit`` label differs from its ``test`` label.
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -44,12 +43,7 @@ def _derived_from(cell: Path, split: str) -> str | None:
 
 
 def _write(cell: Path, split: str, table: pa.Table, source_id: str) -> None:
-    tag = uuid.uuid4().hex[:8] if cf.manifest_path(cell, split).exists() else ""
-    part = cf.write_part(cell, split, 0, table, tag=tag).name
-    cf.write_manifest(cell, split, [part], extra={"derived_from": source_id})
-    for old in cell.glob(f"part-{split}-*.parquet"):
-        if old.name != part:
-            old.unlink(missing_ok=True)
+    cf.write_split(cell, split, [table], extra={"derived_from": source_id})
 
 
 def _window_rows(labels: np.ndarray, prior: np.ndarray, n: int, rng) -> np.ndarray:
