@@ -109,16 +109,3 @@ def test_kshot_columns_and_table_from_images(tiny_clip, tmp_path):
     assert acc_ft1 == pytest.approx(float(np.mean(ref.argmax(1) == labels)))
 
 
-
-def test_report_section_shows_the_sweep():
-    from gla.analyze import schema
-    from gla.pipeline.report import sections
-    from gla.pipeline.report.tables import ReportData
-
-    rows = [{"model": "m", "dataset": "d", "estimator": "gla", "shots": k, "method": meth, "split": "test",
-             "n": 10, "accuracy": acc} for k, a in ((1, 0.5), (4, 0.625)) for meth, acc in (("zs", 0.25), ("gla", a))]
-    data = ReportData(store=None, tables={"kshot": schema.frame("kshot", rows)})
-    html = "".join(sections.kshot_sweep(data))
-    assert "k-shot sweep" in html and "data:image/png;base64," in html
-    assert "<th class=\"\">k = 1</th>" in html and "62.5" in html
-    assert sections.kshot_sweep(ReportData(store=None, tables={"kshot": schema.empty("kshot")})) == []

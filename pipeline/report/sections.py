@@ -10,8 +10,7 @@ from __future__ import annotations
 import html
 
 import polars as pl
-from gla.pipeline.report import figures
-from gla.pipeline.report.markup import WARN, img, table
+from gla.pipeline.report.markup import WARN, table
 from gla.pipeline.report.style import ordered_methods
 from gla.pipeline.report.tables import CellView, ReportData, primary_estimator
 
@@ -137,31 +136,16 @@ def distribution_shift(data: ReportData) -> list[str]:
             table(wide.sort(index), cols)]
 
 
-def kshot_sweep(data: ReportData) -> list[str]:
-    """Matrix-wide: few-shot GLA against the number of shots, one curve per method."""
-    ks = data.get("kshot")
-    if ks is None or ks.height == 0:
+def kshot(view: CellView) -> list[str]:
+    """The k-shot sweep: accuracy per shot count and method (the figure plots it)."""
+    ks = view.get("kshot")
+    if ks is None:
         return []
-    est = primary_estimator(ks)
-    if est is not None:
-        ks = ks.filter(pl.col("estimator") == est)
-    index = ["model", "dataset", "method"]
-    wide = ks.sort("shots").pivot(on="shots", index=index, values="accuracy", aggregate_function="first")
-    shots = [c for c in wide.columns if c not in index]
-    order = {m: i for i, m in enumerate(ordered_methods(ks.get_column("method").unique().to_list()))}
-    wide = wide.with_columns(pl.col("method").replace_strict(order, return_dtype=pl.Int64).alias("_o"))
-    cols = [("model", "model", "text"), ("dataset", "dataset", "text"), ("method", "method", "text")]
-    cols += [(k, f"k = {k}", "pct") for k in shots]
-    parts = ["<h2 id='kshot'>k-shot sweep</h2>",
-             "<p class='note'>Accuracy (%) of fine-tuned checkpoints trained on k images per class, "
-             "with the few-shot GLA: zs and each k-shot model divided by its own confidence-matched "
-             "temperature, π̂p fitted on the tempered zs, πs uniform.</p>"]
-    for model in sorted(set(ks.get_column("model").to_list())):
-        fig = figures.kshot_curves(ks.filter(pl.col("model") == model))
-        if fig is not None:
-            parts.append(img(figures.png_b64(fig), f"k-shot accuracy of {model}"))
-    return parts + [table(wide.sort("model", "dataset", "_o"), cols)]
+    wide = ks.pivot(on="method", index="shots", values="accuracy", aggregate_function="first").sort("shots")
+    ms = ordered_methods(ks.get_column("method").unique().to_list())
+    cols = [("shots", "shots per class", "int")] + [(m, m, "pct") for m in ms]
+    return ["<h4>Few-shot sweep: accuracy (%) by training images per class</h4>", table(wide, cols)]
 
 
-CELL_SECTIONS = (label_shift, label_issues)
-MATRIX_SECTIONS = (distribution_shift, kshot_sweep)
+CELL_SECTIONS = (label_shift, label_issues, kshot)
+MATRIX_SECTIONS = (distribution_shift,)
