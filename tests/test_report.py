@@ -495,7 +495,8 @@ def _visible_texts(fig):
         texts = [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
         for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
             lo, hi = min(lo, hi), max(lo, hi)
-            texts += [t.label1 for t in axis.get_major_ticks() if lo <= t.get_loc() <= hi]
+            ticks = [*axis.get_major_ticks(), *axis.get_minor_ticks()]
+            texts += [t.label1 for t in ticks if lo <= t.get_loc() <= hi]
         if ax.get_legend():
             texts += [*ax.get_legend().get_texts(), ax.get_legend().get_title()]
         out += [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_visible() and t.get_text()]
@@ -516,6 +517,10 @@ def test_no_overlapping_text_in_any_figure(data):
     figs = [figures.heatmap(gains, col, f"acc({m}) − acc({b})") for col, m, b in GAINS]
     for cell in data.cells():
         figs += figures.cell_figures(data.view(*cell)).values()
+    # A cell with four classes: log axes spanning less than a decade (minor tick labels).
+    few = _with(data, per_class=data.per_class.filter(pl.col("class_index") < 4),
+                priors=data.priors.filter(pl.col("class_index") < 4))
+    figs += figures.cell_figures(few.view("clip-a", "fashion")).values()
     for fig in figs:
         boxes = _visible_texts(fig)
         assert len(boxes) >= 5

@@ -21,6 +21,7 @@ from gla.pipeline.report.tables import CellView
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -47,6 +48,17 @@ def _legend_outside(ax, **kw) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False,
                   fontsize=FONT["legend"], **kw)
+
+
+def _log_axis(ax, which: str) -> None:
+    """Log scale labelled in plain decimals (0.01, 0.1, …) at majors only: minor labels
+    of a short range (2×10⁻¹ 3×10⁻¹ …) run into each other. Call once the limits are set."""
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    lo, hi = ax.get_xlim() if which == "x" else ax.get_ylim()
+    short = np.log10(max(hi, 1e-300) / max(lo, 1e-300)) < 1.5
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if short else (1.0,)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _percent_axis(ax, which: str = "y") -> None:
@@ -138,6 +150,7 @@ def class_accuracy(view: CellView) -> Figure:
             xs = np.geomspace(x[ok].min(), x[ok].max(), 20)
             ax.plot(xs, np.polyval(coef, np.log10(xs)), color=style.color(m), lw=1.2)
     ax.set_xscale("log")
+    _log_axis(ax, "x")
     _percent_axis(ax)
     _titles(ax, "per-class accuracy against π̂p", "estimated pretraining prior π̂p (log scale)", "per-class accuracy (%)")
     _legend_outside(ax)
@@ -180,6 +193,8 @@ def prior_scatter(view: CellView) -> Figure | None:
     ax.set_yscale("log")
     ax.set_xlim(a, b)
     ax.set_ylim(a, b)
+    _log_axis(ax, "x")
+    _log_axis(ax, "y")
     _titles(ax, "estimated prior π̂p against downstream share πs", "downstream training share πs (log)", "estimated π̂p (log)")
     _legend_outside(ax, title="estimator", title_fontsize=FONT["legend"])
     return fig
@@ -230,7 +245,7 @@ def kshot_curve(view: CellView) -> Figure | None:
     shots = sorted(set(ks.get_column("shots").to_list()))
     ax.set_xscale("log")
     ax.set_xticks(shots, [str(k) for k in shots])
-    ax.minorticks_off()
+    ax.xaxis.set_minor_formatter(NullFormatter())
     _percent_axis(ax)
     _titles(ax, "few-shot: accuracy against shots per class", "training images per class (log scale)", "accuracy (%)")
     _legend_outside(ax)
