@@ -318,13 +318,14 @@ def test_each_heatmap_has_its_own_scale_centred_at_zero(data):
     gains = gain_table(data.summary)
     limits = []
     for col, method, baseline in GAINS:
-        fig = figures.heatmap(gains, col, f"acc({method}) − acc({baseline})")
+        fig = figures.heatmap(gains, col, method, baseline)
         ax, bar = fig.axes  # the map and its own colour bar
         (im,) = ax.get_images()
         lo, hi = im.get_clim()
         assert lo == -hi
         assert hi == pytest.approx(max(0.05, 100 * gains.get_column(col).drop_nulls().abs().max()))
-        assert bar.get_ylabel() == f"acc({method}) − acc({baseline}) (accuracy points)"
+        assert bar.get_ylabel() == f"{method} − {baseline} (points)"
+        assert ax.get_title() == f"acc({method}) − acc({baseline}), accuracy points"
         limits.append(hi)
     # Only clip-a has ft logits: gla − ft covers two cells, zs_debiased − zs all three.
     assert gains.get_column("gain_gla_ft").null_count() == 1
@@ -514,7 +515,7 @@ def test_no_overlapping_text_in_any_figure(data):
     assert any(ba.overlaps(bb) for i, (_, ba) in enumerate(_visible_texts(control))
                for _, bb in _visible_texts(control)[i + 1:])
     gains = gain_table(data.summary)
-    figs = [figures.heatmap(gains, col, f"acc({m}) − acc({b})") for col, m, b in GAINS]
+    figs = [figures.heatmap(gains, col, m, b) for col, m, b in GAINS]
     for cell in data.cells():
         figs += figures.cell_figures(data.view(*cell)).values()
     # A cell with four classes: log axes spanning less than a decade (minor tick labels).

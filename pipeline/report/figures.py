@@ -65,9 +65,11 @@ def _percent_axis(ax, which: str = "y") -> None:
     (ax.set_ylim if which == "y" else ax.set_xlim)(0, 100)
 
 
-def heatmap(cells: pl.DataFrame, column: str, quantity: str, flagged: set[tuple[str, str]] = frozenset()) -> Figure:
-    """One quantity (``column``, an accuracy difference) per cell, on its own diverging
-    scale centred at 0. Cells in ``flagged`` carry a warning: outlined, value marked "!"."""
+def heatmap(cells: pl.DataFrame, column: str, method: str, baseline: str,
+            flagged: set[tuple[str, str]] = frozenset()) -> Figure:
+    """One quantity per cell, ``column`` = acc(method) − acc(baseline), on its own
+    diverging scale centred at 0. Cells in ``flagged`` carry a warning: outlined, value
+    marked "!"."""
     models = sorted(set(cells.get_column("model").to_list()))
     datasets = sorted(set(cells.get_column("dataset").to_list()))
     grid = np.full((len(models), len(datasets)), np.nan)
@@ -90,9 +92,9 @@ def heatmap(cells: pl.DataFrame, column: str, quantity: str, flagged: set[tuple[
         if flag:
             ax.add_patch(_outline(j, i))
     bar = fig.colorbar(im, ax=ax)
-    bar.set_label(f"{quantity} (accuracy points)", fontsize=FONT["label"])
+    bar.set_label(f"{method} − {baseline} (points)", fontsize=FONT["label"])
     bar.ax.tick_params(labelsize=FONT["tick"])
-    ax.set_title(quantity, fontsize=FONT["title"])
+    ax.set_title(f"acc({method}) − acc({baseline}), accuracy points", fontsize=FONT["title"])
     return fig
 
 
