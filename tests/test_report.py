@@ -618,3 +618,18 @@ def test_kshot_section_and_figure(data):
     assert ax.get_ylim() == (0.0, 100.0)
     assert [line.get_ydata().tolist() for line in ax.get_lines()] == [[30.0, 50.0, 70.0], [40.0, 60.0, 80.0]]
     assert "kshot" not in figures.cell_figures(data.view("clip-a", "fashion"))
+
+
+def test_methods_table_shows_the_accuracy_interval(data):
+    from gla.pipeline.report import render
+
+    summ = data.summary.with_columns((pl.col("accuracy") - 0.01).alias("accuracy_ci_low"),
+                                     (pl.col("accuracy") + 0.02).alias("accuracy_ci_high"))
+    text = render(_with(data, summary=summ), figures_for=lambda v: {})
+    rows = [r for sec, r in parse(text).tables if sec == "cell-clip-a--fashion"][0]
+    col = rows[0].index("95 % CI")
+    assert rows[0][col - 1] == "accuracy"
+    acc = {r["method"]: r["accuracy"] for r in summ.filter(
+        (pl.col("model") == "clip-a") & (pl.col("dataset") == "fashion")).iter_rows(named=True)}
+    for r in rows[1:]:
+        assert r[col] == f"[{100 * acc[r[0]] - 1:.2f}, {100 * acc[r[0]] + 2:.2f}]"
