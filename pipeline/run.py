@@ -282,7 +282,7 @@ def _stage_extract(config, pairs, store, force, runner, summary, model_dict, log
     opts = config.extract.model_dump()
     tasks = []
     for m, d in pairs:
-        md, dd = model_dict(m), d.model_dump()
+        md, dd = model_dict(m, d), d.model_dump()
         fp = extract_fingerprint(store, md, dd, opts)
         marker = _extract_marker(store, m.name, d.name)
         if not force and fp is not None and marker.exists():

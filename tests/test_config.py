@@ -59,7 +59,7 @@ def test_overrides_and_only(tmp_path):
         ({"extract.precision": "fp64"}, "extract.precision"),
         ({"analysis.temperature": "hot"}, "analysis.temperature"),
         ({"compute.threads": 3}, "compute.threads"),
-        ({"datasets": [{"name": "d", "kind": "k", "splits": {"val": {"per_class": 2, "rest": True}}}]},
+        ({"datasets": [{"name": "d", "kind": "imagefolder", "splits": {"val": {"per_class": 2, "rest": True}}}]},
          "datasets['d'].splits.val"),
         ({"models": [{"name": "a/b", "arch": "x"}]}, "models['a/b'].name"),
     ],

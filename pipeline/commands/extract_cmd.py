@@ -54,6 +54,7 @@ def parse_shard(text: str | None, env: dict[str, str] | None = None) -> tuple[in
 
 def run(args: argparse.Namespace) -> int:
     from gla.pipeline.config import CellFilter, load_config, model_dict
+    from gla.pipeline.preflight import check_config
 
     config = load_config(args.config)
     only = CellFilter(args.only)
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if not cells:
         raise UserError(f"{args.config}: no model × dataset cell matches --only {args.only or ''}".rstrip())
     shard = parse_shard(args.shard)
+    check_config(config, stages=("extract",), only=only)  # every config error before any work
     if not args.quiet:
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
         logging.getLogger("extract").setLevel(logging.INFO)
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     options = config.extract.model_dump()
     progress = not args.no_progress and sys.stderr.isatty()
     for m, d in cells:
-        md, dd = model_dict(m), d.model_dump()
+        md, dd = model_dict(m, d), d.model_dump()
         try:
             if args.from_embeddings:
                 info = rezero_cell(config.store, md, dd, options)

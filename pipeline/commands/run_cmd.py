@@ -54,6 +54,7 @@ def parse_overrides(items: list[str]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from gla.pipeline.config import load_config
+    from gla.pipeline.preflight import check_config
     from gla.pipeline.run import run_config
 
     overrides = parse_overrides(args.set)
@@ -67,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["compute.scheduler"] = args.scheduler
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())  # run_config checks them
     config = load_config(args.config, overrides)
+    check_config(config, stages=stages, only=args.only)  # every config error before any work
     summary = run_config(config, only=args.only, stages=stages, force=args.force,
                          progress=not args.no_progress)
     for line in summary.lines():
