@@ -3,13 +3,15 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= .cache/data
+# Wheels of the analysis install's dependencies, for the offline clean-venv install test.
+WHEELHOUSE ?= .cache/wheelhouse
 export GLA_DATA_DIR := $(abspath $(DATA))
 # Two cores: keep every thread pool at one thread per worker process.
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 export POLARS_MAX_THREADS ?= 2
 
-.PHONY: install data browser demo test lint bench clean
+.PHONY: install data wheelhouse browser demo test lint bench docs clean
 
 $(BIN)/gla: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -29,6 +31,18 @@ $(DATA)/fashion-mnist/train-images-idx3-ubyte.gz:
 
 data: install $(DATA)/fashion-mnist/train-images-idx3-ubyte.gz
 
+# The runtime dependencies of a plain `pip install gla-pipeline` (no extras), at the
+# versions this venv runs, downloaded once here so that tests/test_wheel_install.py can
+# install the built wheel into a fresh venv with --no-index (no network at test time).
+$(WHEELHOUSE)/.complete: pyproject.toml constraints.txt | $(BIN)/gla
+	mkdir -p $(WHEELHOUSE)
+	$(BIN)/python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > $(WHEELHOUSE)/requirements.txt
+	$(BIN)/pip list --format=freeze --exclude-editable > $(WHEELHOUSE)/versions.txt
+	$(BIN)/pip download -q -d $(WHEELHOUSE) -r $(WHEELHOUSE)/requirements.txt -c $(WHEELHOUSE)/versions.txt
+	touch $@
+
+wheelhouse: $(WHEELHOUSE)/.complete
+
 # Headless Chromium for the report rendering test.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
@@ -36,7 +50,7 @@ browser:
 demo: data
 	$(BIN)/gla demo
 
-test: data browser
+test: data browser wheelhouse
 	$(BIN)/python -m pytest
 
 lint: install

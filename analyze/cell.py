@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
-from gla.analyze import adjust, stats
+from gla.analyze import adjust, schema, stats
 from gla.analyze.priors import (
     ESTIMATORS,
     PriorEstimate,
@@ -86,7 +86,10 @@ def fit_priors(zs_fit, y_fit, num_classes: int, class_counts=None, options: Anal
 
 
 def evaluate(chunks: Iterable[tuple], fitted: FittedPriors, options: AnalysisOptions | None = None) -> dict[str, stats.Tally]:
-    """Merge per-method tallies over (zs, ft | None, labels) chunks of the eval split.
+    """Merge per-method tallies over (zs, ft | None, labels[, extra]) chunks of the eval split.
+
+    ``extra`` maps further classifiers' logits by name (``wiseft@0.5``): each is scored
+    as it is, as a method of that name (no prior, no temperature).
 
     Rows with label −1 (unknown) are skipped. The zs logits are divided by the primary
     estimate's temperature first, so log π_p is removed in the scale it was fitted in.
@@ -97,7 +100,9 @@ def evaluate(chunks: Iterable[tuple], fitted: FittedPriors, options: AnalysisOpt
     inv_t = np.float32(1.0 / fitted.temperature)
     tallies: dict[str, stats.Tally] = {}
     has_ft = None
-    for i, (zs, ft, y) in enumerate(chunks):
+    for i, chunk in enumerate(chunks):
+        zs, ft, y = chunk[:3]
+        extra = chunk[3] if len(chunk) > 3 else {}
         if np.shape(zs)[:1] == (0,):  # an empty part contributes nothing
             continue
         z = check_logits(zs, f"zs logits (chunk {i})")
@@ -105,7 +110,7 @@ def evaluate(chunks: Iterable[tuple], fitted: FittedPriors, options: AnalysisOpt
             raise ValueError(f"zs logits (chunk {i}) have {z.shape[1]} columns, expected {C}")
         if has_ft is None:
             has_ft = ft is not None
-            tallies = {m: stats.Tally.empty(C, options.n_bins) for m in adjust.methods_for(has_ft)}
+            tallies = {m: stats.Tally.empty(C, options.n_bins) for m in (*adjust.methods_for(has_ft), *extra)}
         elif has_ft != (ft is not None):
             raise ValueError(f"chunk {i}: ft logits present in some chunks and missing in others")
         f = None if ft is None else check_logits(ft, f"ft logits (chunk {i})")
@@ -114,10 +119,14 @@ def evaluate(chunks: Iterable[tuple], fitted: FittedPriors, options: AnalysisOpt
         y = np.asarray(y)
         if y.shape != (z.shape[0],):
             raise ValueError(f"labels (chunk {i}) have shape {y.shape}, expected ({z.shape[0]},)")
+        extra = {n: check_logits(x, f"{n} logits (chunk {i})") for n, x in extra.items()}
+        if set(extra) != set(tallies) - set(adjust.methods_for(has_ft)):
+            raise ValueError(f"chunk {i}: extra logits {sorted(extra)} differ from the first chunk's")
         keep = y >= 0
         if not keep.all():
             z, y = z[keep], y[keep]
             f = None if f is None else f[keep]
+            extra = {n: x[keep] for n, x in extra.items()}
         y = check_labels(y, z.shape[0], C, f"labels (chunk {i})")
         # Sub-blocks keep every adjusted copy small (cache-friendly, no page-faulting
         # of chunk-sized temporaries per method).
@@ -130,15 +139,12 @@ def evaluate(chunks: Iterable[tuple], fitted: FittedPriors, options: AnalysisOpt
                 zb, fb, pi_s=fitted.pi_s, pi_p=fitted.pi_p, target_prior=options.target_prior
             ):
                 tallies[m] = tallies[m].merge(stats.tally(logits, yb, C, options.n_bins))
+            for n, x in extra.items():
+                tallies[n] = tallies[n].merge(stats.tally(x[a : a + _EVAL_ROWS], yb, C, options.n_bins))
     return tallies
 
 
-def _col(values) -> pl.Series:
-    """float column with NaN turned into null (undefined metrics)."""
-    return pl.Series(np.asarray(values, dtype=np.float64), nan_to_null=True)
-
-
-def result_tables(
+def build_tables(
     model: str,
     dataset: str,
     eval_split: str,
@@ -146,102 +152,72 @@ def result_tables(
     fitted: FittedPriors,
     tallies: dict[str, stats.Tally],
     class_counts=None,
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """(summary, per_class, priors) DataFrames with the DESIGN.md columns (+ a few extras)."""
+) -> dict[str, pl.DataFrame]:
+    """{table name: DataFrame} of one cell, each with its ``analyze.schema`` columns."""
     C = fitted.pi_p.shape[0]
     names = [str(c) for c in class_names]
     if len(names) != C:
         raise ValueError(f"{len(names)} class names for {C} classes")
-    pgroup = stats.prior_groups(fitted.pi_p)
     cgroup = None
     if class_counts is not None:
         counts = np.asarray(class_counts)
         if counts.shape != (C,):
             raise ValueError(f"class counts have shape {counts.shape}, expected ({C},)")
         cgroup = stats.count_groups(counts)
-    summary_rows, per_class = [], []
+    pgroup = stats.prior_groups(fitted.pi_p)
+    cell = {"model": model, "dataset": dataset, "estimator": fitted.primary}
+    summary_rows, per_class, calibration = [], [], []
     for m, t in tallies.items():
-        row = {"model": model, "dataset": dataset, "method": m, "split": eval_split}
-        row.update(stats.summary_metrics(t))
+        row = {**cell, "method": m, "split": eval_split, **stats.summary_metrics(t)}
         ga = stats.group_accuracy(t, pgroup)
         row.update({f"acc_{g}": ga.get(g, np.nan) for g in ("head", "medium", "tail")})
         gc = {} if cgroup is None else stats.group_accuracy(t, cgroup)
         for g, col in (("many", "acc_many"), ("medium", "acc_medium_shot"), ("few", "acc_few")):
             row[col] = gc.get(g, np.nan)
-        row["estimator"] = fitted.primary
         summary_rows.append(row)
         pc = stats.per_class_metrics(t)
-        per_class.append(
-            pl.DataFrame(
-                {
-                    "model": [model] * C,
-                    "dataset": [dataset] * C,
-                    "method": [m] * C,
-                    "class_index": pl.Series(np.arange(C, dtype=np.int32)),
-                    "class_name": names,
-                    "n": pl.Series(pc["n"].astype(np.int64)),
-                    "accuracy": _col(pc["accuracy"]),
-                    "precision": _col(pc["precision"]),
-                    "pred_share": _col(pc["pred_share"]),
-                    "prior_pretrain": _col(fitted.pi_p),
-                    "prior_downstream": _col(fitted.pi_s),
-                    "group": pgroup.tolist(),
-                    "count_group": pl.Series(
-                        [None] * C if cgroup is None else cgroup.tolist(), dtype=pl.String
-                    ),
-                }
-            )
-        )
-    summary = _summary_frame(summary_rows)
-    per_class_df = pl.concat(per_class) if per_class else _empty_per_class()
-    return summary, per_class_df, _priors_frame(model, dataset, names, fitted)
+        per_class.append({
+            **{k: [v] * C for k, v in cell.items()}, "method": [m] * C,
+            "class_index": np.arange(C, dtype=np.int32), "class_name": names,
+            "n": pc["n"].astype(np.int64), "accuracy": pc["accuracy"],
+            "precision": pc["precision"], "pred_share": pc["pred_share"],
+            "prior_pretrain": fitted.pi_p, "prior_downstream": fitted.pi_s,
+            "group": pgroup.tolist(),
+            "count_group": pl.Series([None] * C if cgroup is None else cgroup.tolist(), dtype=pl.String),
+        })  # fmt: skip
+        calibration.append(_calibration(cell, m, eval_split, t))
+    return {
+        "summary": schema.frame("summary", summary_rows),
+        "per_class": schema.concat("per_class", [schema.frame("per_class", d) for d in per_class]),
+        "priors": _priors_frame(model, dataset, names, fitted),
+        "calibration": schema.concat("calibration", calibration),
+    }
 
 
-_SUMMARY_SCHEMA = {
-    "model": pl.String, "dataset": pl.String, "method": pl.String, "split": pl.String,
-    "n": pl.Int64, "accuracy": pl.Float64, "balanced_accuracy": pl.Float64, "nll": pl.Float64,
-    "ece": pl.Float64, "acc_head": pl.Float64, "acc_medium": pl.Float64, "acc_tail": pl.Float64,
-    "acc_many": pl.Float64, "acc_medium_shot": pl.Float64, "acc_few": pl.Float64,
-    "estimator": pl.String,
-}  # fmt: skip
-
-
-def _summary_frame(rows: list[dict]) -> pl.DataFrame:
-    cols = {k: [r[k] for r in rows] for k in _SUMMARY_SCHEMA}
-    df = pl.DataFrame(cols, schema=_SUMMARY_SCHEMA)
-    return df.with_columns(pl.col(pl.Float64).fill_nan(None))
-
-
-def _empty_per_class() -> pl.DataFrame:
-    return pl.DataFrame(
-        schema={
-            "model": pl.String, "dataset": pl.String, "method": pl.String, "class_index": pl.Int32,
-            "class_name": pl.String, "n": pl.Int64, "accuracy": pl.Float64, "precision": pl.Float64,
-            "pred_share": pl.Float64, "prior_pretrain": pl.Float64, "prior_downstream": pl.Float64,
-            "group": pl.String, "count_group": pl.String,
-        }
-    )  # fmt: skip
+def _calibration(cell: dict, method: str, split: str, t: stats.Tally) -> pl.DataFrame:
+    """Reliability-diagram bins from the merged tally: count, mean top-label confidence
+    and accuracy per equal-width confidence bin (null when empty)."""
+    nb = len(t.bin_count)
+    b = np.arange(nb)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        conf = t.bin_conf / t.bin_count
+        acc = t.bin_correct / t.bin_count
+    return schema.frame("calibration", {
+        **{k: [v] * nb for k, v in cell.items()}, "method": [method] * nb, "split": [split] * nb,
+        "bin": b.astype(np.int32), "bin_lo": b / nb, "bin_hi": (b + 1) / nb,
+        "count": t.bin_count.astype(np.int64), "confidence": conf, "accuracy": acc,
+    })  # fmt: skip
 
 
 def _priors_frame(model: str, dataset: str, names: list[str], fitted: FittedPriors) -> pl.DataFrame:
     C = len(names)
     frames = []
     for est, e in fitted.estimates.items():
-        frames.append(
-            pl.DataFrame(
-                {
-                    "model": [model] * C,
-                    "dataset": [dataset] * C,
-                    "estimator": [est] * C,
-                    "class_index": pl.Series(np.arange(C, dtype=np.int32)),
-                    "class_name": names,
-                    "prior": pl.Series(e.prior.astype(np.float64)),
-                    "iterations": pl.Series([e.iterations] * C, dtype=pl.Int64),
-                    "objective": pl.Series([e.objective] * C, dtype=pl.Float64),
-                    "converged": pl.Series([e.converged] * C, dtype=pl.Boolean),
-                    "temperature": pl.Series([e.temperature] * C, dtype=pl.Float64),
-                    "message": pl.Series([e.message] * C, dtype=pl.String),
-                }
-            )
-        )
-    return pl.concat(frames)
+        frames.append(schema.frame("priors", {
+            "model": [model] * C, "dataset": [dataset] * C, "estimator": [est] * C,
+            "class_index": np.arange(C, dtype=np.int32), "class_name": names,
+            "prior": e.prior.astype(np.float64), "iterations": [e.iterations] * C,
+            "objective": [e.objective] * C, "converged": [e.converged] * C,
+            "temperature": [e.temperature] * C, "message": [e.message] * C,
+        }))  # fmt: skip
+    return schema.concat("priors", frames)

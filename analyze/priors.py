@@ -12,6 +12,8 @@ raises ``ValueError`` with a one-line message (the CLI turns it into exit code 2
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -272,13 +274,13 @@ class _Problem:
         return _BiasedSoftmax(self.z)
 
 
-def _est_gla(pb: _Problem, **_):
+def _est_gla(pb: _Problem):
     max_iter = 500 if pb.max_iter is None else int(pb.max_iter)
     b, it, _, conv, msg = _solve_matching(pb.ev, pb.p, pb.tol, max_iter)
     return np.exp(_center(b + pb.shift)), it, conv, msg
 
 
-def _est_reference(pb: _Problem, lr=None, **_):
+def _est_reference(pb: _Problem, lr=None):
     """The released solver: gradient descent-ascent on L(q, λ) = CE(z − log q, y) + λ(Σq − 1).
 
     Probability space, full batch, uniform start, ``lr = 1e-5·(N/C)/50`` by default, a fixed
@@ -330,7 +332,7 @@ def class_conditional_mean(z: np.ndarray, y: np.ndarray, num_classes: int) -> np
     return (sums / counts[:, None]).T
 
 
-def _est_eigen(pb: _Problem, **_):
+def _est_eigen(pb: _Problem):
     """Stationary vector of the column-stochastic P (π = Pπ) by power iteration from uniform.
 
     P is close to the identity for an accurate model (slow mixing), so every 50 steps
@@ -358,13 +360,13 @@ def _est_eigen(pb: _Problem, **_):
     return v, applied, False, f"power iteration did not settle in {budget} steps (L1 step {delta:.1e})"
 
 
-def _est_batch_calibration(pb: _Problem, **_):
+def _est_batch_calibration(pb: _Problem):
     """Mean predicted probability over the set (normalised): one pass, no iterations."""
     m = pb.ev(np.zeros(pb.z.shape[1]))[1]
     return m / m.sum(), 1, True, ""
 
 
-def _est_prior_matching(pb: _Problem, **_):
+def _est_prior_matching(pb: _Problem):
     """Label-free: b with mean softmax(z − b) = p for a set whose label distribution is p.
 
     The fixed point of Saerens et al. (2002) EM read the other way round: EM re-estimates
@@ -384,6 +386,27 @@ ESTIMATORS: dict[str, Callable] = {
 }
 # Estimators that work from unlabelled logits (and a given label distribution).
 LABEL_FREE = frozenset({"prior-matching", "batch-calibration"})
+# Estimators without an iterative solve: tol and max_iter mean nothing to them.
+NO_SOLVER = frozenset({"batch-calibration"})
+
+
+def estimator_options(method: str) -> tuple[str, ...]:
+    """The estimator-specific keyword options ``method`` accepts (e.g. ``lr``)."""
+    params = list(inspect.signature(ESTIMATORS[method]).parameters)
+    return tuple(params[1:])  # after the problem
+
+
+def check_options(method: str, options: dict, *, tol=None, max_iter=None) -> None:
+    """Refuse options the estimator would not use (rather than ignore them)."""
+    accepted = estimator_options(method)
+    for k in options:
+        if k not in accepted:
+            ok = ", ".join(accepted) or "none"
+            raise ValueError(f"estimator {method!r} has no option {k!r} (its options: {ok})")
+    if method in NO_SOLVER:
+        for name, v in (("tol", tol), ("max_iter", max_iter)):
+            if v is not None:
+                raise ValueError(f"estimator {method!r} has no option {name!r} (it does not iterate)")
 
 
 # ------------------------------------------------------------------------- temperature
@@ -460,20 +483,46 @@ def nll_temperature(z: np.ndarray, y: np.ndarray, tol: float = 1e-10) -> float:
     return float(1.0 / beta)
 
 
-def _resolve_temperature(z, y, temperature) -> float:
-    if temperature is None or (isinstance(temperature, str) and temperature.lower() == "none"):
+TEMPERATURE_MODES = ("confidence", "nll")
+
+
+def parse_temperature(value) -> str | float | None:
+    """The one reading of a temperature setting (CLI, config, Python).
+
+    None, "", "none" → None (no scaling); "confidence" / "nll" (any case) → that mode; a
+    number or numeric string > 0 → float. Anything else: ValueError, one line.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        t = value.strip().lower()
+        if t in ("", "none"):
+            return None
+        if t in TEMPERATURE_MODES:
+            return t
+        try:
+            v = float(t)
+        except ValueError:
+            raise ValueError(f"temperature: expected none, confidence, nll or a number > 0, got {value!r}") from None
+    elif isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        raise ValueError(f"temperature: expected none, confidence, nll or a number > 0, got {value!r}")
+    else:
+        v = float(value)
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"temperature: must be a finite number > 0, got {value!r}")
+    return v
+
+
+def resolve_temperature(z, y, temperature) -> float:
+    """The temperature value for logits ``z`` (labels ``y`` for the fitted modes)."""
+    t = parse_temperature(temperature)
+    if t is None:
         return 1.0
-    if isinstance(temperature, str):
-        mode = temperature.lower()
-        if mode not in ("confidence", "nll"):
-            raise ValueError(f"temperature must be None, 'confidence', 'nll' or a number > 0, got {temperature!r}")
-        if y is None:
-            raise ValueError(f"temperature {mode!r} needs labels")
-        return confidence_temperature(z, y) if mode == "confidence" else nll_temperature(z, y)
-    t = float(temperature)
-    if not np.isfinite(t) or t <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    return t
+    if isinstance(t, float):
+        return t
+    if y is None:
+        raise ValueError(f"temperature {t!r} needs labels")
+    return confidence_temperature(z, y) if t == "confidence" else nll_temperature(z, y)
 
 
 # --------------------------------------------------------------------------- public API
@@ -497,7 +546,7 @@ def estimate_pretrain_prior(
     *,
     temperature=None,
     label_distribution=None,
-    tol: float = 1e-8,
+    tol: float | None = None,
     max_iter: int | None = None,
     correct_set_prior: bool = True,
     **options,
@@ -509,7 +558,9 @@ def estimate_pretrain_prior(
     ``label_distribution`` is the fit set's label distribution: for prior-matching it is
     the matching target (default uniform); for gla it overrides the class fractions n/N.
     ``temperature``: None, "confidence", "nll" or a float; logits are divided by it before
-    fitting. Extra ``options`` go to the estimator (e.g. ``lr`` for gla-reference).
+    fitting. ``tol`` (default 1e-8) and ``max_iter`` steer the iterative estimators.
+    Extra ``options`` go to the estimator (e.g. ``lr`` for gla-reference); an option the
+    estimator does not take is refused (ValueError), never ignored.
 
     ``correct_set_prior`` (default True): the fit set's own label distribution ρ (n/N, or
     ``label_distribution``) is added to the logits, i.e. the objective is
@@ -524,6 +575,8 @@ def estimate_pretrain_prior(
     y = None if labels is None else check_labels(labels, N, C)
     if y is None and method not in LABEL_FREE:
         raise ValueError(f"estimator {method!r} needs labels")
+    check_options(method, options, tol=tol, max_iter=max_iter)
+    tol = 1e-8 if tol is None else tol
     if not (tol > 0):
         raise ValueError(f"tol must be > 0, got {tol}")
     if label_distribution is not None:
@@ -534,7 +587,7 @@ def estimate_pretrain_prior(
         p = np.full(C, 1.0 / C)
     if method == "eigen":
         _label_fractions(y, C)  # every class needs samples for P's columns
-    T = _resolve_temperature(x, y, temperature)
+    T = resolve_temperature(x, y, temperature)
     z = x if T == 1.0 else x * np.float32(1.0 / T)
     shift = np.log(p) if correct_set_prior and method != "batch-calibration" else np.zeros(C)
     pb = _Problem(z, y, p, float(tol), max_iter, shift - shift.mean())

@@ -25,12 +25,13 @@ class Tally:
     bin_count: np.ndarray  # (B,) int64: samples whose top-label confidence falls in bin b
     bin_conf: np.ndarray  # (B,) float64: Σ confidence in bin b
     bin_correct: np.ndarray  # (B,) int64: Σ correct in bin b
+    correct5: np.ndarray  # (C,) int64: samples of class k whose label is among the top 5
 
     @classmethod
     def empty(cls, num_classes: int, n_bins: int = N_BINS) -> Tally:
         zi = lambda n: np.zeros(n, dtype=np.int64)  # noqa: E731
         return cls(zi(num_classes), zi(num_classes), zi(num_classes), 0.0, zi(n_bins),
-                   np.zeros(n_bins), zi(n_bins))
+                   np.zeros(n_bins), zi(n_bins), zi(num_classes))
 
     @property
     def n(self) -> int:
@@ -48,6 +49,7 @@ class Tally:
             self.bin_count + other.bin_count,
             self.bin_conf + other.bin_conf,
             self.bin_correct + other.bin_correct,
+            self.correct5 + other.correct5,
         )
 
 
@@ -67,7 +69,11 @@ def _block_stats(z: np.ndarray, y: np.ndarray):
     # accurate to float32 rounding (terms lie in (0, 1], the largest is 1).
     se = (e @ np.ones(z.shape[1], dtype=e.dtype)).astype(np.float64)
     lse = m.astype(np.float64) + np.log(se)
-    return pred, 1.0 / se, lse - z[rows, y]
+    zy = z[rows, y]
+    # Top-5: fewer than 5 classes score strictly above the label's logit (ties count for
+    # the label, as argmax's first-index rule does for top-1 only approximately).
+    top5 = np.count_nonzero(z > zy[:, None], axis=1) < 5
+    return pred, 1.0 / se, lse - zy, top5
 
 
 def tally(logits, labels, num_classes: int, n_bins: int = N_BINS) -> Tally:
@@ -84,7 +90,7 @@ def tally(logits, labels, num_classes: int, n_bins: int = N_BINS) -> Tally:
     t = Tally.empty(C, n_bins)
     for s in range(0, z.shape[0], _CHUNK_ROWS):
         zb, yb = z[s : s + _CHUNK_ROWS], y[s : s + _CHUNK_ROWS]
-        pred, conf, nll = _block_stats(zb, yb)
+        pred, conf, nll, top5 = _block_stats(zb, yb)
         hit = pred == yb
         b = confidence_bins(conf, n_bins)
         t.support += np.bincount(yb, minlength=C)
@@ -94,6 +100,7 @@ def tally(logits, labels, num_classes: int, n_bins: int = N_BINS) -> Tally:
         t.bin_count += np.bincount(b, minlength=n_bins)
         t.bin_conf += np.bincount(b, weights=conf, minlength=n_bins)
         t.bin_correct += np.bincount(b[hit], minlength=n_bins)
+        t.correct5 += np.bincount(yb[top5], minlength=C)
     return t
 
 
@@ -105,7 +112,7 @@ def _ratio(a, b) -> np.ndarray:
 
 
 def summary_metrics(t: Tally) -> dict:
-    """n, accuracy, balanced accuracy (mean recall over classes present), NLL, ECE."""
+    """n, accuracy, balanced accuracy (mean recall over classes present), top-5, NLL, ECE."""
     n = t.n
     recall = _ratio(t.correct, t.support)
     present = t.support > 0
@@ -113,6 +120,7 @@ def summary_metrics(t: Tally) -> dict:
         "n": n,
         "accuracy": float(t.correct.sum() / n) if n else float("nan"),
         "balanced_accuracy": float(recall[present].mean()) if present.any() else float("nan"),
+        "top5": float(t.correct5.sum() / n) if n else float("nan"),
         "nll": float(t.nll_sum / n) if n else float("nan"),
         "ece": float(np.abs(t.bin_conf - t.bin_correct).sum() / n) if n else float("nan"),
     }

@@ -8,7 +8,10 @@ half-done. Every file is written to a temporary name and renamed into place.
 
 Columns: ``sample_id`` (string), ``split`` (string), ``label`` (int32, -1 unknown),
 ``zs`` and optionally ``ft`` (fixed_size_list<float32 or float16>[C]), optionally
-``image_emb`` (fixed_size_list<float16>[D]). The fixed-size list keeps a row's C logits
+``image_emb`` (fixed_size_list<float16>[D]), and optionally extra logit columns of
+the same cell named ``<method>@<parameter>`` (e.g. ``wiseft@0.5`` for WiSE-FT at α = 0.5),
+also fixed_size_list[C], listed in the metadata under ``extra_logits``; readers that do
+not know them ignore them. The fixed-size list keeps a row's C logits
 contiguous, so a column converts to an (N, C) numpy array without a copy (see
 bench/bench_layout.py for the measurement that chose it over C scalar columns).
 
@@ -23,7 +26,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +38,7 @@ import pyarrow.parquet as pq
 SCHEMA_VERSION = 1
 META_KEY = b"gla"
 LOGIT_COLUMNS = ("zs", "ft")
+EXTRA_MARK = "@"  # an extra logit column is named <method>@<parameter>
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -87,8 +90,12 @@ def build_table(
     *,
     metadata: dict[str, Any] | None = None,
     dtype: str = "float32",
+    extra: dict[str, np.ndarray] | None = None,
 ) -> pa.Table:
-    """One table in the cell schema; ``metadata`` goes under the ``gla`` key."""
+    """One table in the cell schema; ``metadata`` goes under the ``gla`` key.
+
+    ``extra``: more (N, C) logits of the same rows, by column name (``wiseft@0.5``).
+    """
     n = len(labels)
     cols: dict[str, pa.Array] = {
         "sample_id": pa.array([str(s) for s in sample_ids], pa.string()),
@@ -100,9 +107,25 @@ def build_table(
         cols["ft"] = _logit_array(ft, dtype)
     if image_emb is not None:
         cols["image_emb"] = _logit_array(image_emb, "float16")
+    for name, x in (extra or {}).items():
+        if not is_extra_logit_column(name):
+            raise ValueError(f"extra logit column {name!r}: expected <method>@<parameter>")
+        cols[name] = _logit_array(x, dtype)
     table = pa.table(cols)
     meta = {"schema_version": SCHEMA_VERSION, **(metadata or {})}
+    if extra:
+        meta["extra_logits"] = list(extra)
     return table.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True).encode()})
+
+
+def is_extra_logit_column(name: str) -> bool:
+    method, mark, param = name.partition(EXTRA_MARK)
+    return bool(method and mark and param)
+
+
+def extra_logit_columns(schema: pa.Schema) -> list[str]:
+    """The extra logit columns of a part (``wiseft@0.5``, ...), in file order."""
+    return [f.name for f in schema if is_extra_logit_column(f.name) and pa.types.is_fixed_size_list(f.type)]
 
 
 def table_metadata(schema: pa.Schema) -> dict[str, Any]:
@@ -110,10 +133,22 @@ def table_metadata(schema: pa.Schema) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A new temporary file next to ``path``, open for writing, created with mode 0666 so
+    that the kernel applies the user's umask (group-readable on a shared store under
+    umask 022; ``tempfile.mkstemp`` would make it 0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:  # pragma: no cover - 48 random bits
+            continue
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -128,8 +163,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_table(path: str | os.PathLike, table: pa.Table, **kwargs: Any) -> None:
     """Write Parquet to a temporary file in the same folder, then rename into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temp_beside(path)
     os.close(fd)
     try:
         pq.write_table(table, tmp, **kwargs)

@@ -165,3 +165,45 @@ def finetuned_identity(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ExtractError(f"fine-tuned checkpoint {path} not found")
     return {"sha256": checkpoint_sha256(path)}
+
+
+def wiseft_column(alpha: float) -> str:
+    """The cell column (and method name) of WiSE-FT at ``alpha``: ``wiseft@0.5``."""
+    return f"wiseft@{float(alpha):g}"
+
+
+def wiseft_model(ft_model: Any, clip_model: Any, zs_weight: Any, zs_bias: float, alpha: float):
+    """WiSE-FT (Wortsman et al. 2022): θ = (1 − α)·θ_zs + α·θ_ft, image tower and head.
+
+    The zero-shot end of the path is the pretrained image tower with the zero-shot head
+    as a linear layer (``zs_weight`` = logit_scale × class text embeddings, ``zs_bias``
+    the logit bias), so α = 0 gives the zs logits and α = 1 the ft logits. The fine-tuned
+    head must start from the zero-shot head (normalised features) for the path to be
+    meaningful; a head on unnormalised features is refused.
+    """
+    import torch
+
+    if not getattr(ft_model, "normalize", True):
+        raise ExtractError(
+            "wiseft_alphas: the fine-tuned head reads unnormalised features (normalize=false); "
+            "WiSE-FT interpolates towards the zero-shot head, which reads normalised ones"
+        )
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ExtractError(f"wiseft_alphas: {alpha} is outside [0, 1]")
+    wise = copy.deepcopy(ft_model)
+    zs_visual = clip_model.visual.state_dict()
+    mixed = {}
+    for k, v in ft_model.visual.state_dict().items():
+        z = zs_visual[k].to(v.device)
+        mixed[k] = torch.lerp(z.to(v.dtype), v, alpha) if v.is_floating_point() else v
+    wise.visual.load_state_dict(mixed, strict=True)
+    with torch.no_grad():
+        w0 = torch.as_tensor(zs_weight, dtype=torch.float32, device=wise.head.weight.device)
+        wise.head.weight.copy_(torch.lerp(w0, ft_model.head.weight.float(), alpha))
+        b_ft = ft_model.head.bias if ft_model.head.bias is not None else torch.zeros_like(w0[:, 0])
+        b0 = torch.full_like(b_ft, float(zs_bias))
+        if wise.head.bias is None:
+            wise.head.bias = torch.nn.Parameter(b0.clone())
+        wise.head.bias.copy_(torch.lerp(b0, b_ft.float(), alpha))
+    return wise.eval()

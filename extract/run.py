@@ -67,7 +67,7 @@ def cell_components(model: dict[str, Any], source: Source, templates_hash: str,
     from gla.extract.models import effective_precision, model_identity
 
     ft_path = (model.get("finetuned") or {}).get(source.name) or ""
-    return {
+    comp = {
         "model": model_identity(model),
         "precision": effective_precision(options["precision"], device),
         "finetuned": finetuned_identity(ft_path) if ft_path else None,
@@ -77,6 +77,17 @@ def cell_components(model: dict[str, Any], source: Source, templates_hash: str,
         "image_embeddings": bool(options["image_embeddings"]),
         "shard_rows": int(options["shard_rows"]),
     }
+    alphas = wiseft_alphas(model, source.name)
+    if alphas:  # only when asked, so the key of every other cell stays as it was
+        comp["wiseft_alphas"] = alphas
+    return comp
+
+
+def wiseft_alphas(model: dict[str, Any], dataset: str) -> list[float]:
+    """The WiSE-FT α values of a cell: the model's list, when the cell has a fine-tuned checkpoint."""
+    if not (model.get("finetuned") or {}).get(dataset):
+        return []
+    return sorted({float(a) for a in model.get("wiseft_alphas") or []})
 
 
 def cell_key(components: dict[str, Any]) -> str:
@@ -355,6 +366,20 @@ def extract_cell(
     return summary
 
 
+def _extra_encoders(loaded, ft_model, head, scale: float, bias: float, model: dict[str, Any],
+                    dataset_name: str) -> dict[str, Any]:
+    """Extra logit columns of the cell, each an images -> (N, C) module fed by the same
+    decoded batch: WiSE-FT at every α of the model (when the cell has a fine-tuned model)."""
+    from gla.extract.finetuned import wiseft_column, wiseft_model
+
+    if ft_model is None:
+        return {}
+    return {
+        wiseft_column(a): wiseft_model(ft_model, loaded.model, scale * head, bias, a)
+        for a in wiseft_alphas(model, dataset_name)
+    }
+
+
 def _run_parts(store, cell: Path, model: dict[str, Any], dataset_name: str, source: Source,
                templates: list[str], t_hash: str, components: dict[str, Any], key: str,
                todo: list[PartPlan], opts: dict[str, Any], device: str, progress: bool,
@@ -378,6 +403,7 @@ def _run_parts(store, cell: Path, model: dict[str, Any], dataset_name: str, sour
     ft_path = (model.get("finetuned") or {}).get(dataset_name) or ""
     if ft_path:
         ft_model, ft_ident = load_finetuned(ft_path, loaded.model, loaded.arch, len(class_names))
+    extra_models = _extra_encoders(loaded, ft_model, head, scale, bias, model, dataset_name)
     metadata = {
         "class_names": list(class_names),
         "model": {"name": model["name"], **components["model"]},
@@ -391,6 +417,8 @@ def _run_parts(store, cell: Path, model: dict[str, Any], dataset_name: str, sour
         "components": components,
         "cell_key": key,
     }
+    if "wiseft_alphas" in components:
+        metadata["wiseft_alphas"] = components["wiseft_alphas"]
     blank = loaded.preprocess(Image.new("RGB", (8, 8)))
     # Global row list over the parts to do; batches start at each part's first row.
     refs, batches, batch_part = [], [], []
@@ -421,6 +449,7 @@ def _run_parts(store, cell: Path, model: dict[str, Any], dataset_name: str, sour
     total = len(refs)
     prog = _progress(progress, total, f"{model['name']}/{dataset_name}")
     buf: dict[str, list[Any]] = {"zs": [], "ft": [], "emb": [], "ok": [], "err": []}
+    buf.update({name: [] for name in extra_models})
     current = 0
     done_images = 0
     t_read = t_infer = t_write = 0.0
@@ -439,12 +468,14 @@ def _run_parts(store, cell: Path, model: dict[str, Any], dataset_name: str, sour
         zs = np.concatenate(buf["zs"]) if buf["zs"] else np.zeros((0, dim_c), np.float32)
         ft = (np.concatenate(buf["ft"]) if buf["ft"] else np.zeros((0, dim_c), np.float32)) if ft_model is not None else None
         emb = np.concatenate(buf["emb"]) if want_emb and buf["emb"] else None
+        extra = {n: np.concatenate(buf[n])[ok] if buf[n] else np.zeros((0, dim_c), np.float32)
+                 for n in extra_models}
         skipped = [{"sample_id": str(ids[i]), "error": errs[i]} for i in np.flatnonzero(~ok)]
         table = cf.build_table(
             ids[ok].tolist(), p.split, labels[ok], zs[ok],
             ft[ok] if ft is not None else None,
             emb[ok] if emb is not None else None,
-            metadata=metadata,
+            metadata=metadata, extra=extra,
         )
         side = _skip_sidecar(cell, p.split, p.index)
         if skipped:
@@ -480,6 +511,8 @@ def _run_parts(store, cell: Path, model: dict[str, Any], dataset_name: str, sour
                 with autocast(device, loaded.precision):
                     feats = loaded.model.encode_image(x)
                     ft = ft_model(x).float() if ft_model is not None else None
+                    for name, enc in extra_models.items():
+                        buf[name].append(enc(x).float().cpu().numpy())
                 f = F.normalize(feats.float(), dim=-1)  # the head in float32
                 zs = scale * (f @ head.T) + bias
                 buf["zs"].append(zs.float().cpu().numpy())

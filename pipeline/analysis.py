@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gla.analyze.priors import parse_temperature
+from gla.analyze.schema import TABLES
 from gla.pipeline.errors import UserError
 from gla.pipeline.store import DEFAULT_BATCH_ROWS, SplitData, SplitInfo, Store
 
@@ -50,9 +52,11 @@ class AnalyzeOptions:
         if "estimators" in kw:
             est = kw["estimators"]
             kw["estimators"] = (est,) if isinstance(est, str) else tuple(est)
-        t = kw.get("temperature")
-        if isinstance(t, str) and t.strip().lower() in ("", "none"):
-            kw["temperature"] = None
+        if "temperature" in kw:
+            try:
+                kw["temperature"] = parse_temperature(kw["temperature"])
+            except ValueError as e:
+                raise UserError(f"analysis.{e}") from None
         if kw.get("target_prior") in ("", None):
             kw["target_prior"] = None
         else:
@@ -77,14 +81,25 @@ class AnalyzeOptions:
 class CellResult:
     model: str
     dataset: str
-    summary: Any  # polars DataFrame
-    per_class: Any
-    priors: Any
+    tables: dict[str, Any]  # {name in analyze.schema.TABLES: polars DataFrame}
     key: str  # content key of the cell's inputs + options fingerprint
     diagnostics: dict[str, Any] = field(default_factory=dict)
-    # Reliability-diagram bins per method (model, dataset, method, split, bin, bin_lo,
-    # bin_hi, count, confidence, accuracy): results/calibration.parquet, for the report.
-    calibration: Any = None
+
+    @property
+    def summary(self) -> Any:
+        return self.tables.get("summary")
+
+    @property
+    def per_class(self) -> Any:
+        return self.tables.get("per_class")
+
+    @property
+    def priors(self) -> Any:
+        return self.tables.get("priors")
+
+    @property
+    def calibration(self) -> Any:
+        return self.tables.get("calibration")
 
 
 # --------------------------------------------------------------------------- validation
@@ -221,11 +236,13 @@ def _stream_eval(
         if unknown == len(b):
             return {}, unknown
         try:
-            return evaluate([(b.zs, b.ft, b.labels)], fitted, aopts), unknown
+            return evaluate([(b.zs, b.ft, b.labels, b.extra)], fitted, aopts), unknown
         except ValueError as e:
             _check_finite(b.zs, locate, "zs")
             if b.ft is not None:
                 _check_finite(b.ft, locate, "ft")
+            for col, x in b.extra.items():
+                _check_finite(x, locate, col)
             raise UserError(f"{b.file}: {e}") from None
 
     total, n, unknown = None, 0, 0
@@ -263,7 +280,7 @@ def analyze_cell(
     store: Store | str | os.PathLike, model: str, dataset: str, options: AnalyzeOptions | None = None
 ) -> CellResult:
     """Fit priors on ``options.fit_split``, evaluate every method on ``options.eval_split``."""
-    from gla.analyze.cell import fit_priors, result_tables
+    from gla.analyze.cell import build_tables, fit_priors
 
     options = options or AnalyzeOptions()
     store = store if isinstance(store, Store) else Store(store)
@@ -342,7 +359,7 @@ def analyze_cell(
 
     # ---- eval split: streamed
     batches = store.iter_split(
-        model, dataset, eval_split, columns=("label", "zs", "ft"),
+        model, dataset, eval_split, columns=("label", "zs", "ft", *eval_info.extra_logits),
         batch_rows=options.batch_rows, info=eval_info,
     )
     tallies, n_eval, n_unknown = _stream_eval(
@@ -354,7 +371,7 @@ def analyze_cell(
             f"{eval_split!r}; evaluation needs labels"
         )
     t3, c3 = time.perf_counter(), time.process_time()
-    summary, per_class, priors = result_tables(
+    tables = build_tables(
         model, dataset, eval_split, list(info.class_names), fitted, tallies, class_counts=counts
     )
     diag = {
@@ -374,30 +391,7 @@ def analyze_cell(
             for name, est in fitted.estimates.items()
         },
     }
-    calibration = calibration_table(model, dataset, eval_split, tallies)
-    return CellResult(model, dataset, summary, per_class, priors, key, diag, calibration)
-
-
-def calibration_table(model: str, dataset: str, split: str, tallies: dict) -> Any:
-    """Reliability-diagram bins of every method from its merged ``Tally``: count, mean
-    top-label confidence and accuracy per equal-width confidence bin (null when empty)."""
-    import polars as pl
-
-    rows = []
-    for method, t in tallies.items():
-        nb = len(t.bin_count)
-        for b in range(nb):
-            n = int(t.bin_count[b])
-            rows.append({
-                "model": model, "dataset": dataset, "method": method, "split": split, "bin": b,
-                "bin_lo": b / nb, "bin_hi": (b + 1) / nb, "count": n,
-                "confidence": float(t.bin_conf[b]) / n if n else None,
-                "accuracy": float(t.bin_correct[b]) / n if n else None,
-            })
-    schema = {"model": pl.String, "dataset": pl.String, "method": pl.String, "split": pl.String,
-              "bin": pl.Int32, "bin_lo": pl.Float64, "bin_hi": pl.Float64, "count": pl.Int64,
-              "confidence": pl.Float64, "accuracy": pl.Float64}
-    return pl.DataFrame(rows, schema=schema)
+    return CellResult(model, dataset, tables, key, diag)
 
 
 # --------------------------------------------------------------------------- many cells
@@ -464,7 +458,7 @@ def analyze_store(
     out = AnalyzeResults()
     for m, d in cells if load_results else []:
         cache = load_cache(store.root, m, d)
-        out.append(CellResult(m, d, cache["summary"], cache["per_class"], cache["priors"],
-                              cache["key"], cache.get("diagnostics") or {}, cache.get("calibration")))
+        tables = {n: cache[n] for n in TABLES if cache.get(n) is not None}
+        out.append(CellResult(m, d, tables, cache["key"], cache.get("diagnostics") or {}))
     out.run = run
     return out

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from gla.analyze.priors import ESTIMATORS
+from gla.analyze.priors import ESTIMATORS, parse_temperature
 from gla.extract.cellformat import check_name
 from gla.extract.datasets import KINDS
 from gla.extract.errors import did_you_mean, unknown_name
@@ -62,14 +62,11 @@ class AnalysisSettings(_Strict):
     @field_validator("temperature")
     @classmethod
     def _temperature(cls, v: str) -> str:
-        if v in ("none", "confidence", "nll"):
-            return v
         try:
-            if float(v) > 0:
-                return v
+            parse_temperature(v)  # the one parser (gla.analyze.priors)
         except ValueError:
-            pass
-        raise ValueError("expected 'none', 'confidence', 'nll' or a positive number")
+            raise ValueError("expected 'none', 'confidence', 'nll' or a positive number") from None
+        return v
 
 
 class ExtractOptions(_Strict):
@@ -89,6 +86,9 @@ class ModelSpec(_Strict):
     pretrained: str = ""
     templates: str = "simple"
     finetuned: dict[str, str] = Field(default_factory=dict)
+    wiseft_alphas: list[float] = Field(
+        default_factory=list, description="WiSE-FT mixing weights α in [0, 1]: wiseft@α logits per fine-tuned cell"
+    )
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -96,6 +96,14 @@ class ModelSpec(_Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         return check_name(v, "model")
+
+    @field_validator("wiseft_alphas")
+    @classmethod
+    def _alphas(cls, v: list[float]) -> list[float]:
+        bad = [a for a in v if not 0.0 <= a <= 1.0]
+        if bad:
+            raise ValueError(f"expected values in [0, 1], got {bad[0]}")
+        return v
 
 
 class SplitSpec(_Strict):

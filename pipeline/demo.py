@@ -47,7 +47,7 @@ def accuracy_table(results: Path) -> pl.DataFrame:
     s = pl.read_parquet(results / "summary.parquet")
     wide = s.pivot(on="dataset", index="method", values="accuracy", aggregate_function="first")
     order = pl.DataFrame({"method": list(METHODS), "_o": range(len(METHODS))})
-    return wide.join(order, on="method", how="left").sort("_o").drop("_o")
+    return wide.join(order, on="method", how="left").sort("_o", "method", nulls_last=True).drop("_o")
 
 
 def prior_agreement(results: Path, truth: pl.DataFrame) -> pl.DataFrame:

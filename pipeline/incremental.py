@@ -37,9 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gla.analyze import schema
+from gla.analyze.schema import CONTRACT, TABLES
 from gla.extract import cellformat as cf
 from gla.pipeline.errors import UserError
-from gla.pipeline.results import COLUMNS, TABLES
 
 CACHE_VERSION = 1
 KEY_FILE = "key.json"
@@ -170,7 +171,10 @@ def load_cache(store_root: str | Path, model: str, dataset: str) -> dict[str, An
 
 
 def result_tables(result: Any) -> dict[str, Any]:
-    """The tables of a CellResult (attributes or a tuple), calibration included if any."""
+    """The tables of a cell's analysis: a {name: DataFrame} dict, or an object with
+    ``.tables`` (CellResult), attributes or a tuple in ``TABLES`` order."""
+    if hasattr(result, "tables"):
+        result = result.tables
     if isinstance(result, tuple | list):
         return dict(zip(TABLES, result, strict=False))
     if isinstance(result, dict):
@@ -277,7 +281,7 @@ def combine(store_root: str | Path, cells: Sequence[Cell], keys: dict[Cell, str]
             old = json.loads(marker.read_text())
         except ValueError:
             old = None
-        if old == doc and all(_readable(results / f"{n}.parquet") for n in COLUMNS):
+        if old == doc and all(_readable(results / f"{n}.parquet") for n in CONTRACT):
             return False
     marker.unlink(missing_ok=True)
     # All tables go to temporary files first; only when every one is written are they
@@ -290,10 +294,10 @@ def combine(store_root: str | Path, cells: Sequence[Cell], keys: dict[Cell, str]
             files = [f for f in files if f.exists()]
             target = results / f"{name}.parquet"
             if not files:
-                if name == "calibration":
+                if schema.table(name).optional:
                     staged[target] = None
                     continue
-                df = _empty(name)
+                df = schema.empty(name)
             else:
                 # Lazy scans collected together: polars reads the files in parallel.
                 df = pl.concat([pl.scan_parquet(f) for f in files], how="diagonal_relaxed").collect()
@@ -322,24 +326,6 @@ def _readable(path: Path) -> bool:
     except Exception:  # noqa: BLE001 - missing, truncated or not Parquet: rebuild it
         return False
     return True
-
-
-def _empty(name: str) -> Any:
-    import polars as pl
-
-    cols = {
-        "summary": {"model": pl.String, "dataset": pl.String, "method": pl.String, "split": pl.String,
-                    "n": pl.Int64, "accuracy": pl.Float64, "balanced_accuracy": pl.Float64,
-                    "nll": pl.Float64, "ece": pl.Float64, "acc_head": pl.Float64,
-                    "acc_medium": pl.Float64, "acc_tail": pl.Float64},
-        "per_class": {"model": pl.String, "dataset": pl.String, "method": pl.String,
-                      "class_index": pl.Int32, "class_name": pl.String, "n": pl.Int64,
-                      "accuracy": pl.Float64, "prior_pretrain": pl.Float64,
-                      "prior_downstream": pl.Float64, "group": pl.String},
-        "priors": {"model": pl.String, "dataset": pl.String, "estimator": pl.String,
-                   "class_index": pl.Int32, "class_name": pl.String, "prior": pl.Float64},
-    }[name]
-    return pl.DataFrame(schema=cols)
 
 
 def _with_threads(options: Any, threads: int) -> Any:

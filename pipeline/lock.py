@@ -126,7 +126,7 @@ def is_stale(holder: dict[str, Any], path: Path, *, empty_grace: float = 10.0) -
 
 @contextlib.contextmanager
 def _guard(store: Path) -> Iterator[None]:
-    fd = os.open(store / _GUARD_NAME, os.O_CREAT | os.O_RDWR, 0o644)
+    fd = os.open(store / _GUARD_NAME, os.O_CREAT | os.O_RDWR, 0o666)  # the umask decides: teammates share the store
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -151,7 +151,7 @@ def acquire(store: str | os.PathLike, command: str) -> Path:
     with _guard(store):
         for _ in range(3):
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
             except FileExistsError:
                 holder = read_holder(path)
                 if is_stale(holder, path):

@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gla.analyze import schema
+from gla.analyze.schema import TABLES
 from gla.extract import cellformat as cf
 from gla.pipeline.errors import UserError
-from gla.pipeline.results import TABLES
 
 METHOD_ORDER = ("zs", "zs_debiased", "ft", "ft_la", "ensemble", "gla")
 METHOD_LABEL = {
@@ -80,6 +81,7 @@ class ReportData:
     priors: Any
     calibration: Any | None
     store: Path
+    TABLES = ("summary", "per_class", "priors", "calibration")  # the tables the report reads
 
     def cells(self) -> list[tuple[str, str]]:
         rows = self.summary.select("model", "dataset").unique().sort("model", "dataset")
@@ -92,10 +94,10 @@ def load_tables(store: str | os.PathLike) -> ReportData:
     store = Path(store)
     res = store / "results"
     frames: dict[str, Any] = {}
-    for name in TABLES:
+    for name in ReportData.TABLES:
         path = res / f"{name}.parquet"
         if not path.exists():
-            if name == "calibration":
+            if schema.table(name).optional:
                 frames[name] = None
                 continue
             raise UserError(f"{path}: not found (run `gla analyze --store {store}` first)")
@@ -103,17 +105,10 @@ def load_tables(store: str | os.PathLike) -> ReportData:
             frames[name] = pl.read_parquet(path)
         except Exception as e:  # noqa: BLE001 - any read failure is a bad file
             raise UserError(f"{path}: unreadable Parquet ({e})") from None
-    need = {
-        "summary": ("model", "dataset", "method", "accuracy"),
-        "per_class": ("model", "dataset", "method", "class_index", "accuracy", "prior_pretrain"),
-        "priors": ("model", "dataset", "estimator", "class_index", "prior"),
-        "calibration": ("model", "dataset", "method", "bin", "count", "confidence", "accuracy"),
-    }
-    for name, cols in need.items():
-        df = frames[name]
+    for name, df in frames.items():
         if df is None:
             continue
-        missing = [c for c in cols if c not in df.columns]
+        missing = [c for c in schema.required(name) if c not in df.columns]
         if missing:
             raise UserError(f"{res / (name + '.parquet')}: column {missing[0]} is missing")
     if frames["summary"].height == 0:
@@ -527,10 +522,7 @@ def write_report(
     figures = FigureCache(path.parent / f".{path.stem}.figures")
     page = render(data, max_cells=max_cells, figures=figures)
     marker.unlink(missing_ok=True)
-    cf.atomic_write_bytes(path, page.encode("utf-8"))
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)  # a report is for sharing (mkstemp makes 0600)
+    cf.atomic_write_bytes(path, page.encode("utf-8"))  # mode from the umask: for sharing
     cf.atomic_write_bytes(marker, json.dumps({"key": key}).encode())
     figures.prune()
     return path, True

@@ -1,8 +1,8 @@
-"""The result tables of a store: results/{summary,per_class,priors,calibration}.parquet.
+"""Where a store's published result tables live: results/<table>.parquet.
 
-This module names them and the columns each must carry (DESIGN.md's contract; the
-tables may carry more). They are written by ``pipeline.incremental.combine`` from the
-per-cell caches, all or nothing.
+The tables, their columns and dtypes are defined once, in ``gla.analyze.schema``; this
+module re-exports the names readers use (``TABLES``; ``COLUMNS``: the columns each
+contract table must carry) and maps them to paths.
 """
 
 from __future__ import annotations
@@ -10,21 +10,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from gla.analyze import schema
 from gla.pipeline.store import Store
 
-COLUMNS: dict[str, tuple[str, ...]] = {
-    "summary": (
-        "model", "dataset", "method", "split", "n", "accuracy", "balanced_accuracy", "nll",
-        "ece", "acc_head", "acc_medium", "acc_tail",
-    ),
-    "per_class": (
-        "model", "dataset", "method", "class_index", "class_name", "n", "accuracy",
-        "prior_pretrain", "prior_downstream", "group",
-    ),
-    "priors": ("model", "dataset", "estimator", "class_index", "class_name", "prior"),
-}
-# The three tables of the contract, then the reliability bins behind the report's diagrams.
-TABLES = (*COLUMNS, "calibration")
+TABLES = tuple(schema.TABLES)
+COLUMNS: dict[str, tuple[str, ...]] = {name: schema.required(name) for name in schema.CONTRACT}
 
 
 def results_paths(store: Store | str | os.PathLike) -> dict[str, Path]:

@@ -45,6 +45,7 @@ class SplitInfo:
     logit_dtype: str
     class_names: tuple[str, ...]
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    extra_logits: tuple[str, ...] = ()  # extra logit columns (wiseft@0.5, ...)
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class SplitData:
     sample_ids: pa.ChunkedArray | pa.Array | None = None
     file: Path | None = None  # the part this batch came from (batches only)
     row_offset: int = 0  # first row of this batch inside ``file``
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # extra logit columns asked for
 
     def __len__(self) -> int:
         for a in (self.labels, self.zs, self.ft, self.sample_ids):
@@ -243,7 +245,12 @@ class Store:
             )
         if not names:
             names = tuple(f"class_{i}" for i in range(width))
-        logit_cols = [c for c in ("zs", "ft") if c in schema.names]
+        extra = tuple(cf.extra_logit_columns(schema))
+        for col in extra:
+            if _logit_width(schema.field(col).type) != width:
+                raise UserError(f"{files[0]}: column {col} has width "
+                                f"{_logit_width(schema.field(col).type)} but column zs has width {width}")
+        logit_cols = [c for c in ("zs", "ft", *extra) if c in schema.names]
         for f in files[1:]:
             s = pq.read_schema(f)
             if s.names != schema.names or any(s.field(c).type != schema.field(c).type for c in logit_cols):
@@ -260,6 +267,7 @@ class Store:
             logit_dtype=dtype,
             class_names=names,
             metadata=meta,
+            extra_logits=extra,
         )
 
     @staticmethod
@@ -310,7 +318,7 @@ class Store:
     # ---- reading
     def _columns(self, info: SplitInfo, columns: Sequence[str]) -> list[str]:
         cols = [c for c in columns if c != "ft" or info.has_ft]
-        return cols
+        return [c for c in cols if not cf.is_extra_logit_column(c) or c in info.extra_logits]
 
     def read_split(
         self,
@@ -335,6 +343,7 @@ class Store:
         labels = np.empty(n, np.int32) if "label" in cols else None
         zs = np.empty((n, c), np.float32) if "zs" in cols else None
         ft = np.empty((n, c), np.float32) if "ft" in cols else None
+        extra = {e: np.empty((n, c), np.float32) for e in cols if e in info.extra_logits}
         ids = []
         row = 0
         for b in self.iter_split(model, dataset, split, cols, batch_rows=batch_rows, info=info):
@@ -342,6 +351,8 @@ class Store:
             for out, part in ((labels, b.labels), (zs, b.zs), (ft, b.ft)):
                 if out is not None:
                     out[row : row + k] = part
+            for e, out in extra.items():
+                out[row : row + k] = b.extra[e]
             if b.sample_ids is not None:
                 ids.append(b.sample_ids)
             row += k
@@ -350,7 +361,7 @@ class Store:
         sample_ids = None
         if "sample_id" in cols:
             sample_ids = pa.chunked_array(ids, type=pa.string())
-        return SplitData(labels=labels, zs=zs, ft=ft, sample_ids=sample_ids)
+        return SplitData(labels=labels, zs=zs, ft=ft, sample_ids=sample_ids, extra=extra)
 
     def iter_split(
         self,
@@ -390,6 +401,8 @@ class Store:
                     sample_ids=rb.column("sample_id") if "sample_id" in cols else None,
                     file=f,
                     row_offset=offset,
+                    extra={c: _column_to_numpy(rb.column(c), info.num_classes, f"{f}: column {c}")
+                           for c in cols if c in info.extra_logits},
                 )
                 offset += n
 

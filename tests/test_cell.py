@@ -5,19 +5,14 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-from gla.analyze import cell, stats
+from gla.analyze import cell, schema, stats
 from gla.analyze.adjust import METHODS, ZS_METHODS
 from gla.analyze.synthetic import planted_world, zipf_prior
 from scipy.special import log_softmax
 
 C = 12
 NAMES = [f"class{i}" for i in range(C)]
-SUMMARY_COLS = ["model", "dataset", "method", "split", "n", "accuracy", "balanced_accuracy", "nll",
-                "ece", "acc_head", "acc_medium", "acc_tail", "acc_many", "acc_medium_shot",
-                "acc_few", "estimator"]  # fmt: skip
-PER_CLASS_COLS = ["model", "dataset", "method", "class_index", "class_name", "n", "accuracy",
-                  "precision", "pred_share", "prior_pretrain", "prior_downstream", "group",
-                  "count_group"]  # fmt: skip
+
 PRIOR_COLS = ["model", "dataset", "estimator", "class_index", "class_name", "prior", "iterations",
               "objective", "converged", "temperature"]  # fmt: skip
 
@@ -29,6 +24,12 @@ def world():
     ev = planted_world(C, 150, pi, seed=2, signal=2.0)
     counts = np.array([500, 300, 150, 101, 100, 60, 20, 19, 10, 5, 2, 1])
     return fit, ev, counts
+
+
+def tables3(*args, **kw):
+    t = cell.build_tables(*args, **kw)
+    schema.check(t)
+    return t["summary"], t["per_class"], t["priors"]
 
 
 def chunks(ev, size, with_ft=True):
@@ -48,9 +49,9 @@ def test_cell_tables(world):
     for m in METHODS:  # chunking does not change anything
         np.testing.assert_array_equal(tallies[m].correct, one[m].correct)
         assert tallies[m].nll_sum == pytest.approx(one[m].nll_sum, rel=1e-10)
-    summary, per_class, priors = cell.result_tables("m1", "d1", "test", NAMES, fitted, tallies, counts)
-    assert summary.columns == SUMMARY_COLS and summary.height == len(METHODS)
-    assert per_class.columns == PER_CLASS_COLS and per_class.height == len(METHODS) * C
+    summary, per_class, priors = tables3("m1", "d1", "test", NAMES, fitted, tallies, counts)
+    assert summary.columns == list(schema.columns("summary")) and summary.height == len(METHODS)
+    assert per_class.columns == list(schema.columns("per_class")) and per_class.height == len(METHODS) * C
     assert priors.columns[: len(PRIOR_COLS)] == PRIOR_COLS and priors.height == 3 * C
     assert per_class.schema["class_index"] == pl.Int32 and summary.schema["n"] == pl.Int64
     # summary numbers = stats of the adjusted logits computed directly
@@ -85,7 +86,7 @@ def test_zs_only_cell_and_unknown_labels(world):
     tallies = cell.evaluate([(ev.zs, None, y)], fitted)
     assert tuple(tallies) == ZS_METHODS
     assert tallies["zs"].n == int((y >= 0).sum())
-    summary, per_class, _ = cell.result_tables("m", "d", "test", NAMES, fitted, tallies)
+    summary, per_class, _ = tables3("m", "d", "test", NAMES, fitted, tallies)
     assert summary.height == 2
     assert summary["acc_many"].null_count() == 2 and per_class["count_group"].null_count() == per_class.height
     np.testing.assert_allclose(per_class["prior_downstream"].to_numpy(), 1 / C)
@@ -130,7 +131,7 @@ def test_cell_errors(world):
         bad[3, 1] = np.nan
         cell.evaluate([(bad, None, ev.labels)], fitted)
     with pytest.raises(ValueError, match="class names"):
-        cell.result_tables("m", "d", "t", NAMES[:-1], fitted, {})
+        tables3("m", "d", "t", NAMES[:-1], fitted, {})
 
 
 def test_fit_and_eval_label_edge_cases(world):
@@ -156,7 +157,7 @@ def test_two_classes_float16_and_a_class_absent_from_eval():
     zs16, ft16 = ev.zs.astype(np.float16), ev.ft.astype(np.float16)
     fitted = cell.fit_priors(fit.zs.astype(np.float16), fit.labels, 2)
     tallies = cell.evaluate([(zs16, ft16, ev.labels)], fitted)
-    summary, per_class, _ = cell.result_tables("m", "d", "test", ["a", "b"], fitted, tallies)
+    summary, per_class, _ = tables3("m", "d", "test", ["a", "b"], fitted, tallies)
     assert summary.height == len(METHODS) and (summary["n"] == 40).all()
     assert stats.prior_groups(fitted.pi_p).tolist() == ["head", "medium"]
     assert summary["acc_tail"].null_count() == summary.height  # no tail group at C = 2

@@ -164,7 +164,7 @@ def test_reduced_demo_end_to_end(tmp_path, capsys):
     assert "Accuracy on the balanced test split" in out and "Spearman" in out
     summary = pl.read_parquet(store / "results" / "summary.parquet")
     assert set(summary["dataset"]) == {"fashion", "animals"}
-    assert set(summary["method"]) == {"zs", "zs_debiased", "ft", "ft_la", "ensemble", "gla"}
+    assert set(summary["method"]) == {"zs", "zs_debiased", "ft", "ft_la", "ensemble", "gla", "wiseft@0.5"}
     assert (summary["n"] == 100).all()  # 30 per class − 20 for val, 10 classes
     assert (store / "report" / "index.html").stat().st_size > 10_000
     agreement = demo.prior_agreement(store / "results", demo.true_frequencies())
@@ -188,7 +188,7 @@ def test_full_demo_shows_what_gla_is_for(tmp_path):
            for r in pl.read_parquet(results / "summary.parquet").iter_rows(named=True)}
     for ds in ("fashion", "animals"):
         assert acc[ds, "zs_debiased"] > acc[ds, "zs"]
-        for baseline in ("zs", "ft", "ensemble"):
+        for baseline in ("zs", "ft", "ensemble", "wiseft@0.5"):  # the paper: gla beats WiSE-FT
             assert acc[ds, "gla"] > acc[ds, baseline], (ds, baseline)
     agreement = demo.prior_agreement(results, demo.true_frequencies()).filter(pl.col("estimator") == "gla")
     assert (agreement["spearman"] >= 0.8).all(), agreement

@@ -336,3 +336,15 @@ def test_gla_objective_matches_an_independent_float64_optimiser(seed):
     assert est.converged, est.message
     assert est.objective == pytest.approx(brute, abs=1e-6)
     assert est.objective <= brute + 1e-6
+
+
+def test_one_temperature_parser():
+    from gla.analyze.priors import parse_temperature
+
+    assert parse_temperature(None) is None and parse_temperature(" None ") is None
+    assert parse_temperature("") is None
+    assert parse_temperature("Confidence") == "confidence" and parse_temperature("nll") == "nll"
+    assert parse_temperature("2.5") == 2.5 and parse_temperature(3) == 3.0
+    for bad in ("0", "-1", "inf", "nan", "hot", True, [1]):
+        with pytest.raises(ValueError, match="temperature"):
+            parse_temperature(bad)

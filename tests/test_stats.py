@@ -116,3 +116,19 @@ def test_tally_rejects_bad_input():
         stats.tally(np.zeros((2, 3)), [0, 3], 3)
     with pytest.raises(ValueError, match="logits"):
         stats.tally(np.zeros((2, 3)), [0, 1], 4)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_top5_matches_sklearn(seed):
+    from sklearn.metrics import top_k_accuracy_score
+
+    rng = np.random.default_rng(seed)
+    C = [3, 7, 12, 40][seed]
+    z = rng.standard_normal((500, C)).astype(np.float32)
+    y = rng.integers(0, C, 500)
+    y[:C] = np.arange(C)  # every class present (sklearn needs the labels)
+    t = stats.tally(z, y, C)
+    expect = top_k_accuracy_score(y, z, k=5, labels=np.arange(C)) if C > 5 else 1.0
+    assert stats.summary_metrics(t)["top5"] == pytest.approx(expect)
+    half = stats.tally(z[:250], y[:250], C).merge(stats.tally(z[250:], y[250:], C))
+    np.testing.assert_array_equal(half.correct5, t.correct5)

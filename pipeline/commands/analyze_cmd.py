@@ -14,6 +14,7 @@ import argparse
 import math
 import time
 
+from gla.analyze.priors import parse_temperature
 from gla.pipeline.errors import UserError
 
 DEFAULT_ESTIMATORS = ("gla", "gla-reference", "eigen", "prior-matching", "batch-calibration")
@@ -55,18 +56,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _temperature(text: str):
-    t = text.strip().lower()
-    if t in ("", "none"):
-        return None
-    if t in ("confidence", "nll"):
-        return t
     try:
-        v = float(t)
-    except ValueError:
-        raise UserError(f"--temperature: expected none, confidence, nll or a number, got {text!r}") from None
-    if not math.isfinite(v) or v <= 0:
-        raise UserError(f"--temperature: must be > 0, got {text!r}")
-    return v
+        return parse_temperature(text)
+    except ValueError as e:
+        raise UserError(f"--{e}") from None
 
 
 def options_from_args(args: argparse.Namespace):

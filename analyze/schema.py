@@ -1,0 +1,285 @@
+"""Every result table: its name, columns (polars dtypes), key columns and meaning.
+
+This is the one place the result schema is spelled out. The per-cell analysis builds its
+tables through :func:`frame` (so a column not declared here is an error, and columns come
+out in this order with these dtypes), the store writes :func:`empty` tables for names it
+has no rows for, and readers such as the report take their required columns from
+:func:`required`. Adding a table is one :class:`Table` entry in ``TABLES``; the store and
+publication code handle any table listed here.
+
+Keys: rows of every table are unique by its ``keys``; ``model``, ``dataset`` (and
+``estimator``, ``method``, ``class_index`` where they apply) join the tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import polars as pl
+
+S, I32, I64, F, B = pl.String, pl.Int32, pl.Int64, pl.Float64, pl.Boolean
+
+# Metrics that carry a standard error and a 95 % interval in summary: <m>_se, _ci_low, _ci_high.
+CI_METRICS = (
+    "accuracy", "balanced_accuracy", "acc_head", "acc_medium", "acc_tail",
+    "acc_many", "acc_medium_shot", "acc_few",
+)  # fmt: skip
+CI_SUFFIXES = ("_se", "_ci_low", "_ci_high")
+GROUP_COLUMNS = {  # summary column -> group label in per_class (group / count_group)
+    "acc_head": "head", "acc_medium": "medium", "acc_tail": "tail",
+    "acc_many": "many", "acc_medium_shot": "medium", "acc_few": "few",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Column:
+    dtype: pl.DataType
+    doc: str
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    doc: str
+    columns: dict[str, Column]
+    keys: tuple[str, ...]
+    required: tuple[str, ...] = ()  # what readers may rely on (the DESIGN.md contract)
+    optional: bool = False  # a store may lack it (readers must cope)
+    extras: tuple[str, ...] = field(default=())  # reserved for later additions (documentation)
+
+    @property
+    def dtypes(self) -> dict[str, pl.DataType]:
+        return {k: c.dtype for k, c in self.columns.items()}
+
+
+def _cols(*specs: tuple[str, pl.DataType, str]) -> dict[str, Column]:
+    return {name: Column(dt, doc) for name, dt, doc in specs}
+
+
+_CELL = (
+    ("model", S, "model name (a folder under logits/)"),
+    ("dataset", S, "dataset name (a folder under logits/<model>/)"),
+)
+_EST = (("estimator", S, "π_p estimator whose prior the methods used (the primary one)"),)
+_METHOD = (("method", S, "zs, zs_debiased, ft, ft_la, ensemble, gla (and gla_tp, wiseft@α)"),)
+
+
+def _with_ci(metric: str, doc: str) -> tuple:
+    return (
+        (metric, F, doc),
+        (f"{metric}_se", F, f"standard error of {metric}"),
+        (f"{metric}_ci_low", F, f"lower end of the 95 % interval of {metric}"),
+        (f"{metric}_ci_high", F, f"upper end of the 95 % interval of {metric}"),
+    )
+
+
+SUMMARY = Table(
+    "summary",
+    "one row per model × dataset × estimator × method: metrics on the eval split",
+    _cols(
+        *_CELL, *_EST, *_METHOD,
+        ("split", S, "eval split the metrics are computed on"),
+        ("n", I64, "labelled eval samples scored"),
+        ("accuracy", F, "top-1 accuracy (pooled over samples)"),
+        ("balanced_accuracy", F, "mean of the per-class accuracies (classes with samples)"),
+        ("top5", F, "top-5 accuracy (label among the 5 highest logits; 1 when C ≤ 5)"),
+        ("nll", F, "mean negative log-likelihood of softmax(logits)"),
+        ("ece", F, "expected calibration error, top-label, equal-width bins"),
+        ("acc_head", F, "head-group accuracy (classes by π_p; see docs/conventions.md)"),
+        ("acc_medium", F, "medium-group accuracy (classes by π_p)"),
+        ("acc_tail", F, "tail-group accuracy (classes by π_p)"),
+        ("acc_many", F, "many-shot accuracy (training count > 100)"),
+        ("acc_medium_shot", F, "medium-shot accuracy (count 20–100)"),
+        ("acc_few", F, "few-shot accuracy (count < 20)"),
+    ),
+    keys=("model", "dataset", "estimator", "method"),
+    required=("model", "dataset", "estimator", "method", "split", "n", "accuracy",
+              "balanced_accuracy", "nll", "ece", "acc_head", "acc_medium", "acc_tail"),
+)  # fmt: skip
+
+PER_CLASS = Table(
+    "per_class",
+    "one row per model × dataset × estimator × method × class",
+    _cols(
+        *_CELL, *_EST, *_METHOD,
+        ("class_index", I32, "class index (column of the logits)"),
+        ("class_name", S, "class name"),
+        ("n", I64, "eval samples of the class"),
+        ("accuracy", F, "recall of the class (null without samples)"),
+        ("precision", F, "precision of the class (null when never predicted)"),
+        ("pred_share", F, "fraction of eval samples predicted as the class"),
+        ("prior_pretrain", F, "estimated π_p of the class (primary estimator)"),
+        ("prior_downstream", F, "π_s of the class (training counts; uniform without)"),
+        ("group", S, "head / medium / tail by π_p"),
+        ("count_group", S, "many / medium / few by training count (null without counts)"),
+    ),
+    keys=("model", "dataset", "estimator", "method", "class_index"),
+    required=("model", "dataset", "method", "class_index", "class_name", "n", "accuracy",
+              "prior_pretrain", "prior_downstream", "group"),
+)  # fmt: skip
+
+PRIORS = Table(
+    "priors",
+    "one row per model × dataset × estimator × class: every requested π_p estimate",
+    _cols(
+        *_CELL,
+        ("estimator", S, "π_p estimator"),
+        ("class_index", I32, "class index"),
+        ("class_name", S, "class name"),
+        ("prior", F, "estimated π_p (sums to 1 over the classes)"),
+        ("iterations", I64, "solver iterations"),
+        ("objective", F, "mean CE of the fit at the solution"),
+        ("converged", B, "the solver met its tolerance"),
+        ("temperature", F, "temperature the zs logits were divided by"),
+        ("message", S, "solver diagnostics (empty when converged)"),
+    ),
+    keys=("model", "dataset", "estimator", "class_index"),
+    required=("model", "dataset", "estimator", "class_index", "class_name", "prior"),
+)  # fmt: skip
+
+CALIBRATION = Table(
+    "calibration",
+    "reliability-diagram bins per method (for the report)",
+    _cols(
+        *_CELL, *_EST, *_METHOD,
+        ("split", S, "eval split"),
+        ("bin", I32, "bin index"),
+        ("bin_lo", F, "lower edge of the confidence bin"),
+        ("bin_hi", F, "upper edge of the confidence bin"),
+        ("count", I64, "samples whose top-label confidence falls in the bin"),
+        ("confidence", F, "mean top-label confidence in the bin (null when empty)"),
+        ("accuracy", F, "accuracy in the bin (null when empty)"),
+    ),
+    keys=("model", "dataset", "estimator", "method", "bin"),
+    required=("model", "dataset", "method", "bin", "count", "confidence", "accuracy"),
+    optional=True,
+)  # fmt: skip
+
+COMPARISONS = Table(
+    "comparisons",
+    "every method against every other method of the same cell, on the same samples",
+    _cols(
+        *_CELL, *_EST, *_METHOD,
+        ("baseline", S, "the method compared against"),
+        ("n", I64, "paired samples"),
+        ("n_better", I64, "samples method gets right and baseline wrong"),
+        ("n_worse", I64, "samples method gets wrong and baseline right"),
+        ("delta", F, "accuracy(method) − accuracy(baseline)"),
+        ("delta_ci_low", F, "lower end of the paired 95 % interval of delta"),
+        ("delta_ci_high", F, "upper end of the paired 95 % interval of delta"),
+        ("mcnemar_p", F, "exact (binomial) McNemar two-sided p-value"),
+    ),
+    keys=("model", "dataset", "estimator", "method", "baseline"),
+    required=("model", "dataset", "estimator", "method", "baseline", "n", "delta",
+              "delta_ci_low", "delta_ci_high", "mcnemar_p"),
+    optional=True,
+)  # fmt: skip
+
+PROVENANCE = Table(
+    "provenance",
+    "how each number was made: one row per model × dataset × estimator",
+    _cols(
+        *_CELL,
+        ("estimator", S, "π_p estimator"),
+        ("fit_split", S, "split the priors were fitted on"),
+        ("n_fit", I64, "rows of the fit split"),
+        ("eval_split", S, "split the methods were scored on"),
+        ("n_eval", I64, "labelled rows scored"),
+        ("temperature", F, "temperature the zs logits were divided by (1 = none)"),
+        ("smoothing", F, "additive smoothing of the training counts"),
+        ("target_prior_source", S, "balanced, or the target-prior file (with its sha256)"),
+        ("options_fingerprint", S, "hash of the analysis options that change results"),
+        ("code_version", S, "hash of the analysis code"),
+        ("model_arch", S, "open_clip architecture (null for imported logits)"),
+        ("model_weights", S, "pretrained tag, checkpoint sha256, or none"),
+        ("finetuned_sha256", S, "fine-tuned checkpoint sha256 (null when none)"),
+        ("templates_sha256", S, "hash of the prompt templates (null for imported logits)"),
+        ("dataset_fingerprint", S, "hash of the cell's sealed split manifests"),
+        ("created_at", S, "ISO-8601 UTC seal time of the newest input split"),
+    ),
+    keys=("model", "dataset", "estimator"),
+    required=("model", "dataset", "estimator", "fit_split", "n_fit", "eval_split", "n_eval"),
+    optional=True,
+)  # fmt: skip
+
+WARNINGS = Table(
+    "warnings",
+    "conditions under which a cell's numbers could mislead",
+    _cols(
+        *_CELL,
+        ("code", S, "stable machine-readable warning code"),
+        ("message", S, "one line for a person"),
+    ),
+    keys=("model", "dataset", "code", "message"),
+    required=("model", "dataset", "code", "message"),
+    optional=True,
+)  # fmt: skip
+
+TABLES: dict[str, Table] = {
+    t.name: t for t in (SUMMARY, PER_CLASS, PRIORS, CALIBRATION, COMPARISONS, PROVENANCE, WARNINGS)
+}
+# The tables every published result must contain (DESIGN.md's contract).
+CONTRACT = tuple(n for n, t in TABLES.items() if not t.optional)
+
+
+def table(name: str) -> Table:
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise KeyError(f"unknown result table {name!r}; known: {', '.join(TABLES)}") from None
+
+
+def columns(name: str) -> tuple[str, ...]:
+    return tuple(table(name).columns)
+
+
+def keys(name: str) -> tuple[str, ...]:
+    return table(name).keys
+
+
+def required(name: str) -> tuple[str, ...]:
+    return table(name).required
+
+
+def empty(name: str) -> pl.DataFrame:
+    """The table with no rows (its full schema)."""
+    return pl.DataFrame(schema=table(name).dtypes)
+
+
+def conform(name: str, df: pl.DataFrame) -> pl.DataFrame:
+    """``df`` in the table's column order and dtypes; undeclared columns are an error,
+    missing ones are added as nulls, NaN in float columns becomes null (undefined)."""
+    t = table(name)
+    extra = [c for c in df.columns if c not in t.columns]
+    if extra:
+        raise ValueError(f"table {name!r}: column {extra[0]!r} is not in analyze/schema.py")
+    out = df.select(
+        pl.col(c).cast(dt) if c in df.columns else pl.lit(None, dtype=dt).alias(c)
+        for c, dt in t.dtypes.items()
+    )
+    return out.with_columns(pl.col(pl.Float64).fill_nan(None))
+
+
+def frame(name: str, data: Mapping | list[dict]) -> pl.DataFrame:
+    """Build a table from columns (a mapping) or rows (a list of dicts)."""
+    if isinstance(data, list):
+        if not data:
+            return empty(name)
+        df = pl.DataFrame(data, infer_schema_length=None, nan_to_null=True)
+    else:
+        df = pl.DataFrame(dict(data), nan_to_null=True)
+    return conform(name, df)
+
+
+def concat(name: str, frames: list[pl.DataFrame]) -> pl.DataFrame:
+    frames = [f for f in frames if f is not None and f.height]
+    return conform(name, pl.concat(frames, how="diagonal_relaxed")) if frames else empty(name)
+
+
+def check(tables: Mapping[str, pl.DataFrame]) -> None:
+    """Every name is a known table and every frame has its schema (a contract test's check)."""
+    for name, df in tables.items():
+        t = table(name)
+        if dict(df.schema) != t.dtypes:
+            raise ValueError(f"table {name!r} does not match analyze/schema.py: {dict(df.schema)}")
