@@ -395,6 +395,21 @@ def _resolve_templates(value: str, base: Path, where: str) -> str:
     return _resolve(value, base)
 
 
+PLACEHOLDER = "<fill in"
+
+
+def _refuse_placeholders(path: Path, root: dict[str, Any]) -> None:
+    """``gla init`` leaves ``"<fill in: ...>"`` values: name the first one left."""
+    stack: list[tuple[tuple, Any]] = [((), root)]
+    while stack:
+        loc, node = stack.pop(0)
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for k, v in items:
+            if isinstance(v, str) and v.startswith(PLACEHOLDER):
+                raise UserError(f"{path}: {_key_path((*loc, k), root)}: fill in the placeholder {v!r}")
+            stack.append(((*loc, k), v))
+
+
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Config:
     """Read, override (dotted keys, e.g. ``{"analysis.fit_split": "val"}``), resolve, validate."""
     path = Path(path)
@@ -406,6 +421,7 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
         raise UserError(f"{path}: not valid TOML: {e}") from None
     for key, value in (overrides or {}).items():
         _set_dotted(doc, key, value)
+    _refuse_placeholders(path, doc)
     try:
         config = Config.model_validate({**doc, "source": str(path)})
     except ValidationError as e:

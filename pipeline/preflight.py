@@ -37,6 +37,7 @@ from gla.extract.datasets import Source, build_source
 from gla.extract.errors import ExtractError, did_you_mean
 from gla.extract.models import is_local_file
 from gla.extract.sources import SourceError
+from gla.extract.templates import BUILTIN as TEMPLATE_SETS
 from gla.extract.templates import load_templates
 from gla.pipeline.config import CellFilter, Config, DatasetSpec, ModelSpec, model_dict
 from gla.pipeline.errors import UserError
@@ -108,7 +109,9 @@ def check_config(config: Config, *, stages=STAGES, only: Any = None, writing: bo
             headers[m.name] = ck.run(_check_model, m)
     for m, d in cells:
         if extract:
-            ck.run(load_templates, model_dict(m, d).get("templates") or "simple")
+            templates = model_dict(m, d).get("templates") or "simple"
+            if templates not in TEMPLATE_SETS:  # built-in sets are known good (and need open_clip)
+                ck.run(load_templates, templates)
             ft = m.finetuned.get(d.name)
             src = report.sources.get(d.name)
             if ft and src is not None:

@@ -62,7 +62,6 @@ def run(args: argparse.Namespace) -> int:
     if not cells:
         raise UserError(f"{args.config}: no model × dataset cell matches --only {args.only or ''}".rstrip())
     shard = parse_shard(args.shard)
-    check_config(config, stages=("extract",), only=only)  # every config error before any work
     if not args.quiet:
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
         logging.getLogger("extract").setLevel(logging.INFO)
@@ -73,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"gla extract needs {' and '.join(missing)}: pip install 'gla-pipeline[extract]'"
         )
+    check_config(config, stages=("extract",), only=only)  # every config error before any work
     from gla.extract.errors import ExtractError
     from gla.extract.reembed import rezero_cell
     from gla.extract.run import extract_cell
