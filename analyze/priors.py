@@ -339,11 +339,15 @@ def _est_eigen(pb: _Problem):
     without convergence P is squared: iterating P^(2^k) has the same fixed point and
     doubles the speed each time. ``iterations`` counts applications of P.
     """
-    C = pb.z.shape[1]
-    P = class_conditional_mean(pb.z, pb.y, C)
+    P = class_conditional_mean(pb.z, pb.y, pb.z.shape[1])
+    return _power_iteration(P, pb.tol, 10**6 if pb.max_iter is None else int(pb.max_iter))
+
+
+def _power_iteration(P: np.ndarray, tol: float, budget: int):
+    """Stationary vector of column-stochastic P, squaring P every 50 unconverged steps."""
+    C = P.shape[0]
     v = np.full(C, 1.0 / C)
-    budget = 10**6 if pb.max_iter is None else int(pb.max_iter)
-    step_tol = pb.tol * 1e-2
+    step_tol = tol * 1e-2
     applied, power, delta = 0, 1, np.inf
     while applied < budget:
         for _ in range(50):
@@ -377,15 +381,65 @@ def _est_prior_matching(pb: _Problem):
     return _est_gla(pb)
 
 
+def _margin_mask(r: np.ndarray, keep: float) -> np.ndarray:
+    """Rows whose top-1 minus top-2 probability is in the largest ``keep`` fraction."""
+    if keep >= 1:
+        return np.ones(r.shape[0], dtype=bool)
+    top2 = np.partition(r, r.shape[1] - 2, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    return margin >= np.quantile(margin, 1.0 - keep)
+
+
+def _est_eigen_iterated(pb: _Problem, keep=0.5):
+    """Label-free eigen: pseudo-label confident rows, rebuild P, power iteration, repeat.
+
+    Round r pseudo-labels every row softly with its posterior under the current estimate
+    (r_i = softmax(z_i − log π_r + log p), p the set's label distribution) and keeps the
+    ``keep`` fraction of rows with the largest top-1/top-2 margin (the set A). On A it
+    rebuilds P[j, k] = Σ r_ik s_ij / Σ r_ik (s = softmax(z)), the class-conditional mean
+    probability given A, whose stationary vector (power iteration, as ``eigen``) is the
+    label distribution of A under π_p: π_k·P(A | k). Dividing by the acceptance rate
+    P(A | k) = Σ_A r_ik / Σ_all r_ik gives π_{r+1}. With the true π_p and a calibrated
+    model every step is unbiased, so π_p is a fixed point whatever ``keep`` is; the filter
+    only decides which rows' pseudo-labels are trusted. (Hard argmax pseudo-labels bias P
+    badly: L1 error ≈ 1 on planted worlds where this form matches the labelled estimators.)
+    Rounds stop when the L1 change of π is ≤ tol·100, or after max_iter rounds (200).
+    """
+    C = pb.z.shape[1]
+    if not 0 < float(keep) <= 1:
+        raise ValueError(f"keep must be in (0, 1], got {keep}")
+    s = _softmax(pb.z)
+    pi = np.full(C, 1.0 / C)
+    delta = np.inf
+    rounds = 200 if pb.max_iter is None else int(pb.max_iter)
+    for r in range(1, rounds + 1):
+        resp = _softmax(pb.z - np.log(pi).astype(np.float32) + pb.shift.astype(np.float32))
+        inside = _margin_mask(resp, float(keep))
+        ra = resp[inside]
+        mass = ra.sum(axis=0, dtype=np.float64)
+        P = (ra.T @ s[inside]).astype(np.float64).T / np.maximum(mass, 1e-300)[None, :]
+        P[:, mass <= 0] = 1.0 / C  # a class no kept row belongs to: an uninformative column
+        v, _, _, _ = _power_iteration(P / P.sum(axis=0, keepdims=True), pb.tol, 10**6)
+        accept = mass / np.maximum(resp.sum(axis=0, dtype=np.float64), 1e-300)
+        new = v / np.maximum(accept, 1e-12)
+        new /= new.sum()
+        delta = np.abs(new - pi).sum()
+        pi = new
+        if delta <= pb.tol * 1e2:
+            return pi, r, True, ""
+    return pi, rounds, False, f"rounds did not settle in {rounds} (L1 change {delta:.1e})"
+
+
 ESTIMATORS: dict[str, Callable] = {
     "gla": _est_gla,
     "gla-reference": _est_reference,
     "eigen": _est_eigen,
     "prior-matching": _est_prior_matching,
     "batch-calibration": _est_batch_calibration,
+    "eigen-iterated": _est_eigen_iterated,
 }
 # Estimators that work from unlabelled logits (and a given label distribution).
-LABEL_FREE = frozenset({"prior-matching", "batch-calibration"})
+LABEL_FREE = frozenset({"prior-matching", "batch-calibration", "eigen-iterated"})
 # Estimators without an iterative solve: tol and max_iter mean nothing to them.
 NO_SOLVER = frozenset({"batch-calibration"})
 

@@ -84,3 +84,40 @@ def planted_world(
         ft = _features(rng, labels, C, ft_signal, dtype)
         ft += np.log(pi_s).astype(dtype)
     return PlantedWorld(zs=zs, ft=ft, labels=labels, pi_p=pi_p, pi_s=pi_s)
+
+
+# ------------------------------------------------------------- label shift and label noise
+
+
+def label_counts(prior, n: int) -> np.ndarray:
+    """(C,) integer counts summing to n, as close to n·prior as rounding allows (largest remainder)."""
+    p = np.asarray(prior, dtype=np.float64)
+    raw = p / p.sum() * int(n)
+    counts = np.floor(raw).astype(np.int64)
+    short = int(n) - int(counts.sum())
+    counts[np.argsort(-(raw - counts), kind="stable")[:short]] += 1
+    return counts
+
+
+def shifted_world(world: PlantedWorld, target_prior, n: int, *, seed: int = 1, signal: float = 3.0,
+                  ft_signal: float | None = 3.5) -> PlantedWorld:
+    """A deployment set of ``n`` rows from the same model biases (π_p, π_s) as ``world``, with
+    labels in proportions ``target_prior`` (exact counts, rows shuffled). Its true π_t is
+    ``label_counts(target_prior, n) / n``."""
+    counts = label_counts(target_prior, n)
+    w = planted_world(world.pi_p.size, counts, world.pi_p, seed=seed, signal=signal,
+                      ft_signal=ft_signal, pi_s=world.pi_s)
+    order = np.random.default_rng(seed + 7919).permutation(n)
+    return PlantedWorld(w.zs[order], None if w.ft is None else w.ft[order], w.labels[order],
+                        w.pi_p, w.pi_s)
+
+
+def flip_labels(labels, rate: float, num_classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(noisy labels, flipped mask): a ``rate`` fraction of rows (exactly round(rate·N), at
+    random) get a label drawn uniformly from the other classes."""
+    y = np.asarray(labels, dtype=np.int64).copy()
+    rng = np.random.default_rng(seed)
+    flipped = np.zeros(y.size, dtype=bool)
+    flipped[rng.choice(y.size, int(round(rate * y.size)), replace=False)] = True
+    y[flipped] = (y[flipped] + rng.integers(1, num_classes, flipped.sum())) % num_classes
+    return y, flipped

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from gla.analyze.synthetic import planted_world, zipf_prior
 from gla.extract import cellformat as cf
-from gla.pipeline.analysis import AnalyzeOptions, analyze_cell
+from gla.pipeline.cell_analysis import StoreAnalysisOptions, analyze_cell
 from gla.pipeline.cli import main as gla_main
 from gla.pipeline.store import Store
 
@@ -148,7 +148,7 @@ def main(argv=None) -> int:
             check=True, capture_output=True, text=True,
         )
         rss_sub = int(probe.stdout.split()[-1]) / 1024
-        res = analyze_cell(store, MODEL, DATASET, AnalyzeOptions(threads=args.threads))
+        res = analyze_cell(store, MODEL, DATASET, StoreAnalysisOptions(threads=args.threads))
         stages = ", ".join(
             f"{k} {v:.3f}/{res.diagnostics['cpu_seconds'][k]:.3f}"
             for k, v in res.diagnostics["seconds"].items()

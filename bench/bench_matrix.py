@@ -46,9 +46,9 @@ def make_store(root: Path, cells: int, rows: int, classes: int) -> list[tuple[st
 
 
 def in_process_reference(root: Path, names, sample: int) -> float:
-    from gla.pipeline.analysis import AnalyzeOptions, analyze_cell
+    from gla.pipeline.cell_analysis import StoreAnalysisOptions, analyze_cell
 
-    opts = AnalyzeOptions(threads=1)
+    opts = StoreAnalysisOptions(threads=1)
     analyze_cell(root, *names[0], opts)  # warm-up: imports, page cache
     t = time.perf_counter()
     for m, d in names[1 : sample + 1]:

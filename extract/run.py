@@ -35,6 +35,17 @@ import pyarrow.parquet as pq
 from gla.extract import cellformat as cf
 from gla.extract.datasets import Source, build_source
 from gla.extract.errors import ExtractError
+from gla.extract.finetuned import finetuned_identity, load_finetuned, wiseft_column, wiseft_model
+from gla.extract.models import (
+    autocast,
+    effective_precision,
+    identity_key,
+    load_model,
+    model_identity,
+    resolve_device,
+)
+from gla.extract.templates import load_templates, templates_hash
+from gla.extract.zeroshot import logit_params, zeroshot_head
 
 log = logging.getLogger("extract")
 
@@ -63,9 +74,6 @@ class PartPlan:
 def cell_components(model: dict[str, Any], source: Source, templates_hash: str,
                     options: dict[str, Any], device: str) -> dict[str, Any]:
     """Everything the cell's content depends on (hashed into the cell key)."""
-    from gla.extract.finetuned import finetuned_identity
-    from gla.extract.models import effective_precision, model_identity
-
     ft_path = (model.get("finetuned") or {}).get(source.name) or ""
     comp = {
         "model": model_identity(model),
@@ -91,8 +99,6 @@ def wiseft_alphas(model: dict[str, Any], dataset: str) -> list[float]:
 
 
 def cell_key(components: dict[str, Any]) -> str:
-    from gla.extract.models import identity_key
-
     return identity_key(components)
 
 
@@ -292,8 +298,6 @@ def _progress(enabled: bool, total: int, label: str):
 def _device(opts: dict[str, Any]) -> str:
     """The device; for fp32 on "auto" decided without importing torch (a complete cell
     is then checked and skipped in well under a second)."""
-    from gla.extract.models import resolve_device
-
     if opts["precision"] == "fp32" and opts["device"] == "auto":
         return "auto"  # resolved when there is work to do; fp32 either way
     return resolve_device(opts["device"])
@@ -313,8 +317,6 @@ def extract_cell(
     Returns a summary: status ("skipped" | "written" | "partial"), images, per-stage
     seconds (read, infer, write), images_per_s, sealed splits, skipped sample count.
     """
-    from gla.extract.templates import load_templates, templates_hash
-
     t_start = time.perf_counter()
     opts = _options(options)
     index, count = int(shard[0]), int(shard[1])
@@ -366,44 +368,36 @@ def extract_cell(
     return summary
 
 
-def _extra_encoders(loaded, ft_model, head, scale: float, bias: float, model: dict[str, Any],
-                    dataset_name: str) -> dict[str, Any]:
-    """Extra logit columns of the cell, each an images -> (N, C) module fed by the same
-    decoded batch: WiSE-FT at every α of the model (when the cell has a fine-tuned model)."""
-    from gla.extract.finetuned import wiseft_column, wiseft_model
+@dataclass
+class _Encoders:
+    """Everything that turns a decoded batch into logits, loaded once per cell."""
 
-    if ft_model is None:
-        return {}
-    return {
-        wiseft_column(a): wiseft_model(ft_model, loaded.model, scale * head, bias, a)
-        for a in wiseft_alphas(model, dataset_name)
-    }
+    loaded: Any  # extract.models.LoadedModel
+    device: str
+    head: Any  # (C, D) torch tensor, the zero-shot head
+    scale: float
+    bias: float
+    ft_model: Any | None
+    extra_models: dict[str, Any]  # extra logit columns: name -> images -> (N, C) module
+    metadata: dict[str, Any]  # Parquet metadata of every part
 
 
-def _run_parts(store, cell: Path, model: dict[str, Any], dataset_name: str, source: Source,
-               templates: list[str], t_hash: str, components: dict[str, Any], key: str,
-               todo: list[PartPlan], opts: dict[str, Any], device: str, progress: bool,
-               summary: dict[str, Any]) -> None:
+def _load_encoders(store: str | os.PathLike, model: dict[str, Any], dataset_name: str,
+                   source: Source, templates: list[str], t_hash: str,
+                   components: dict[str, Any], key: str, opts: dict[str, Any],
+                   device: str) -> _Encoders:
     import torch
-    import torch.nn.functional as F
-    from gla.extract.finetuned import load_finetuned
-    from gla.extract.models import autocast, load_model, resolve_device
-    from gla.extract.zeroshot import logit_params, zeroshot_head
-    from PIL import Image
 
-    t0 = time.perf_counter()
     device = resolve_device(device)
     use_cuda_device(device)
     loaded = load_model(model, device=device, precision=opts["precision"])
     class_names = source.class_names
     head_np = zeroshot_head(loaded, class_names, templates, store)
     scale, bias = logit_params(loaded.model)
-    head = torch.from_numpy(head_np).to(device)
     ft_model, ft_ident = None, None
     ft_path = (model.get("finetuned") or {}).get(dataset_name) or ""
     if ft_path:
         ft_model, ft_ident = load_finetuned(ft_path, loaded.model, loaded.arch, len(class_names))
-    extra_models = _extra_encoders(loaded, ft_model, head, scale, bias, model, dataset_name)
     metadata = {
         "class_names": list(class_names),
         "model": {"name": model["name"], **components["model"]},
@@ -419,76 +413,141 @@ def _run_parts(store, cell: Path, model: dict[str, Any], dataset_name: str, sour
     }
     if "wiseft_alphas" in components:
         metadata["wiseft_alphas"] = components["wiseft_alphas"]
-    blank = loaded.preprocess(Image.new("RGB", (8, 8)))
-    # Global row list over the parts to do; batches start at each part's first row.
-    refs, batches, batch_part = [], [], []
+    head = torch.from_numpy(head_np).to(device)
+    return _Encoders(loaded, device, head, scale, bias, ft_model,
+                     _extra_encoders(loaded, ft_model, head, scale, bias, model, dataset_name),
+                     metadata)
+
+
+def _extra_encoders(loaded: Any, ft_model: Any, head: Any, scale: float, bias: float,
+                    model: dict[str, Any], dataset_name: str) -> dict[str, Any]:
+    """Extra logit columns of the cell, each an images -> (N, C) module fed by the same
+    decoded batch: WiSE-FT at every α of the model (when the cell has a fine-tuned model)."""
+    if ft_model is None:
+        return {}
+    return {
+        wiseft_column(a): wiseft_model(ft_model, loaded.model, scale * head, bias, a)
+        for a in wiseft_alphas(model, dataset_name)
+    }
+
+
+def _batch_plan(todo: list[PartPlan], source: Source, batch_size: int) -> tuple[list[Any], list[list[int]], list[int]]:
+    """Global row list over the parts to do; batches start at each part's first row.
+
+    Returns (image refs, batches of row indices, the part index of each batch)."""
+    refs: list[Any] = []
+    batches: list[list[int]] = []
+    batch_part: list[int] = []
     for pi, p in enumerate(todo):
         split = source.splits[p.split]
         base = len(refs)
         refs.extend(split.refs[p.start : p.stop])
-        for b in range(0, p.stop - p.start, int(opts["batch_size"])):
-            stop = min(p.stop - p.start, b + int(opts["batch_size"]))
+        for b in range(0, p.stop - p.start, batch_size):
+            stop = min(p.stop - p.start, b + batch_size)
             batches.append(list(range(base + b, base + stop)))
             batch_part.append(pi)
-    ds = _ImageDataset(refs, source.reader, loaded.preprocess, blank)
-    pin = device.startswith("cuda")
-    loader = _make_loader(ds, batches, int(opts["num_workers"]), pin)
-    want_emb = bool(opts["image_embeddings"])
-    on_error = opts["on_error"]
-    summary["seconds"]["setup"] = time.perf_counter() - t0
+    return refs, batches, batch_part
 
-    # On a CPU, loader workers and the model share the cores: cap the model's threads so
-    # they do not oversubscribe them (one extra busy thread halves throughput on 2 cores).
-    threads_before = torch.get_num_threads()
-    budget = main_thread_budget(device, int(opts["num_workers"]))
-    if budget < threads_before:
-        torch.set_num_threads(budget)
-        log.info("torch threads %d -> %d beside %d loader workers", threads_before, budget,
-                 int(opts["num_workers"]))
 
-    total = len(refs)
-    prog = _progress(progress, total, f"{model['name']}/{dataset_name}")
-    buf: dict[str, list[Any]] = {"zs": [], "ft": [], "emb": [], "ok": [], "err": []}
-    buf.update({name: [] for name in extra_models})
-    current = 0
-    done_images = 0
-    t_read = t_infer = t_write = 0.0
-    t_loop = time.perf_counter()
+class _PartWriter:
+    """Collects one part's batch outputs and writes the part (and its skip list)."""
 
-    def flush(pi: int) -> None:
-        nonlocal t_write
+    def __init__(self, cell: Path, source: Source, key: str, enc: _Encoders, want_emb: bool,
+                 summary: dict[str, Any]):
+        self.cell, self.source, self.key, self.enc = cell, source, key, enc
+        self.want_emb, self.summary = want_emb, summary
+        self.buf: dict[str, list[Any]] = {"zs": [], "ft": [], "emb": [], "ok": [], "err": []}
+        self.buf.update({name: [] for name in enc.extra_models})
+        self.seconds = 0.0
+
+    def add(self, zs: np.ndarray, ft: np.ndarray | None, emb: np.ndarray | None,
+            extra: dict[str, np.ndarray], ok: np.ndarray, errs: list[str]) -> None:
+        for name, v in (("zs", zs), ("ft", ft), ("emb", emb), ("ok", ok), ("err", errs), *extra.items()):
+            if v is not None:
+                self.buf[name].append(v)
+
+    def _stack(self, name: str, width: int) -> np.ndarray:
+        return np.concatenate(self.buf[name]) if self.buf[name] else np.zeros((0, width), np.float32)
+
+    def flush(self, p: PartPlan) -> None:
         tw = time.perf_counter()
-        p = todo[pi]
-        split = source.splits[p.split]
-        ok = np.concatenate(buf["ok"]) if buf["ok"] else np.zeros(0, dtype=bool)
-        errs = [e for chunk in buf["err"] for e in chunk]
+        split = self.source.splits[p.split]
+        ok = np.concatenate(self.buf["ok"]) if self.buf["ok"] else np.zeros(0, dtype=bool)
+        errs = [e for chunk in self.buf["err"] for e in chunk]
         ids = np.asarray(split.sample_ids[p.start : p.stop], dtype=object)
         labels = split.labels[p.start : p.stop]
-        dim_c = len(class_names)
-        zs = np.concatenate(buf["zs"]) if buf["zs"] else np.zeros((0, dim_c), np.float32)
-        ft = (np.concatenate(buf["ft"]) if buf["ft"] else np.zeros((0, dim_c), np.float32)) if ft_model is not None else None
-        emb = np.concatenate(buf["emb"]) if want_emb and buf["emb"] else None
-        extra = {n: np.concatenate(buf[n])[ok] if buf[n] else np.zeros((0, dim_c), np.float32)
-                 for n in extra_models}
+        c = len(self.source.class_names)
+        zs = self._stack("zs", c)
+        ft = self._stack("ft", c) if self.enc.ft_model is not None else None
+        emb = np.concatenate(self.buf["emb"]) if self.want_emb and self.buf["emb"] else None
+        extra = {n: self._stack(n, c)[ok] for n in self.enc.extra_models}
         skipped = [{"sample_id": str(ids[i]), "error": errs[i]} for i in np.flatnonzero(~ok)]
         table = cf.build_table(
             ids[ok].tolist(), p.split, labels[ok], zs[ok],
             ft[ok] if ft is not None else None,
             emb[ok] if emb is not None else None,
-            metadata=metadata, extra=extra,
+            metadata=self.enc.metadata, extra=extra,
         )
-        side = _skip_sidecar(cell, p.split, p.index)
+        side = _skip_sidecar(self.cell, p.split, p.index)
         if skipped:
-            cf.atomic_write_bytes(side, json.dumps({"cell_key": key, "skipped": skipped}).encode())
-            summary["skipped_images"] += len(skipped)
+            cf.atomic_write_bytes(side, json.dumps({"cell_key": self.key, "skipped": skipped}).encode())
+            self.summary["skipped_images"] += len(skipped)
         else:
             side.unlink(missing_ok=True)
-        cf.write_part(cell, p.split, p.index, table)
-        summary["parts_written"] += 1
-        for v in buf.values():
+        cf.write_part(self.cell, p.split, p.index, table)
+        self.summary["parts_written"] += 1
+        for v in self.buf.values():
             v.clear()
-        t_write += time.perf_counter() - tw
+        self.seconds += time.perf_counter() - tw
 
+
+def _encode(enc: _Encoders, x: Any, pin: bool, want_emb: bool) -> tuple[Any, ...]:
+    """zs logits, ft logits, the float16 image embedding and the extra logit columns of
+    one decoded batch."""
+    import torch.nn.functional as F
+
+    x = x.to(enc.device, non_blocking=pin)
+    with autocast(enc.device, enc.loaded.precision):
+        feats = enc.loaded.model.encode_image(x)
+        ft = enc.ft_model(x).float() if enc.ft_model is not None else None
+        extra = {name: m(x).float().cpu().numpy() for name, m in enc.extra_models.items()}
+    f = F.normalize(feats.float(), dim=-1)  # the head in float32
+    zs = enc.scale * (f @ enc.head.T) + enc.bias
+    return (zs.float().cpu().numpy(), None if ft is None else ft.cpu().numpy(),
+            f.half().cpu().numpy() if want_emb else None, extra)
+
+
+def _run_parts(store: str | os.PathLike, cell: Path, model: dict[str, Any], dataset_name: str,
+               source: Source, templates: list[str], t_hash: str, components: dict[str, Any],
+               key: str, todo: list[PartPlan], opts: dict[str, Any], device: str,
+               progress: bool, summary: dict[str, Any]) -> None:
+    """Decode the parts' images once, encode them, write each part when it is complete."""
+    import torch
+    from PIL import Image
+
+    t0 = time.perf_counter()
+    enc = _load_encoders(store, model, dataset_name, source, templates, t_hash, components, key,
+                         opts, device)
+    blank = enc.loaded.preprocess(Image.new("RGB", (8, 8)))
+    refs, batches, batch_part = _batch_plan(todo, source, int(opts["batch_size"]))
+    ds = _ImageDataset(refs, source.reader, enc.loaded.preprocess, blank)
+    pin = enc.device.startswith("cuda")
+    loader = _make_loader(ds, batches, int(opts["num_workers"]), pin)
+    want_emb = bool(opts["image_embeddings"])
+    writer = _PartWriter(cell, source, key, enc, want_emb, summary)
+    summary["seconds"]["setup"] = time.perf_counter() - t0
+
+    # On a CPU, loader workers and the model share the cores: cap the model's threads so
+    # they do not oversubscribe them (one extra busy thread halves throughput on 2 cores).
+    threads_before = torch.get_num_threads()
+    budget = main_thread_budget(enc.device, int(opts["num_workers"]))
+    if budget < threads_before:
+        torch.set_num_threads(budget)
+        log.info("torch threads %d -> %d beside %d loader workers", threads_before, budget,
+                 int(opts["num_workers"]))
+    prog = _progress(progress, len(refs), f"{model['name']}/{dataset_name}")
+    current, done_images, t_read, t_infer = 0, 0, 0.0, 0.0
+    t_loop = time.perf_counter()
     it = None
     try:
         it = iter(loader)
@@ -497,39 +556,21 @@ def _run_parts(store, cell: Path, model: dict[str, Any], dataset_name: str, sour
                 tr = time.perf_counter()
                 x, ok, errs = next(it)
                 t_read += time.perf_counter() - tr
-                pi = batch_part[bi]
-                if pi != current:
-                    flush(current)
-                    current = pi
+                if batch_part[bi] != current:
+                    writer.flush(todo[current])
+                    current = batch_part[bi]
                 ok_np = ok.numpy().astype(bool)
-                if not ok_np.all():
-                    if on_error == "raise":
-                        first = errs[int(np.flatnonzero(~ok_np)[0])]
-                        raise ExtractError(first)
+                if not ok_np.all() and opts["on_error"] == "raise":
+                    raise ExtractError(errs[int(np.flatnonzero(~ok_np)[0])])
                 ti = time.perf_counter()
-                x = x.to(device, non_blocking=pin)
-                with autocast(device, loaded.precision):
-                    feats = loaded.model.encode_image(x)
-                    ft = ft_model(x).float() if ft_model is not None else None
-                    for name, enc in extra_models.items():
-                        buf[name].append(enc(x).float().cpu().numpy())
-                f = F.normalize(feats.float(), dim=-1)  # the head in float32
-                zs = scale * (f @ head.T) + bias
-                buf["zs"].append(zs.float().cpu().numpy())
-                if ft is not None:
-                    buf["ft"].append(ft.cpu().numpy())
-                if want_emb:
-                    buf["emb"].append(f.half().cpu().numpy())
-                buf["ok"].append(ok_np)
-                buf["err"].append(list(errs))
+                writer.add(*_encode(enc, x, pin, want_emb), ok_np, list(errs))
                 t_infer += time.perf_counter() - ti
                 done_images += len(ok_np)
                 if prog is not None:
-                    elapsed = time.perf_counter() - t_loop
-                    prog.update(prog.task_ids[0], advance=len(ok_np),
-                                rate=f"{done_images / max(elapsed, 1e-9):.1f}")
+                    rate = done_images / max(time.perf_counter() - t_loop, 1e-9)
+                    prog.update(prog.task_ids[0], advance=len(ok_np), rate=f"{rate:.1f}")
             if batches:
-                flush(current)
+                writer.flush(todo[current])
     finally:
         if prog is not None:
             prog.stop()
@@ -539,4 +580,4 @@ def _run_parts(store, cell: Path, model: dict[str, Any], dataset_name: str, sour
     elapsed = time.perf_counter() - t_loop
     summary["images"] = done_images
     summary["images_per_s"] = done_images / elapsed if elapsed > 0 else 0.0
-    summary["seconds"].update(read=t_read, infer=t_infer, write=t_write)
+    summary["seconds"].update(read=t_read, infer=t_infer, write=writer.seconds)

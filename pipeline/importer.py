@@ -19,8 +19,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from gla.extract import cellformat as cf
 from gla.pipeline.errors import UserError
-from gla.pipeline.store import Store
+from gla.pipeline.store import SplitInfo, Store
 
+Spec = str | os.PathLike  # a file, or file.npz:key / file.parquet:column
 PART_ROWS = 262144  # rows per Parquet part of an imported split
 
 
@@ -241,25 +242,16 @@ def _existing_class_names(store: Store, dataset: str, num_classes: int) -> tuple
     return None
 
 
-def import_logits(
-    store: Store | str | os.PathLike,
-    model: str,
-    dataset: str,
-    split: str,
-    labels: str | os.PathLike,
-    zs: str | os.PathLike,
-    ft: str | os.PathLike | None = None,
-    classnames: str | os.PathLike | None = None,
-    sample_ids: str | os.PathLike | None = None,
-) -> dict:
-    """Write one split of a cell from array files; replaces that split only."""
-    store = store if isinstance(store, Store) else Store(store)
+def _check_names(model: str, dataset: str, split: str) -> None:
     for name, what in ((model, "model"), (dataset, "dataset"), (split, "split")):
         try:
             cf.check_name(name, what)
         except ValueError as e:
             raise UserError(f"--{what}: {e}") from None
 
+
+def _load_inputs(labels: Spec, zs: Spec, ft: Spec | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
+    """Labels, zs and ft arrays, checked against each other; and where zs came from."""
     y, y_where = load_labels(labels)
     zs_arr, zs_where = load_logits(zs, "zs")
     n, c = zs_arr.shape
@@ -283,50 +275,59 @@ def import_logits(
             f"{y_where}: label {int(y[i])} at row {i} is out of range [0, {c - 1}] "
             "(-1 = unknown)"
         )
+    return y, zs_arr, ft_arr, zs_where
 
-    cell = store.cell_path(model, dataset)
-    existing = [s for s in cf.sealed_splits(cell) if s != split]
-    ref = None
-    if existing:
-        ref = store.split_info(model, dataset, existing[0])
-        if ref.num_classes != c:
-            raise UserError(
-                f"{zs_where}: zs logits have {c} columns but split {existing[0]!r} of "
-                f"{model}/{dataset} has {ref.num_classes} classes"
-            )
-        if ref.has_ft and ft_arr is None:
-            raise UserError(
-                f"--ft: split {existing[0]!r} of {model}/{dataset} has ft logits; give --ft "
-                "for this split too"
-            )
-        if not ref.has_ft and ft_arr is not None:
-            raise UserError(
-                f"--ft: split {existing[0]!r} of {model}/{dataset} has no ft logits; import "
-                "all splits with the same columns"
-            )
 
-    if classnames is not None:
-        names = load_lines(classnames, "class names")
-        if len(names) != c:
-            raise UserError(f"{classnames}: {len(names)} class names but zs has {c} columns")
-        if any(not s for s in names):
-            raise UserError(f"{classnames}: empty class name at line {names.index('') + 1}")
-        if len(set(names)) != len(names):
-            dup = next(s for s in names if names.count(s) > 1)
-            raise UserError(f"{classnames}: class name {dup!r} appears twice")
-        names_t = tuple(names)
-        if ref is not None and ref.class_names != names_t:
-            raise UserError(
-                f"{classnames}: class names differ from those of split {existing[0]!r} of "
-                f"{model}/{dataset}"
-            )
-    elif ref is not None:
-        names_t = ref.class_names
-    else:
-        names_t = _existing_class_names(store, dataset, c) or tuple(
-            f"class_{i}" for i in range(c)
+def _reference_split(store: Store, model: str, dataset: str, split: str, c: int,
+                     has_ft: bool, zs_where: str) -> SplitInfo | None:
+    """Another sealed split of the cell, which this one must agree with (width, ft)."""
+    existing = [s for s in store.splits(model, dataset) if s != split]
+    if not existing:
+        return None
+    ref = store.split_info(model, dataset, existing[0])
+    if ref.num_classes != c:
+        raise UserError(
+            f"{zs_where}: zs logits have {c} columns but split {existing[0]!r} of "
+            f"{model}/{dataset} has {ref.num_classes} classes"
         )
+    if ref.has_ft and not has_ft:
+        raise UserError(
+            f"--ft: split {existing[0]!r} of {model}/{dataset} has ft logits; give --ft "
+            "for this split too"
+        )
+    if not ref.has_ft and has_ft:
+        raise UserError(
+            f"--ft: split {existing[0]!r} of {model}/{dataset} has no ft logits; import "
+            "all splits with the same columns"
+        )
+    return ref
 
+
+def _class_names(store: Store, model: str, dataset: str, classnames: Spec | None, c: int,
+                 ref: SplitInfo | None) -> tuple[str, ...]:
+    if classnames is None:
+        if ref is not None:
+            return ref.class_names
+        return _existing_class_names(store, dataset, c) or tuple(f"class_{i}" for i in range(c))
+    names = load_lines(classnames, "class names")
+    if len(names) != c:
+        raise UserError(f"{classnames}: {len(names)} class names but zs has {c} columns")
+    if any(not s for s in names):
+        raise UserError(f"{classnames}: empty class name at line {names.index('') + 1}")
+    if len(set(names)) != len(names):
+        dup = next(s for s in names if names.count(s) > 1)
+        raise UserError(f"{classnames}: class name {dup!r} appears twice")
+    if ref is not None and ref.class_names != tuple(names):
+        raise UserError(
+            f"{classnames}: class names differ from those of split {ref.name!r} of "
+            f"{model}/{dataset}"
+        )
+    return tuple(names)
+
+
+def _sample_ids(store: Store, model: str, dataset: str, split: str, sample_ids: Spec | None,
+                n: int) -> list[str]:
+    """The split's sample ids (given, or ``<split>-<row>``): unique here and in the cell."""
     if sample_ids is not None:
         ids = load_lines(sample_ids, "sample ids")
         if len(ids) != n:
@@ -337,7 +338,9 @@ def import_logits(
     dup = _first_duplicate(ids_arr)
     if dup is not None:
         raise UserError(f"{sample_ids}: sample id {dup!r} appears twice")
-    for s in existing:
+    for s in store.splits(model, dataset):
+        if s == split:
+            continue
         for f, other in store.read_sample_ids(model, dataset, s):
             hit = pc.is_in(other, value_set=ids_arr)
             if pc.any(hit).as_py():
@@ -346,17 +349,15 @@ def import_logits(
                     f"{sample_ids or '--sample-ids'}: sample id {other[i].as_py()!r} is already "
                     f"used in {f} (column sample_id); ids must be unique in the cell"
                 )
+    return ids
 
+
+def _split_tables(ids: list[str], split: str, y: np.ndarray, zs_arr: np.ndarray,
+                  ft_arr: np.ndarray | None, meta: dict) -> list[pa.Table]:
+    n = len(y)
     dtype = "float16" if zs_arr.dtype == np.float16 and (
         ft_arr is None or ft_arr.dtype == np.float16
     ) else "float32"
-    meta = {
-        "class_names": list(names_t),
-        "model": {"name": model, "source": "import", "zs_file": os.fspath(zs),
-                  **({"ft_file": os.fspath(ft)} if ft is not None else {})},
-        "dataset": {"name": dataset, "source": "import"},
-        "templates_hash": None,
-    }
     tables = []
     for start in range(0, max(n, 1), PART_ROWS):
         sl = slice(start, min(n, start + PART_ROWS))
@@ -366,7 +367,39 @@ def import_logits(
                 None if ft_arr is None else ft_arr[sl], metadata=meta, dtype=dtype,
             )
         )
-    manifest = cf.write_split(cell, split, tables)
+    return tables
+
+
+def import_logits(
+    store: Store | str | os.PathLike,
+    model: str,
+    dataset: str,
+    split: str,
+    labels: Spec,
+    zs: Spec,
+    ft: Spec | None = None,
+    classnames: Spec | None = None,
+    sample_ids: Spec | None = None,
+) -> dict:
+    """Write one split of a cell from array files; replaces that split only.
+
+    Every check runs before anything is written."""
+    store = store if isinstance(store, Store) else Store(store)
+    _check_names(model, dataset, split)
+    y, zs_arr, ft_arr, zs_where = _load_inputs(labels, zs, ft)
+    n, c = zs_arr.shape
+    ref = _reference_split(store, model, dataset, split, c, ft_arr is not None, zs_where)
+    names = _class_names(store, model, dataset, classnames, c, ref)
+    ids = _sample_ids(store, model, dataset, split, sample_ids, n)
+    meta = {
+        "class_names": list(names),
+        "model": {"name": model, "source": "import", "zs_file": os.fspath(zs),
+                  **({"ft_file": os.fspath(ft)} if ft is not None else {})},
+        "dataset": {"name": dataset, "source": "import"},
+        "templates_hash": None,
+    }
+    cell = store.cell_path(model, dataset)
+    manifest = cf.write_split(cell, split, _split_tables(ids, split, y, zs_arr, ft_arr, meta))
     return {"cell": str(cell), "split": split, "rows": n, "classes": c,
             "has_ft": ft_arr is not None, "manifest": str(manifest)}
 

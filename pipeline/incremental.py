@@ -1,25 +1,25 @@
 """Incremental analysis: per-cell result caches keyed by the content of their inputs.
 
 Every cell's analysis outputs are cached under
-``<store>/results/cells/<model>/<dataset>/`` as ``summary``, ``per_class``, ``priors``
-and ``calibration`` Parquet tables plus ``key.json``, written last. The key hashes
-everything the outputs depend on:
+``<store>/results/cells/<model>/<dataset>/``: one Parquet file per result table the
+analysis returned (any table of ``pipeline.results``) plus ``key.json``, written last.
+The key hashes everything the outputs depend on:
 
 - the cell's inputs: each sealed split's manifest ``write_id`` and row count (a rewrite
   of a split always gets a fresh ``write_id``) and the dataset's class-counts file
   (``Store.content_key``);
 - the analysis options (canonical JSON; a target-prior file by its content hash);
 - the schema version, this cache's format version and a hash of the analysis code
-  (``analyze/*.py``, ``pipeline/analysis.py``, ``pipeline/store.py``,
+  (``analyze/*.py``, ``pipeline/cell_analysis.py``, ``pipeline/store.py``,
   ``pipeline/incremental.py``).
 
 A rerun computes the keys (reads a few small JSON files per cell, no logits), skips
 every cell whose cache carries its key and recomputes only the rest, fanned out over
-the runner. The combined tables ``<store>/results/{summary,per_class,priors,calibration}.parquet``
-are then rebuilt from the current caches, each written to a temporary file and renamed
-(never half-written); if the set of cell keys is unchanged and the tables exist, they
-are left alone, so a no-change rerun does no work. Cells whose logits were deleted
-drop out: their caches are removed.
+the runner. The combined tables ``<store>/results/<table>.parquet`` are then rebuilt
+from the current caches, each written to a temporary file and renamed (never
+half-written); if the set of cell keys is unchanged and the tables exist, they are left
+alone, so a no-change rerun does no work. Cells whose logits were deleted drop out:
+their caches are removed.
 """
 
 from __future__ import annotations
@@ -32,22 +32,29 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gla.analyze import schema
-from gla.analyze.schema import CONTRACT, TABLES
+import polars as pl
+import pyarrow.parquet as pq
 from gla.extract import cellformat as cf
+from gla.pipeline import results
+from gla.pipeline.cell_analysis import CellResult, StoreAnalysisOptions, analyze_cell
 from gla.pipeline.errors import UserError
+from gla.pipeline.runner import CellError, ComputeOptions, Runner
+from gla.pipeline.store import Store
 
 CACHE_VERSION = 1
 KEY_FILE = "key.json"
 COMBINED_FILE = "_combined.json"  # in results/cells/: which cell caches the tables hold
-_CODE_FILES = ("pipeline/analysis.py", "pipeline/store.py", "pipeline/incremental.py")
+_CODE_FILES = ("pipeline/cell_analysis.py", "pipeline/store.py", "pipeline/incremental.py")
 
 Cell = tuple[str, str]
+# What analyses one cell: analyze_cell, or a stand-in returning {table name: DataFrame}.
+AnalyzeFn = Callable[[Store, str, str, Any], "CellResult | Mapping[str, pl.DataFrame]"]
+Log = Callable[[str], None]
 
 
 # --------------------------------------------------------------------------- keys
@@ -85,8 +92,8 @@ def _plain(obj: Any) -> Any:
 def options_fingerprint(options: Any) -> str:
     """Canonical JSON of the options; a target-prior file enters by its content hash.
 
-    Options that know their own fingerprint (``AnalyzeOptions.fingerprint()``: leaves out
-    batch size and threads, which do not change results) provide it."""
+    Options that know their own fingerprint (``StoreAnalysisOptions.fingerprint()``: leaves
+    out batch size and threads, which do not change results) provide it."""
     if callable(getattr(options, "fingerprint", None)):
         return f"{type(options).__name__}:{options.fingerprint()}"
     plain = _plain(options)
@@ -97,8 +104,8 @@ def options_fingerprint(options: Any) -> str:
     return json.dumps(plain, sort_keys=True, default=str)
 
 
-def cell_key(store: Any, model: str, dataset: str, options_fp: str) -> str:
-    """The content key of one cell's analysis outputs."""
+def analysis_key(store: Store, model: str, dataset: str, options_fp: str) -> str:
+    """The content key of one cell's analysis outputs (code, inputs, options)."""
     h = hashlib.sha256()
     h.update(f"code={code_version()}\n".encode())
     h.update(f"inputs={store.content_key(model, dataset)}\n".encode())
@@ -122,16 +129,21 @@ def read_key(store_root: str | Path, model: str, dataset: str) -> dict[str, Any]
     return doc if isinstance(doc, dict) else None
 
 
-def is_current(store_root: str | Path, model: str, dataset: str, key: str) -> bool:
-    doc = read_key(store_root, model, dataset)
-    if not doc or doc.get("key") != key:
+def _cache_complete(store_root: str | Path, cell: Cell, doc: dict[str, Any] | None) -> bool:
+    if not doc:
         return False
-    d = cache_dir(store_root, model, dataset)
+    d = cache_dir(store_root, *cell)
     return all((d / f).exists() for f in doc.get("files", []))
 
 
+def is_current(store_root: str | Path, model: str, dataset: str, key: str) -> bool:
+    doc = read_key(store_root, model, dataset)
+    return bool(doc) and doc.get("key") == key and _cache_complete(store_root, (model, dataset), doc)
+
+
 def write_cell_cache(
-    store_root: str | Path, model: str, dataset: str, key: str, tables: dict[str, Any], info: dict
+    store_root: str | Path, model: str, dataset: str, key: str,
+    tables: Mapping[str, pl.DataFrame], info: dict[str, Any],
 ) -> Path:
     """Write a cell's tables, then its key (last). The old key goes first, so a crash
     in between leaves no key that vouches for tables it does not describe."""
@@ -139,47 +151,34 @@ def write_cell_cache(
     d.mkdir(parents=True, exist_ok=True)
     (d / KEY_FILE).unlink(missing_ok=True)
     files = []
-    for name in TABLES:
-        df = tables.get(name)
-        target = d / f"{name}.parquet"
-        if df is None:
-            target.unlink(missing_ok=True)
-            continue
-        cf.atomic_write_table(target, df.to_arrow() if hasattr(df, "to_arrow") else df)
-        files.append(target.name)
+    for name in results.ordered(tables):
+        cf.atomic_write_table(d / f"{name}.parquet", tables[name].to_arrow())
+        files.append(f"{name}.parquet")
+    for old in d.glob("*.parquet"):  # tables this analysis no longer returns
+        if old.name not in files:
+            old.unlink(missing_ok=True)
     doc = {"key": key, "model": model, "dataset": dataset, "files": files, "written": time.time(), **info}
     cf.atomic_write_bytes(d / KEY_FILE, json.dumps(doc, indent=1, sort_keys=True).encode())
     return d
 
 
 def load_cache(store_root: str | Path, model: str, dataset: str) -> dict[str, Any]:
-    """A cell's cached tables (polars; missing ones None), key and diagnostics."""
-    import polars as pl
-
+    """A cell's cached tables (``tables``: name -> polars), key and diagnostics."""
     doc = read_key(store_root, model, dataset)
     if doc is None:
         raise UserError(f"{cache_dir(store_root, model, dataset)}: no cached results")
     d = cache_dir(store_root, model, dataset)
-    out: dict[str, Any] = {"key": doc.get("key"), "diagnostics": doc.get("diagnostics") or {}}
-    for name in TABLES:
-        f = d / f"{name}.parquet"
-        out[name] = pl.read_parquet(f) if f.exists() else None
-    return out
+    tables = {f[: -len(".parquet")]: pl.read_parquet(d / f) for f in doc.get("files", [])}
+    return {"key": doc.get("key"), "diagnostics": doc.get("diagnostics") or {}, "tables": tables}
 
 
 # --------------------------------------------------------------------------- one cell (worker side)
 
 
-def result_tables(result: Any) -> dict[str, Any]:
-    """The tables of a cell's analysis: a {name: DataFrame} dict, or an object with
-    ``.tables`` (CellResult), attributes or a tuple in ``TABLES`` order."""
-    if hasattr(result, "tables"):
-        result = result.tables
-    if isinstance(result, tuple | list):
-        return dict(zip(TABLES, result, strict=False))
-    if isinstance(result, dict):
-        return {k: result.get(k) for k in TABLES}
-    return {k: getattr(result, k, None) for k in TABLES}
+def cell_tables(result: CellResult | Mapping[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+    """The ``{table name: DataFrame}`` of a cell's analysis (a CellResult or a plain dict)."""
+    tables = result.tables if isinstance(result, CellResult) else result
+    return {k: v for k, v in tables.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -190,8 +189,8 @@ class CellTask:
     model: str
     dataset: str
     key: str
-    options: Any
-    analyze_fn: Callable[..., Any] | None = None
+    options: StoreAnalysisOptions
+    analyze_fn: AnalyzeFn | None = None
 
     @property
     def name(self) -> str:
@@ -201,17 +200,13 @@ class CellTask:
 def run_cell_task(task: CellTask) -> dict[str, Any]:
     """Analyse one cell and write its cache. Runs inside a Dask worker (or in-process)."""
     t0 = time.perf_counter()
-    fn = task.analyze_fn
-    if fn is None:
-        from gla.pipeline.analysis import analyze_cell as fn
-    from gla.pipeline.store import Store
-
+    fn = task.analyze_fn or analyze_cell
     result = fn(Store(task.store), task.model, task.dataset, task.options)
-    tables = result_tables(result)
+    tables = cell_tables(result)
     if tables.get("summary") is None:
         raise RuntimeError("analysis returned no summary table")
     seconds = time.perf_counter() - t0
-    diagnostics = getattr(result, "diagnostics", None) or {}
+    diagnostics = result.diagnostics if isinstance(result, CellResult) else {}
     diagnostics = json.loads(json.dumps(diagnostics, default=str))  # plain JSON
     write_cell_cache(task.store, task.model, task.dataset, task.key, tables,
                      {"seconds": seconds, "diagnostics": diagnostics})
@@ -226,7 +221,7 @@ class AnalyzeSummary:
     cells: list[Cell] = field(default_factory=list)  # live cells considered
     computed: list[Cell] = field(default_factory=list)
     cached: list[Cell] = field(default_factory=list)
-    failed: list[Any] = field(default_factory=list)  # runner.CellError
+    failed: list[CellError] = field(default_factory=list)
     removed: list[Cell] = field(default_factory=list)  # stale caches dropped
     left_out: list[Cell] = field(default_factory=list)  # live cells not in the tables
     not_selected: list[Cell] = field(default_factory=list)  # in the tables with their last results
@@ -268,40 +263,49 @@ def prune_stale(store_root: str | Path, live: Sequence[Cell]) -> list[Cell]:
     return removed
 
 
+def _combined_table(store_root: str | Path, name: str, cells: Sequence[Cell]) -> pl.DataFrame | None:
+    """One combined table from the cells' caches; None for an optional table no cell has."""
+    files = [cache_dir(store_root, m, d) / f"{name}.parquet" for m, d in sorted(cells)]
+    files = [f for f in files if f.exists()]
+    if not files:
+        return None if results.is_optional(name) else results.empty(name)
+    # Lazy scans collected together: polars reads the files in parallel.
+    return pl.concat([pl.scan_parquet(f) for f in files], how="diagonal_relaxed").collect()
+
+
+def _cached_table_names(store_root: str | Path, cells: Sequence[Cell]) -> list[str]:
+    names = set(results.TABLES)
+    for c in cells:
+        names.update(f[: -len(".parquet")] for f in (read_key(store_root, *c) or {}).get("files", []))
+    return results.ordered(names)
+
+
 def combine(store_root: str | Path, cells: Sequence[Cell], keys: dict[Cell, str], *, force: bool = False) -> bool:
     """Rebuild the combined tables from the cells' caches. Returns False when the set of
     cell keys is the one the current tables were built from (nothing written)."""
-    import polars as pl
-
-    results = Path(store_root) / "results"
-    marker = results / "cells" / COMBINED_FILE
+    res = Path(store_root) / "results"
+    marker = res / "cells" / COMBINED_FILE
     doc = {"version": CACHE_VERSION, "cells": {f"{m}/{d}": keys[(m, d)] for m, d in sorted(cells)}}
     if not force and marker.exists():
         try:
             old = json.loads(marker.read_text())
         except ValueError:
             old = None
-        if old == doc and all(_readable(results / f"{n}.parquet") for n in CONTRACT):
+        if old == doc and all(_readable(res / f"{n}.parquet") for n in results.CONTRACT):
             return False
     marker.unlink(missing_ok=True)
     # All tables go to temporary files first; only when every one is written are they
     # renamed into place, so a failure leaves the previous tables untouched.
     staged: dict[Path, Path | None] = {}
-    results.mkdir(parents=True, exist_ok=True)
+    res.mkdir(parents=True, exist_ok=True)
     try:
-        for name in TABLES:
-            files = [cache_dir(store_root, m, d) / f"{name}.parquet" for m, d in sorted(cells)]
-            files = [f for f in files if f.exists()]
-            target = results / f"{name}.parquet"
-            if not files:
-                if schema.table(name).optional:
-                    staged[target] = None
-                    continue
-                df = schema.empty(name)
-            else:
-                # Lazy scans collected together: polars reads the files in parallel.
-                df = pl.concat([pl.scan_parquet(f) for f in files], how="diagonal_relaxed").collect()
-            tmp = results / f".{name}.parquet.{os.getpid()}.staged"
+        for name in _cached_table_names(store_root, cells):
+            df = _combined_table(store_root, name, cells)
+            target = res / f"{name}.parquet"
+            if df is None:
+                staged[target] = None
+                continue
+            tmp = res / f".{name}.parquet.{os.getpid()}.staged"
             staged[target] = tmp
             df.write_parquet(tmp)
         for target, tmp in staged.items():
@@ -319,8 +323,6 @@ def combine(store_root: str | Path, cells: Sequence[Cell], keys: dict[Cell, str]
 
 def _readable(path: Path) -> bool:
     """The file exists and has a valid Parquet footer (cheap: reads the footer only)."""
-    import pyarrow.parquet as pq
-
     try:
         pq.read_metadata(path)
     except Exception:  # noqa: BLE001 - missing, truncated or not Parquet: rebuild it
@@ -339,22 +341,105 @@ def _with_threads(options: Any, threads: int) -> Any:
 SMALL_ROWS = 200_000  # less work than this (rows to analyse) is not worth starting a cluster
 
 
-def _rows(store_root: Path, model: str, dataset: str) -> int:
-    cell = cf.cell_dir(store_root, model, dataset)
-    return sum(int((cf.read_manifest(cell, s) or {}).get("rows", 0)) for s in cf.sealed_splits(cell))
+def _rows(store: Store, model: str, dataset: str) -> int:
+    return sum(store.split_rows(model, dataset).values())
+
+
+def _check_selection(store: Store, live: list[Cell], cells: Sequence[Cell] | None) -> None:
+    if not live:
+        raise UserError(f"{store.root}: no logit cells (logits/<model>/<dataset>/ with a sealed split)")
+    unknown = sorted(set(cells or []) - set(live))
+    if unknown:
+        raise UserError(
+            f"{store.root}: no logit cell {unknown[0][0]}/{unknown[0][1]} (cells present: "
+            + ", ".join(f"{m}/{d}" for m, d in live[:8])
+            + (" …)" if len(live) > 8 else ")")
+        )
+
+
+def _plan(store: Store, options: Any, selected: set[Cell], live: list[Cell], force: bool,
+          analyze_fn: AnalyzeFn | None, summary: AnalyzeSummary) -> tuple[dict[Cell, str], list[CellTask]]:
+    """The selected cells' keys, and a task for each whose cache is not current."""
+    fp = options_fingerprint(options)
+    keys = {c: analysis_key(store, c[0], c[1], fp) for c in live if c in selected}
+    todo = []
+    for c in live:
+        if c not in selected:
+            continue
+        if force or not is_current(store.root, c[0], c[1], keys[c]):
+            todo.append(CellTask(str(store.root), c[0], c[1], keys[c], options, analyze_fn))
+        else:
+            summary.cached.append(c)
+    return keys, todo
+
+
+def _compute(store: Store, todo: list[CellTask], runner: Runner | None,
+             compute: ComputeOptions | None, log: Log | None, summary: AnalyzeSummary) -> None:
+    """Run the tasks on the runner (no cluster for a little work); record the outcomes."""
+    own = runner is None
+    r = Runner(compute, log=log) if own else runner
+    small = len(todo) <= 1 or sum(_rows(store, t.model, t.dataset) for t in todo) < SMALL_ROWS
+    if not r.runs_here(small):
+        todo = [dataclasses.replace(t, options=_with_threads(t.options, r.opts.threads_per_worker)) for t in todo]
+    try:
+        outcomes = r.map(run_cell_task, todo, key=lambda t: t.name, description="analyse", small=small)
+    finally:
+        if own:
+            r.close()
+    for task, out in outcomes:
+        if isinstance(out, CellError):
+            summary.failed.append(out)
+        else:
+            summary.computed.append((task.model, task.dataset))
+
+
+def _included(root: Path, live: list[Cell], selected: set[Cell], keys: dict[Cell, str],
+              summary: AnalyzeSummary) -> dict[Cell, str]:
+    """Cells whose caches go into the tables: selected ones that are current, and the
+    last results of cells not selected."""
+    included: dict[Cell, str] = {}
+    for c in live:
+        if c in selected:
+            if is_current(root, c[0], c[1], keys[c]):
+                included[c] = keys[c]
+            else:
+                summary.left_out.append(c)
+            continue
+        doc = read_key(root, *c)
+        if _cache_complete(root, c, doc):
+            included[c] = str(doc.get("key"))
+            summary.not_selected.append(c)
+        else:
+            summary.left_out.append(c)
+    return included
+
+
+def _log_outcome(summary: AnalyzeSummary, selection_given: bool, log: Log) -> None:
+    for err in summary.failed:
+        log(f"cell {err.key} failed: {err.error}")
+    if summary.not_selected and selection_given:
+        log(f"{len(summary.not_selected)} cell(s) not selected keep their last results")
+    failed = {e.key for e in summary.failed}
+    never = [c for c in summary.left_out if f"{c[0]}/{c[1]}" not in failed]
+    if never:
+        log(
+            f"{len(never)} cell(s) have no results yet and are not in the tables ("
+            + ", ".join(f"{m}/{d}" for m, d in never[:5])
+            + (" …)" if len(never) > 5 else ")")
+        )
 
 
 def analyze_cells(
-    store: Any,
-    options: Any,
+    store: Store | str | os.PathLike,
+    options: StoreAnalysisOptions,
     *,
     cells: Sequence[Cell] | None = None,
-    runner: Any = None,
-    compute: Any = None,
+    runner: Runner | None = None,
+    compute: ComputeOptions | None = None,
     force: bool = False,
     strict: bool = False,
-    analyze_fn: Callable[..., Any] | None = None,
-    log: Callable[[str], None] | None = None,
+    analyze_fn: AnalyzeFn | None = None,
+    log: Log | None = None,
 ) -> AnalyzeSummary:
     """Bring the store's results up to date: analyse the selected cells whose key changed.
 
@@ -369,78 +454,20 @@ def analyze_cells(
     cells; no cluster starts when nothing needs computing, nor for a little work when
     the worker count was left to the runner.
     """
-    from gla.pipeline.runner import CellError, Runner
-    from gla.pipeline.store import Store
-
     t0 = time.perf_counter()
-    store = store if hasattr(store, "content_key") else Store(store)
-    root = Path(store.root)
+    store = store if isinstance(store, Store) else Store(store)
     live = store.cells()
+    _check_selection(store, live, cells)
     summary = AnalyzeSummary(cells=list(live))
-    if not live:
-        raise UserError(f"{root}: no logit cells (logits/<model>/<dataset>/ with a sealed split)")
-    unknown = sorted(set(cells or []) - set(live))
-    if unknown:
-        raise UserError(
-            f"{root}: no logit cell {unknown[0][0]}/{unknown[0][1]} (cells present: "
-            + ", ".join(f"{m}/{d}" for m, d in live[:8])
-            + (" …)" if len(live) > 8 else ")")
-        )
-    summary.removed = prune_stale(root, live)
+    summary.removed = prune_stale(store.root, live)
     selected = set(live if cells is None else cells)
-    fp = options_fingerprint(options)
-    keys = {c: cell_key(store, c[0], c[1], fp) for c in live if c in selected}
-    todo = []
-    for c in live:
-        if c not in selected:
-            continue
-        if force or not is_current(root, c[0], c[1], keys[c]):
-            todo.append(CellTask(str(root), c[0], c[1], keys[c], options, analyze_fn))
-        else:
-            summary.cached.append(c)
+    keys, todo = _plan(store, options, selected, live, force, analyze_fn, summary)
     if todo:
-        own = runner is None
-        r = Runner(compute, log=log) if own else runner
-        small = len(todo) <= 1 or sum(_rows(root, t.model, t.dataset) for t in todo) < SMALL_ROWS
-        if not r.runs_here(small):
-            todo = [dataclasses.replace(t, options=_with_threads(t.options, r.opts.threads_per_worker)) for t in todo]
-        try:
-            outcomes = r.map(run_cell_task, todo, key=lambda t: t.name, description="analyse", small=small)
-        finally:
-            if own:
-                r.close()
-        for task, out in outcomes:
-            if isinstance(out, CellError):
-                summary.failed.append(out)
-            else:
-                summary.computed.append((task.model, task.dataset))
-    included: dict[Cell, str] = {}
-    for c in live:
-        if c in selected:
-            if is_current(root, c[0], c[1], keys[c]):
-                included[c] = keys[c]
-            else:
-                summary.left_out.append(c)
-            continue
-        doc = read_key(root, c[0], c[1])
-        if doc and all((cache_dir(root, *c) / f).exists() for f in doc.get("files", [])):
-            included[c] = str(doc.get("key"))
-            summary.not_selected.append(c)
-        else:
-            summary.left_out.append(c)
+        _compute(store, todo, runner, compute, log, summary)
+    included = _included(store.root, live, selected, keys, summary)
     if not (strict and summary.failed):
-        summary.tables_written = combine(root, list(included), included, force=force)
+        summary.tables_written = combine(store.root, list(included), included, force=force)
     summary.seconds = time.perf_counter() - t0
     if log is not None:
-        for err in summary.failed:
-            log(f"cell {err.key} failed: {err.error}")
-        if summary.not_selected and cells is not None:
-            log(f"{len(summary.not_selected)} cell(s) not selected keep their last results")
-        never = [c for c in summary.left_out if f"{c[0]}/{c[1]}" not in {e.key for e in summary.failed}]
-        if never:
-            log(
-                f"{len(never)} cell(s) have no results yet and are not in the tables ("
-                + ", ".join(f"{m}/{d}" for m, d in never[:5])
-                + (" …)" if len(never) > 5 else ")")
-            )
+        _log_outcome(summary, cells is not None, log)
     return summary

@@ -61,7 +61,7 @@ class CellInfo:
 
 
 @dataclass
-class SplitData:
+class SplitArrays:
     """A split (or a batch of one) as numpy arrays. ``zs``/``ft`` are (N, C) float32."""
 
     labels: np.ndarray | None
@@ -329,7 +329,7 @@ class Store:
         *,
         info: SplitInfo | None = None,
         batch_rows: int = DEFAULT_BATCH_ROWS,
-    ) -> SplitData:
+    ) -> SplitArrays:
         """A whole split in memory. ``columns`` ⊆ label, zs, ft, sample_id (ft skipped if absent).
 
         Decoded batch by batch straight into preallocated arrays: a one-shot
@@ -361,7 +361,7 @@ class Store:
         sample_ids = None
         if "sample_id" in cols:
             sample_ids = pa.chunked_array(ids, type=pa.string())
-        return SplitData(labels=labels, zs=zs, ft=ft, sample_ids=sample_ids, extra=extra)
+        return SplitArrays(labels=labels, zs=zs, ft=ft, sample_ids=sample_ids, extra=extra)
 
     def iter_split(
         self,
@@ -372,7 +372,7 @@ class Store:
         *,
         batch_rows: int = DEFAULT_BATCH_ROWS,
         info: SplitInfo | None = None,
-    ) -> Iterator[SplitData]:
+    ) -> Iterator[SplitArrays]:
         """The split in batches of at most ``batch_rows`` rows (bounded memory).
 
         Each batch records the part file it came from and its first row in that file, so
@@ -388,7 +388,7 @@ class Store:
             offset = 0
             for rb in pf.iter_batches(batch_size=batch_rows, columns=cols, use_threads=True):
                 n = rb.num_rows
-                yield SplitData(
+                yield SplitArrays(
                     labels=_labels_to_numpy(rb.column("label"), f"{f}: column label")
                     if "label" in cols
                     else None,
@@ -458,6 +458,11 @@ class Store:
         path = self.counts_path(dataset)
         cf.atomic_write_table(path, table)
         return path
+
+    def split_rows(self, model: str, dataset: str) -> dict[str, int]:
+        """Rows of every sealed split, from the manifests (reads no parts)."""
+        cell = self.cell_path(model, dataset)
+        return {s: int((cf.read_manifest(cell, s) or {}).get("rows", 0)) for s in cf.sealed_splits(cell)}
 
     # ---- content key
     def content_key(self, model: str, dataset: str) -> str:

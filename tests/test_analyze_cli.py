@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from gla.analyze.synthetic import planted_world, zipf_prior
 from gla.extract import cellformat as cf
-from gla.pipeline.analysis import AnalyzeOptions, analyze_cell
+from gla.pipeline.cell_analysis import StoreAnalysisOptions, analyze_cell
 from gla.pipeline.cli import main
 from gla.pipeline.results import COLUMNS
 from gla.pipeline.store import Store
@@ -132,10 +132,10 @@ def test_accuracies_match_a_direct_numpy_reference(world, capsys):
 
 def test_streaming_batches_and_threads_do_not_change_results(world):
     store, _, _ = world
-    a = analyze_cell(store, "m1", "d", AnalyzeOptions(batch_rows=7, threads=2))
-    b = analyze_cell(str(store), "m1", "d", AnalyzeOptions(batch_rows=100_000, threads=1))
+    a = analyze_cell(store, "m1", "d", StoreAnalysisOptions(batch_rows=7, threads=2))
+    b = analyze_cell(str(store), "m1", "d", StoreAnalysisOptions(batch_rows=100_000, threads=1))
     for name in ("summary", "per_class", "priors"):
-        x, y = getattr(a, name), getattr(b, name)
+        x, y = a.tables[name], b.tables[name]
         assert x.columns == y.columns
         for col in x.columns:
             if x[col].dtype.is_float():
@@ -144,7 +144,7 @@ def test_streaming_batches_and_threads_do_not_change_results(world):
             else:
                 assert x[col].to_list() == y[col].to_list(), f"{name}.{col}"
     assert a.key == b.key
-    assert a.key != analyze_cell(store, "m1", "d", AnalyzeOptions(smoothing=1.0)).key
+    assert a.key != analyze_cell(store, "m1", "d", StoreAnalysisOptions(smoothing=1.0)).key
 
 
 def test_only_replaces_that_cells_rows_and_keeps_others(world, capsys):
@@ -357,11 +357,10 @@ def test_eval_split_is_streamed_in_bounded_batches(world, monkeypatch):
     """analyze_cell never hands evaluate more than batch_rows rows, and holds few at once."""
     import threading
 
-    import gla.analyze.cell  # noqa: F401
-    from gla import analyze
+    from gla.pipeline import cell_analysis
 
     store, _, _ = world
-    real = analyze.cell.evaluate
+    real = cell_analysis.evaluate
     seen, live, peak = [], [0], [0]
     lock = threading.Lock()
 
@@ -377,25 +376,25 @@ def test_eval_split_is_streamed_in_bounded_batches(world, monkeypatch):
             with lock:
                 live[0] -= 1
 
-    monkeypatch.setattr(analyze.cell, "evaluate", spy)
-    res = analyze_cell(store, "m1", "d", AnalyzeOptions(batch_rows=64, threads=2))
+    monkeypatch.setattr(cell_analysis, "evaluate", spy)
+    res = analyze_cell(store, "m1", "d", StoreAnalysisOptions(batch_rows=64, threads=2))
     assert max(seen) <= 64 and sum(seen) == 100 * C
     assert peak[0] <= 2
     assert res.summary["n"].to_list() == [100 * C] * 6
 
 
 def test_options_from_config_mapping():
-    o = AnalyzeOptions.from_mapping(
+    o = StoreAnalysisOptions.from_mapping(
         {"estimators": ["eigen", "gla"], "fit_split": "val", "eval_split": "test",
          "temperature": "none", "smoothing": 0.5, "target_prior": "", "allow_fit_on_eval": False,
          "unrelated": 1}
     )
     assert o.estimators == ("eigen", "gla") and o.temperature is None and o.target_prior is None
     assert o.smoothing == 0.5
-    assert AnalyzeOptions.from_mapping({"temperature": "nll"}).temperature == "nll"
-    assert o.fingerprint() == AnalyzeOptions.from_mapping({"estimators": ["eigen", "gla"],
+    assert StoreAnalysisOptions.from_mapping({"temperature": "nll"}).temperature == "nll"
+    assert o.fingerprint() == StoreAnalysisOptions.from_mapping({"estimators": ["eigen", "gla"],
                                                           "smoothing": 0.5}).fingerprint()
-    assert o.fingerprint() != AnalyzeOptions(estimators=("gla", "eigen"), smoothing=0.5).fingerprint()
+    assert o.fingerprint() != StoreAnalysisOptions(estimators=("gla", "eigen"), smoothing=0.5).fingerprint()
 
 
 def test_unreadable_results_table_is_rebuilt_from_the_cell_caches(world, capsys):
@@ -424,14 +423,14 @@ def test_multi_part_float16_cell_matches_reference(tmp_path):
                                  dtype="float16")
                   for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
         cf.write_split(cf.cell_dir(tmp_path, "m", "d"), split, tables)
-    res = analyze_cell(tmp_path, "m", "d", AnalyzeOptions(batch_rows=50))
+    res = analyze_cell(tmp_path, "m", "d", StoreAnalysisOptions(batch_rows=50))
     zs, y = data["test"]
-    log_pp = np.log(res.priors.sort("class_index")["prior"].to_numpy())
+    log_pp = np.log(res.tables["priors"].sort("class_index")["prior"].to_numpy())
     acc = dict(zip(res.summary["method"].to_list(), res.summary["accuracy"].to_list(), strict=True))
     assert set(acc) == {"zs", "zs_debiased"}
     assert acc["zs"] == pytest.approx(np.mean(zs.argmax(1) == y), abs=1e-12)
     assert acc["zs_debiased"] == pytest.approx(np.mean((zs - log_pp).argmax(1) == y), abs=1e-12)
-    assert res.per_class["class_name"].to_list()[:2] == ["c0", "c1"]
+    assert res.tables["per_class"]["class_name"].to_list()[:2] == ["c0", "c1"]
 
 
 def test_analyze_does_not_trust_a_foreign_combined_marker(world, capsys):

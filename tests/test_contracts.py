@@ -56,7 +56,7 @@ def test_estimator_refuses_unknown_options(world, name):
     with pytest.raises(ValueError, match="has no option 'max_iters'"):
         _fit(world, name, max_iters=1)
     for opt in priors.estimator_options(name):  # its own options are accepted
-        assert opt in ("lr",)
+        assert opt in ("lr", "keep")
 
 
 def test_solver_options_are_refused_where_there_is_no_solver(world):

@@ -179,7 +179,7 @@ def test_reduced_demo_end_to_end(tmp_path, capsys):
 def test_full_demo_shows_what_gla_is_for(tmp_path):
     """The committed world, run in full: the claims the README makes about it."""
     import polars as pl
-    from gla.pipeline.run import run_config
+    from gla.pipeline.matrix_run import run_config
 
     config = demo.demo_config(tmp_path / "store", workers=0)
     assert run_config(config, progress=False, quiet=True).ok

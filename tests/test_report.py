@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from gla.pipeline.analysis import AnalyzeOptions
+from gla.pipeline.cell_analysis import StoreAnalysisOptions
 from gla.pipeline.errors import UserError
 from gla.pipeline.incremental import analyze_cells
 from gla.pipeline.report import gain_table, write_report
@@ -26,7 +26,7 @@ def make_store(root: Path, options=None) -> Path:
     for i, (m, d, ft) in enumerate(CELLS):
         if not (root / "logits" / m / d).exists():
             write_cell(root, m, d, num_classes=12, fit_per_class=10, eval_rows=600, seed=i, ft=ft)
-    analyze_cells(root, options or AnalyzeOptions(estimators=("gla", "eigen")),
+    analyze_cells(root, options or StoreAnalysisOptions(estimators=("gla", "eigen")),
                   runner=Runner(workers=0, quiet=True))
     return root
 
@@ -165,7 +165,7 @@ def test_rebuilt_only_when_tables_change(tmp_path):
     assert written
     assert oct(path.stat().st_mode & 0o044) != "0o0"  # readable by others, not 0600
     assert write_report(root) == (path, False)
-    make_store(root, AnalyzeOptions(estimators=("eigen",)))
+    make_store(root, StoreAnalysisOptions(estimators=("eigen",)))
     assert write_report(root) == (path, True)
     assert "estimators: eigen</p>" in path.read_text()
     _, w = write_report(root, max_cells=1)
@@ -228,3 +228,35 @@ def test_only_changed_cells_figures_are_redrawn(tmp_path):
     assert written
     assert len(before - after) == 1 and len(after - before) == 1
     assert (after - before).pop().startswith("cell-clip-a--animals-")
+
+
+def test_rendering_leaves_no_global_state(report, tmp_path):
+    """Object API only: no pyplot, rcParams untouched, and the umask never changed."""
+    root, _, _ = report
+    code = f"""
+import os, sys, matplotlib
+before = dict(dict.items(matplotlib.rcParams))
+def no_umask(*a):
+    raise AssertionError("os.umask called")
+os.umask = no_umask
+from gla.pipeline.report import write_report
+path, written = write_report({str(root)!r}, {str(tmp_path / 'r.html')!r})
+assert written
+assert "matplotlib.pyplot" not in sys.modules, "pyplot imported"
+assert dict(dict.items(matplotlib.rcParams)) == before, "rcParams changed"
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "r.html").stat().st_mode & 0o777 == 0o666 & ~_current_umask()
+
+
+def _current_umask() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+
+
+def test_method_order_is_the_adjust_registry():
+    from gla.analyze.adjust import METHODS
+    from gla.pipeline.report import METHOD_ORDER
+
+    assert METHOD_ORDER[: len(METHODS)] == tuple(METHODS)

@@ -138,11 +138,11 @@ def test_gla_run_on_a_cluster_then_rerun_does_nothing(tmp_path):
     store = tmp_path / "store"
     assert (store / "report" / "index.html").exists()
     import polars as pl
-    from gla.pipeline.analysis import AnalyzeOptions, analyze_cell
+    from gla.pipeline.cell_analysis import StoreAnalysisOptions, analyze_cell
 
     # The cluster's tables equal an in-process analysis of each cell.
     summary = pl.read_parquet(store / "results" / "summary.parquet")
-    direct = analyze_cell(store, "mb", "da", AnalyzeOptions(estimators=("gla", "eigen")))
+    direct = analyze_cell(store, "mb", "da", StoreAnalysisOptions(estimators=("gla", "eigen")))
     got = summary.filter((pl.col("model") == "mb") & (pl.col("dataset") == "da")).sort("method")
     assert got.select(direct.summary.columns).equals(direct.summary.sort("method"))
     # train_counts were imported for da (and drive prior_downstream), not for db.
@@ -194,7 +194,7 @@ def test_gla_run_extracts_analyses_reports_and_reruns_nothing(tmp_path):
     pytest.importorskip("open_clip")
     from fixtures_tiny_clip import CLASSES, make_tiny_clip
     from gla.pipeline.config import load_config
-    from gla.pipeline.run import run_config
+    from gla.pipeline.matrix_run import run_config
 
     tc = make_tiny_clip(tmp_path / "tc")
     cfg = tmp_path / "run.toml"

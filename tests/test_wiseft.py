@@ -89,12 +89,13 @@ def test_wiseft_columns_interpolate_between_zs_and_ft(tiny_clip, tmp_path):
 
 
 def test_wiseft_rows_in_summary(tiny_clip, tmp_path):
-    from gla.pipeline.analysis import AnalyzeOptions, analyze_store
+    from gla.pipeline.analysis import analyze_store
+    from gla.pipeline.cell_analysis import StoreAnalysisOptions
 
     tc = tiny_clip
     spec = tc.model_spec(finetuned={"imgs": str(tc.finetuned)}, wiseft_alphas=[0, 1])
     extract_cell(tmp_path / "s", spec, _dataset(tc), OPTS, progress=False)
-    res = analyze_store(tmp_path / "s", AnalyzeOptions(), compute=None)
+    res = analyze_store(tmp_path / "s", StoreAnalysisOptions(), compute=None)
     summary = res[0].summary
     rows = {r["method"]: r for r in summary.iter_rows(named=True)}
     assert {"zs", "ft", "gla", "wiseft@0", "wiseft@1"} <= set(rows)

@@ -14,10 +14,17 @@ import argparse
 import math
 import time
 
-from gla.analyze.priors import parse_temperature
+from gla.analyze.priors import ESTIMATORS, parse_temperature
+from gla.pipeline.analysis import analyze_store, select_cells
+from gla.pipeline.cell_analysis import StoreAnalysisOptions
 from gla.pipeline.errors import UserError
+from gla.pipeline.importer import load_array
+from gla.pipeline.preflight import check_store_analysis
+from gla.pipeline.runner import ComputeOptions
+from gla.pipeline.store import Store
 
-DEFAULT_ESTIMATORS = ("gla", "gla-reference", "eigen", "prior-matching", "batch-calibration")
+DEFAULT_ESTIMATORS = ("gla", "gla-reference", "eigen", "prior-matching", "batch-calibration",
+                      "eigen-iterated")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -62,10 +69,7 @@ def _temperature(text: str):
         raise UserError(f"--{e}") from None
 
 
-def options_from_args(args: argparse.Namespace):
-    from gla.analyze.priors import ESTIMATORS
-    from gla.pipeline.analysis import AnalyzeOptions
-
+def options_from_args(args: argparse.Namespace) -> StoreAnalysisOptions:
     estimators = tuple(args.estimators or ("gla",))
     unknown = [e for e in estimators if e not in ESTIMATORS]
     if unknown:
@@ -75,10 +79,8 @@ def options_from_args(args: argparse.Namespace):
     if not math.isfinite(args.smoothing) or args.smoothing < 0:
         raise UserError(f"--smoothing: must be >= 0, got {args.smoothing}")
     if args.target_prior is not None:
-        from gla.pipeline.importer import load_array
-
         load_array(args.target_prior, "target prior", 1)  # fails early, naming the file
-    return AnalyzeOptions(
+    return StoreAnalysisOptions(
         fit_split=args.fit_split,
         eval_split=args.eval_split,
         estimators=estimators,
@@ -122,12 +124,6 @@ def print_summary(results, console=None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gla.pipeline.analysis import analyze_store, select_cells
-    from gla.pipeline.preflight import check_store_analysis
-    from gla.pipeline.results import results_paths
-    from gla.pipeline.runner import ComputeOptions
-    from gla.pipeline.store import Store
-
     options = options_from_args(args)
     store = Store(args.store)
     if not store.root.is_dir():
@@ -144,7 +140,6 @@ def run(args: argparse.Namespace) -> int:
     results = analyze_store(store, options, only=args.only, compute=compute, force=args.force,
                             log=None if args.quiet else (lambda msg: print(f"gla: {msg}")),
                             load_results=not args.quiet)
-    paths = results_paths(store)
     if not args.quiet:
         print_summary(results)
         for r in results:
@@ -157,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
                     print(f"note: {r.model}/{r.dataset} estimator {name}: "
                           f"{est.get('message') or 'did not converge'}")
         run = results.run
-        print(f"wrote {paths['summary'].parent} ({len(results)} cell(s): "
+        print(f"wrote {store.results_dir} ({len(results)} cell(s): "
               f"{len(run.computed)} analysed, {len(run.cached)} unchanged; "
               f"tables {'rebuilt' if run.tables_written else 'unchanged'}; "
               f"{time.perf_counter() - t0:.2f} s)")

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     import polars as pl
     from gla.pipeline import demo
     from gla.pipeline.errors import UserError
-    from gla.pipeline.run import run_config
+    from gla.pipeline.matrix_run import run_config
 
     if args.rebuild_assets:
         from gla.extract.demo import build_assets

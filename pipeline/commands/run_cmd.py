@@ -54,8 +54,8 @@ def parse_overrides(items: list[str]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from gla.pipeline.config import load_config
+    from gla.pipeline.matrix_run import run_config
     from gla.pipeline.preflight import check_config
-    from gla.pipeline.run import run_config
 
     overrides = parse_overrides(args.set)
     if args.workers is not None:

@@ -25,12 +25,22 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gla.extract import cellformat as cf
+from gla.extract.run import extract_cell
+from gla.pipeline.cell_analysis import StoreAnalysisOptions
+from gla.pipeline.config import CellFilter, Config, DatasetSpec, ModelSpec, model_dict
 from gla.pipeline.errors import UserError
+from gla.pipeline.importer import import_counts
+from gla.pipeline.incremental import AnalyzeSummary, analyze_cells
+from gla.pipeline.lock import store_lock
+from gla.pipeline.report import write_report
+from gla.pipeline.runner import CellError, Runner
+from gla.pipeline.store import Store
 
 STAGES = ("extract", "analyze", "report")
 
@@ -42,10 +52,10 @@ class RunSummary:
     extracted: list[tuple[str, str]] = field(default_factory=list)  # extract ran (wrote or checked)
     extract_skipped: list[tuple[str, str]] = field(default_factory=list)  # fast path: unchanged
     counts_written: list[str] = field(default_factory=list)
-    analysis: Any = None  # incremental.AnalyzeSummary
+    analysis: AnalyzeSummary | None = None
     report: Path | None = None
     report_written: bool = False
-    failed: list[Any] = field(default_factory=list)  # runner.CellError
+    failed: list[CellError] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -142,8 +152,6 @@ class ExtractTask:
 
 def run_extract_task(task: ExtractTask) -> dict:
     """One cell's extraction (inside a worker). Extract errors become one-line messages."""
-    from gla.extract.run import extract_cell
-
     threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     if threads > 0:
         import torch
@@ -167,9 +175,6 @@ def import_train_counts(store: Path, dataset: dict) -> bool:
     path = Path(src)
     if not path.exists():
         raise UserError(f"datasets[{dataset['name']!r}].train_counts: file {src} not found")
-    from gla.pipeline.importer import import_counts
-    from gla.pipeline.store import Store
-
     st = Store(store)
     names = list(dataset.get("class_names") or [])
     sig = {"src": str(path), "sha": cf.file_sha256(path), "names": cf.text_hash(names)}
@@ -193,30 +198,26 @@ def import_train_counts(store: Path, dataset: dict) -> bool:
 # --------------------------------------------------------------------------- run
 
 
-def analysis_options(config: Any) -> Any:
-    from gla.pipeline.analysis import AnalyzeOptions
+def analysis_options(config: Config) -> StoreAnalysisOptions:
+    return StoreAnalysisOptions.from_mapping(config.analysis.model_dump())
 
-    return AnalyzeOptions.from_mapping(config.analysis.model_dump())
+
+Pair = tuple[ModelSpec, DatasetSpec]
 
 
 def run_config(
-    config: Any,
+    config: Config,
     *,
-    only: Any = None,
+    only: str | list[str] | CellFilter | None = None,
     stages: tuple[str, ...] | list[str] = STAGES,
     force: bool = False,
     workers: int | None = None,
     scheduler: str | None = None,
     progress: bool = True,
     quiet: bool = False,
-    runner: Any = None,
+    runner: Runner | None = None,
 ) -> RunSummary:
     """Run ``stages`` for every (selected) cell of ``config`` that needs it."""
-    from gla.pipeline.config import CellFilter, model_dict
-    from gla.pipeline.incremental import analyze_cells
-    from gla.pipeline.lock import store_lock
-    from gla.pipeline.runner import CellError, Runner
-
     bad = [s for s in stages if s not in STAGES]
     if bad:
         raise UserError(f"--stages: unknown stage {bad[0]!r} (stages: {', '.join(STAGES)})")
@@ -236,41 +237,14 @@ def run_config(
 
     own = runner is None
     runner = runner or Runner(config.compute, workers=workers, scheduler=scheduler, progress=progress, quiet=quiet)
+    stage_fns = {"extract": _stage_extract, "analyze": _stage_analyze, "report": _stage_report}
     try:
         with store_lock(store, "gla run"):
-            if "extract" in stages:
-                t = time.perf_counter()
-                _stage_extract(config, pairs, store, force, runner, summary, model_dict, log)
-                summary.seconds["extract"] = time.perf_counter() - t
-            if "analyze" in stages:
-                t = time.perf_counter()
-                for d in {d.name: d for _, d in pairs}.values():
-                    if import_train_counts(store, d.model_dump()):
-                        summary.counts_written.append(d.name)
-                from gla.pipeline.store import Store
-
-                have = set(Store(store).cells())
-                missing = [c for c in summary.cells if c not in have]
-                failed_keys = {e.key for e in summary.failed}
-                for m, d in missing:
-                    if f"{m}/{d}" not in failed_keys:
-                        summary.failed.append(CellError(f"{m}/{d}", "no logits in the store (extract it first)"))
-                selected = [c for c in summary.cells if c in have]
-                if have:  # selected ⊆ have; none selected: the tables keep the last results
-                    summary.analysis = analyze_cells(
-                        store, analysis_options(config), cells=selected, runner=runner, force=force, log=log
-                    )
-                    summary.failed += summary.analysis.failed
-                summary.seconds["analyze"] = time.perf_counter() - t
-            if "report" in stages:
-                t = time.perf_counter()
-                from gla.pipeline.report import write_report
-
-                if (store / "results" / "summary.parquet").exists():
-                    summary.report, summary.report_written = write_report(store, force=force)
-                else:
-                    log("report: no results tables yet; skipped")
-                summary.seconds["report"] = time.perf_counter() - t
+            for stage in STAGES:
+                if stage in stages:
+                    t = time.perf_counter()
+                    stage_fns[stage](config, pairs, store, force, runner, summary, log)
+                    summary.seconds[stage] = time.perf_counter() - t
     finally:
         if own:
             runner.close()
@@ -278,7 +252,34 @@ def run_config(
     return summary
 
 
-def _stage_extract(config, pairs, store, force, runner, summary, model_dict, log) -> None:
+def _stage_analyze(config: Config, pairs: list[Pair], store: Path, force: bool, runner: Runner,
+                   summary: RunSummary, log: Callable[[str], None]) -> None:
+    for d in {d.name: d for _, d in pairs}.values():
+        if import_train_counts(store, d.model_dump()):
+            summary.counts_written.append(d.name)
+    have = set(Store(store).cells())
+    failed_keys = {e.key for e in summary.failed}
+    for m, d in summary.cells:
+        if (m, d) not in have and f"{m}/{d}" not in failed_keys:
+            summary.failed.append(CellError(f"{m}/{d}", "no logits in the store (extract it first)"))
+    selected = [c for c in summary.cells if c in have]
+    if have:  # selected ⊆ have; none selected: the tables keep the last results
+        summary.analysis = analyze_cells(
+            store, analysis_options(config), cells=selected, runner=runner, force=force, log=log
+        )
+        summary.failed += summary.analysis.failed
+
+
+def _stage_report(config: Config, pairs: list[Pair], store: Path, force: bool, runner: Runner,
+                  summary: RunSummary, log: Callable[[str], None]) -> None:
+    if (store / "results" / "summary.parquet").exists():
+        summary.report, summary.report_written = write_report(store, force=force)
+    else:
+        log("report: no results tables yet; skipped")
+
+
+def _stage_extract(config: Config, pairs: list[Pair], store: Path, force: bool, runner: Runner,
+                   summary: RunSummary, log: Callable[[str], None]) -> None:
     opts = config.extract.model_dump()
     tasks = []
     for m, d in pairs:
@@ -300,8 +301,6 @@ def _stage_extract(config, pairs, store, force, runner, summary, model_dict, log
             f"extract stage: {len(tasks)} cell(s) need extraction but torch/open_clip are not "
             "installed (pip install 'gla-pipeline[extract]', or run --stages analyze,report)"
         )
-    from gla.pipeline.runner import CellError
-
     for task, out in runner.map(run_extract_task, tasks, key=lambda t: t.name, description="extract"):
         cell = (task.model["name"], task.dataset["name"])
         if isinstance(out, CellError):

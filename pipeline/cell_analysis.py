@@ -1,0 +1,425 @@
+"""One cell of a store, analysed: fit priors on the fit split, stream the eval split.
+
+``analyze_cell(store, model, dataset, options)`` is a pure top-level function of
+picklable arguments (a ``Store``, two names, a frozen ``StoreAnalysisOptions``), so a Dask
+worker can run it. The fit split is loaded whole (it is small: tens of samples per class);
+the eval split is streamed in row batches through ``analyze.cell.evaluate`` and reduced
+with mergeable tallies, so memory does not grow with the eval split's size. It returns a
+``CellResult`` whose ``tables`` is ``{table name: polars.DataFrame}``; the per-cell cache
+and the publication handle those tables generically.
+
+This is the worker layer; the store-wide entry point is ``pipeline.analysis``. Bad input
+raises ``UserError`` with one line naming the file and column.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from gla.analyze.cell import AnalysisOptions, FittedPriors, build_tables, evaluate, fit_priors
+from gla.analyze.priors import LABEL_FREE, parse_temperature
+from gla.analyze.stats import Tally
+from gla.pipeline.errors import UserError
+from gla.pipeline.importer import load_array
+from gla.pipeline.store import DEFAULT_BATCH_ROWS, CellInfo, SplitArrays, SplitInfo, Store
+
+Locate = Callable[[int], tuple[Path, int]]
+
+
+@dataclass(frozen=True)
+class StoreAnalysisOptions:
+    """What ``gla analyze`` does to each cell of a store: which splits, which estimators,
+    which files, and how it reads them (mirrors the config's ``[analysis]`` table).
+
+    ``analyze.cell.AnalysisOptions`` is its arrays-only core (``core()`` builds it)."""
+
+    fit_split: str = "val"
+    eval_split: str = "test"
+    estimators: tuple[str, ...] = ("gla",)  # first = primary
+    temperature: str | float | None = None  # None | "confidence" | "nll" | a number
+    smoothing: float = 0.0
+    target_prior: str | None = None  # path to a (C,) prior file
+    allow_fit_on_eval: bool = False
+    batch_rows: int = DEFAULT_BATCH_ROWS  # eval rows per streamed batch
+    threads: int = 0  # evaluation threads per cell; 0 = min(2, cpu count)
+
+    @classmethod
+    def from_mapping(cls, d: dict[str, Any] | None, **overrides: Any) -> StoreAnalysisOptions:
+        """From a config dict (``Config.analysis.model_dump()``); "none"/"" mean unset."""
+        d = {**(d or {}), **overrides}
+        known = {f for f in cls.__dataclass_fields__}
+        kw = {k: v for k, v in d.items() if k in known}
+        if "estimators" in kw:
+            est = kw["estimators"]
+            kw["estimators"] = (est,) if isinstance(est, str) else tuple(est)
+        if "temperature" in kw:
+            try:
+                kw["temperature"] = parse_temperature(kw["temperature"])
+            except ValueError as e:
+                raise UserError(f"analysis.{e}") from None
+        if kw.get("target_prior") in ("", None):
+            kw["target_prior"] = None
+        else:
+            kw["target_prior"] = os.fspath(kw["target_prior"])
+        return cls(**kw)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes results (not batch_rows/threads)."""
+        d = asdict(self)
+        d.pop("batch_rows")
+        d.pop("threads")
+        if self.target_prior:
+            try:
+                with open(self.target_prior, "rb") as f:
+                    d["target_prior_sha"] = hashlib.sha256(f.read()).hexdigest()
+            except OSError:
+                d["target_prior_sha"] = "missing"
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def core(self, target_prior: np.ndarray | None) -> AnalysisOptions:
+        return AnalysisOptions(
+            estimators=tuple(self.estimators),
+            temperature=self.temperature,
+            smoothing=float(self.smoothing),
+            target_prior=target_prior,
+        )
+
+
+@dataclass
+class CellResult:
+    """One cell's analysis: its result tables by name, its input key and diagnostics."""
+
+    model: str
+    dataset: str
+    tables: dict[str, pl.DataFrame]
+    key: str  # content key of the cell's inputs + options fingerprint
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> pl.DataFrame:
+        return self.tables["summary"]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_finite(x: np.ndarray, locate: Locate, column: str) -> None:
+    """Raise on NaN/Inf. Fast path: one float32 reduction; the exact scan only on failure."""
+    if np.isfinite(np.add.reduce(x.reshape(-1))):
+        return
+    bad = ~np.isfinite(x)
+    if not bad.any():  # the sum overflowed on huge but finite values
+        return
+    r, c = (int(v) for v in np.argwhere(bad)[0])
+    f, rr = locate(r)
+    raise UserError(f"{f}: column {column} has NaN/Inf (row {rr}, class {c})")
+
+
+def _check_labels(y: np.ndarray, c: int, locate: Locate, split: str, allow_unknown: bool) -> None:
+    lo = -1 if allow_unknown else 0
+    if len(y) == 0:
+        return
+    mn, mx = int(y.min()), int(y.max())
+    if mn >= lo and mx < c:
+        return
+    bad = np.flatnonzero((y < lo) | (y >= c))
+    r = int(bad[0])
+    f, rr = locate(r)
+    if int(y[r]) == -1:
+        raise UserError(
+            f"{f}: column label is -1 (unknown) at row {rr}; split {split!r} needs labels"
+        )
+    raise UserError(f"{f}: column label {int(y[r])} at row {rr} is out of range [0, {c - 1}]")
+
+
+def _id_hashes(store: Store, model: str, dataset: str, splits: list[str]) -> np.ndarray:
+    hashes = []
+    for split in splits:
+        for f, ids in store.read_sample_ids(model, dataset, split):
+            col = pl.Series(ids.cast(pa.string()))
+            if col.null_count():
+                raise UserError(f"{f}: column sample_id is missing (null) at row {int(col.is_null().arg_true()[0])}")
+            hashes.append(col.hash(seed=0).to_numpy())
+    return np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+
+
+def _check_sample_ids(store: Store, model: str, dataset: str, splits: Iterable[str]) -> None:
+    """Sample ids must be present and unique across the cell's splits.
+
+    Only a 64-bit hash per row is kept (8 bytes, not the strings), so a multi-million-row
+    cell stays within a worker's memory; rows whose hashes collide are re-read and compared
+    as strings, so a hash collision is never reported as a duplicate.
+    """
+    splits = list(dict.fromkeys(splits))
+    h = _id_hashes(store, model, dataset, splits)
+    hs = np.sort(h)
+    suspects = np.unique(hs[1:][hs[1:] == hs[:-1]])
+    if suspects.size == 0:
+        return
+    seen: dict[str, tuple[Path, int]] = {}  # id -> (part file, row in it)
+    row = 0
+    for split in splits:
+        for f2, ids in store.read_sample_ids(model, dataset, split):
+            n = len(ids)
+            for r2 in np.flatnonzero(np.isin(h[row : row + n], suspects)).tolist():
+                sid = ids[r2].as_py()
+                if sid in seen:
+                    f1, r1 = seen[sid]
+                    where = f"rows {r1} and {r2}" if f1 == f2 else f"row {r1} and {f2} row {r2}"
+                    raise UserError(f"{f1}: column sample_id has duplicate id {sid!r} ({where})")
+                seen[sid] = (f2, r2)
+            row += n
+
+
+def _load_target_prior(path: str, c: int) -> np.ndarray:
+    arr, where = load_array(path, "target prior", 1)
+    if arr.dtype.kind not in "iuf":
+        raise UserError(f"{where}: target prior must be numbers, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if len(arr) != c:
+        raise UserError(f"{where}: target prior has {len(arr)} values but the cell has {c} classes")
+    if not np.isfinite(arr).all() or (arr <= 0).any():
+        raise UserError(f"{where}: target prior values must be finite and > 0")
+    return arr / arr.sum()
+
+
+def _check_options(options: StoreAnalysisOptions) -> None:
+    if options.fit_split == options.eval_split and not options.allow_fit_on_eval:
+        raise UserError(
+            f"--fit-split and --eval-split are both {options.fit_split!r}: fitting priors on the eval "
+            "split leaks; pass --allow-fit-on-eval to do it anyway"
+        )
+    if not options.estimators:
+        raise UserError("--estimator: give at least one estimator")
+
+
+def _class_counts(store: Store, info: CellInfo, smoothing: float) -> np.ndarray | None:
+    counts_obj = store.read_class_counts(info.dataset)
+    if counts_obj is None:
+        return None
+    c = info.num_classes
+    if len(counts_obj.counts) != c:
+        raise UserError(
+            f"{counts_obj.path}: column count has {len(counts_obj.counts)} classes but cell "
+            f"{info.model}/{info.dataset} has {c}"
+        )
+    counts = counts_obj.counts
+    empty = np.flatnonzero(counts + smoothing == 0)
+    if len(empty):  # log π_s would be −inf; name the counts file and the option, not the fit split
+        k = int(empty[0])
+        raise UserError(
+            f"{counts_obj.path}: column count is 0 for class {k} ({info.class_names[k]!r}); "
+            "log π_s is -inf: pass --smoothing > 0"
+        )
+    return counts
+
+
+# --------------------------------------------------------------------------- fit split
+
+
+def _fit(store: Store, info: CellInfo, fit_info: SplitInfo, options: StoreAnalysisOptions,
+         counts: np.ndarray | None, core: AnalysisOptions) -> FittedPriors:
+    """Load the fit split (labels + zs), check it, fit every estimator."""
+    c, split = info.num_classes, options.fit_split
+    labelled = any(e not in LABEL_FREE for e in options.estimators)
+    fit = store.read_split(info.model, info.dataset, split, columns=("label", "zs"), info=fit_info)
+
+    def locate(r: int) -> tuple[Path, int]:
+        return Store.locate_row(fit_info, r)
+
+    _check_labels(fit.labels, c, locate, split, allow_unknown=not labelled)
+    if labelled:
+        missing = np.flatnonzero(np.bincount(fit.labels, minlength=c) == 0)
+        if len(missing):
+            k = int(missing[0])
+            where = fit_info.files[0] if len(fit_info.files) == 1 else fit_info.files[0].parent
+            more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+            raise UserError(
+                f"{where}: column label has no sample of class {k} ({info.class_names[k]!r}){more} "
+                f"in fit split {split!r}; every class needs at least one"
+            )
+    try:
+        return fit_priors(fit.zs, fit.labels, c, class_counts=counts, options=core)
+    except (KeyError, ValueError) as e:
+        _check_finite(fit.zs, locate, "zs")  # name file, row and class if that was it
+        raise UserError(f"{fit_info.files[0]}: prior fit failed: {e}") from None
+
+
+# --------------------------------------------------------------------------- eval split
+
+
+def _merge(total: dict[str, Tally] | None, part: dict[str, Tally]) -> dict[str, Tally]:
+    if total is None:
+        return dict(part)
+    return {m: total[m].merge(part[m]) for m in total}
+
+
+def _threads(options: StoreAnalysisOptions) -> int:
+    if options.threads and options.threads > 0:
+        return int(options.threads)
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def _tally_batch(b: SplitArrays, fitted: FittedPriors, core: AnalysisOptions, c: int,
+                 split: str) -> tuple[dict[str, Tally], int]:
+    """One batch's tallies and its count of unknown (-1) labels."""
+    def locate(r: int) -> tuple[Path, int]:
+        return b.file, b.row_offset + r
+
+    _check_labels(b.labels, c, locate, split, allow_unknown=True)
+    unknown = int(np.count_nonzero(b.labels < 0))
+    if unknown == len(b):
+        return {}, unknown
+    try:
+        return evaluate([(b.zs, b.ft, b.labels, b.extra)], fitted, core), unknown
+    except ValueError as e:
+        _check_finite(b.zs, locate, "zs")
+        if b.ft is not None:
+            _check_finite(b.ft, locate, "ft")
+        for col, x in b.extra.items():
+            _check_finite(x, locate, col)
+        raise UserError(f"{b.file}: {e}") from None
+
+
+def _stream_eval(batches: Iterator[SplitArrays], fitted: FittedPriors, core: AnalysisOptions,
+                 info: SplitInfo, split: str, threads: int) -> tuple[dict[str, Tally] | None, int, int]:
+    """Validate and tally the eval split batch by batch; at most threads+1 batches in memory.
+
+    Returns (tallies, rows read, rows with unknown label -1, which evaluate skips).
+    ``analyze.cell.evaluate`` already scans every chunk for NaN/Inf (max/min); only when it
+    refuses a chunk do we re-scan it to name the file, column and row. Results are merged
+    in batch order, so the figures do not depend on thread timing.
+    """
+    total: dict[str, Tally] | None = None
+    n = unknown = 0
+
+    def add(res: tuple[dict[str, Tally], int]) -> None:
+        nonlocal total, unknown
+        tallies, u = res
+        unknown += u
+        if tallies:
+            total = _merge(total, tallies)
+
+    def work(b: SplitArrays) -> tuple[dict[str, Tally], int]:
+        return _tally_batch(b, fitted, core, info.num_classes, split)
+
+    if threads <= 1:
+        for b in batches:
+            n += len(b)
+            add(work(b))
+        return total, n, unknown
+    with ThreadPoolExecutor(threads, thread_name_prefix="gla-eval") as ex:
+        pending: deque = deque()
+        try:
+            for b in batches:
+                n += len(b)
+                pending.append(ex.submit(work, b))
+                while len(pending) > threads:
+                    add(pending.popleft().result())
+            while pending:
+                add(pending.popleft().result())
+        finally:
+            for fut in pending:
+                fut.cancel()
+    return total, n, unknown
+
+
+# --------------------------------------------------------------------------- one cell
+
+
+class _Clock:
+    """Wall and process-CPU seconds per stage (CPU time is robust to a shared machine)."""
+
+    def __init__(self) -> None:
+        self.marks = [(time.perf_counter(), time.process_time())]
+
+    def mark(self) -> None:
+        self.marks.append((time.perf_counter(), time.process_time()))
+
+    def seconds(self, names: tuple[str, ...]) -> tuple[dict[str, float], dict[str, float]]:
+        m = self.marks
+        wall = {n: m[i + 1][0] - m[i][0] for i, n in enumerate(names)}
+        cpu = {n: m[i + 1][1] - m[i][1] for i, n in enumerate(names)}
+        return wall, cpu
+
+
+def _diagnostics(fit_info: SplitInfo, info: CellInfo, n_eval: int, n_unknown: int,
+                 fitted: FittedPriors, clock: _Clock) -> dict[str, Any]:
+    wall, cpu = clock.seconds(("read_fit+checks", "fit", "eval", "tables"))
+    return {
+        "fit_rows": fit_info.rows,
+        "eval_rows": n_eval,
+        "eval_rows_unlabelled": n_unknown,
+        "classes": info.num_classes,
+        "has_ft": info.has_ft,
+        "seconds": wall,
+        "cpu_seconds": cpu,
+        "estimates": {
+            name: {"iterations": est.iterations, "objective": est.objective,
+                   "converged": est.converged, "message": est.message}
+            for name, est in fitted.estimates.items()
+        },
+    }
+
+
+def _split_infos(store: Store, info: CellInfo, options: StoreAnalysisOptions) -> tuple[SplitInfo, SplitInfo]:
+    fit_info = store.split_info(info.model, info.dataset, options.fit_split)
+    eval_info = store.split_info(info.model, info.dataset, options.eval_split)
+    if eval_info.rows == 0:
+        raise UserError(f"{eval_info.files[0]}: split {options.eval_split!r} has no rows")
+    if fit_info.rows == 0:
+        raise UserError(f"{fit_info.files[0]}: split {options.fit_split!r} has no rows")
+    return fit_info, eval_info
+
+
+def analyze_cell(
+    store: Store | str | os.PathLike, model: str, dataset: str,
+    options: StoreAnalysisOptions | None = None,
+) -> CellResult:
+    """Fit priors on ``options.fit_split``, evaluate every method on ``options.eval_split``."""
+    options = options or StoreAnalysisOptions()
+    store = store if isinstance(store, Store) else Store(store)
+    clock = _Clock()
+    _check_options(options)
+    info = store.cell_info(model, dataset)
+    # Key of the inputs as found before reading anything (a rewrite during the run changes it).
+    key = hashlib.sha256(
+        f"{store.content_key(model, dataset)}:{options.fingerprint()}".encode()
+    ).hexdigest()[:24]
+    fit_info, eval_info = _split_infos(store, info, options)
+    counts = _class_counts(store, info, options.smoothing)
+    target = _load_target_prior(options.target_prior, info.num_classes) if options.target_prior else None
+    _check_sample_ids(store, model, dataset, (options.fit_split, options.eval_split))
+    core = options.core(target)
+    clock.mark()
+    fitted = _fit(store, info, fit_info, options, counts, core)
+    clock.mark()
+    batches = store.iter_split(model, dataset, options.eval_split,
+                               columns=("label", "zs", "ft", *eval_info.extra_logits),
+                               batch_rows=options.batch_rows, info=eval_info)
+    tallies, n_eval, n_unknown = _stream_eval(batches, fitted, core, eval_info, options.eval_split,
+                                              _threads(options))
+    if tallies is None:
+        raise UserError(
+            f"{eval_info.files[0]}: column label is -1 (unknown) in every row of eval split "
+            f"{options.eval_split!r}; evaluation needs labels"
+        )
+    clock.mark()
+    tables = build_tables(
+        model, dataset, options.eval_split, list(info.class_names), fitted, tallies, class_counts=counts
+    )
+    clock.mark()
+    return CellResult(model, dataset, tables, key,
+                      _diagnostics(fit_info, info, n_eval, n_unknown, fitted, clock))

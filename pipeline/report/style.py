@@ -1,0 +1,46 @@
+"""Names, colours and marker shapes the report uses for methods and estimators."""
+
+from __future__ import annotations
+
+from gla.analyze.adjust import METHODS
+
+# The methods in the order every table and plot shows them: adjust's registry first,
+# then the variants it does not list (gla_tp, wiseft@α), by name.
+METHOD_ORDER: tuple[str, ...] = tuple(METHODS)
+
+METHOD_LABEL = {
+    "zs": "zero-shot",
+    "zs_debiased": "zero-shot − log π̂p",
+    "ft": "fine-tuned",
+    "ft_la": "fine-tuned − log πs (LA)",
+    "ensemble": "zs + ft",
+    "gla": "GLA",
+}
+METHOD_COLOR = {
+    "zs": "#8c8c8c",
+    "zs_debiased": "#4c72b0",
+    "ft": "#dd8452",
+    "ft_la": "#937860",
+    "ensemble": "#8172b3",
+    "gla": "#c44e52",
+}
+# Estimators are drawn hollow, each with its own shape and a size that shrinks down the
+# list, so estimators with the same estimate show as concentric marks instead of hiding
+# each other.
+ESTIMATOR_MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*")
+ESTIMATOR_COLORS = ("#c44e52", "#4c72b0", "#55a868", "#8172b3", "#dd8452", "#937860", "#da8bc3", "#8c8c8c")
+
+FONT = {"title": 9, "label": 8, "tick": 7, "legend": 7, "note": 7}
+
+
+def label(method: str) -> str:
+    return METHOD_LABEL.get(method, method)
+
+
+def color(method: str) -> str | None:
+    return METHOD_COLOR.get(method)
+
+
+def ordered_methods(present) -> list[str]:
+    present = set(present)
+    return [m for m in METHOD_ORDER if m in present] + sorted(present - set(METHOD_ORDER))

@@ -1,0 +1,114 @@
+"""Writing the report: only when its input changed, redrawing only the changed cells.
+
+The report is rebuilt only when the tables change (``report/.index.html.key.json`` holds
+a hash of the tables and of this package's code), so a no-change rerun is instant.
+Per-cell figures are cached beside the page, keyed by the cell's rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from gla.extract import cellformat as cf
+from gla.pipeline.report import figures, page
+from gla.pipeline.report.tables import READ, ReportData, load_tables, tables_digest
+
+REPORT_VERSION = 2
+_PACKAGE = Path(__file__).resolve().parent
+
+
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """Hash of the report package's source: a code change redraws everything."""
+    h = hashlib.sha256()
+    for f in sorted(_PACKAGE.glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def tables_key(store: str | os.PathLike) -> str:
+    """Hash of the tables' bytes and this package's code: the report's content key."""
+    h = tables_digest(Path(store))
+    h.update(f"report={REPORT_VERSION};code={code_digest()}".encode())
+    return h.hexdigest()[:24]
+
+
+def cell_digest(model: str, dataset: str, data: ReportData) -> str:
+    h = hashlib.sha256(f"{REPORT_VERSION}:{code_digest()}".encode())
+    for name in READ:
+        part = data.cell(name, model, dataset)
+        if part is None:
+            h.update(b"-")
+            continue
+        h.update(",".join(f"{c}:{t}" for c, t in part.schema.items()).encode())
+        h.update(part.hash_rows(seed=0).to_numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+class FigureCache:
+    """Per-cell figures kept beside the report (``.<name>.figures/``), keyed by a hash of
+    the cell's rows in every table and of this package: a rerun after one cell changed
+    redraws only that cell's figure. Unused entries are removed after each render."""
+
+    def __init__(self, folder: Path | None, data: ReportData):
+        self.folder = folder
+        self.data = data
+        self.used: set[str] = set()
+
+    def draw(self, model: str, dataset: str) -> str:
+        return figures.png_b64(page.cell_figure(self.data, model, dataset), dpi=80)
+
+    def get(self, model: str, dataset: str) -> str:
+        if self.folder is None:
+            return self.draw(model, dataset)
+        name = f"{page.anchor(model, dataset)}-{cell_digest(model, dataset, self.data)}.png"
+        self.used.add(name)
+        path = self.folder / name
+        try:
+            return base64.b64encode(path.read_bytes()).decode("ascii")
+        except OSError:
+            pass
+        b64 = self.draw(model, dataset)
+        cf.atomic_write_bytes(path, base64.b64decode(b64))
+        return b64
+
+    def prune(self) -> None:
+        if self.folder is not None and self.folder.is_dir():
+            for f in self.folder.glob("*.png"):
+                if f.name not in self.used:
+                    f.unlink(missing_ok=True)
+
+
+def write_report(
+    store: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    max_cells: int = page.DEFAULT_MAX_CELLS,
+    force: bool = False,
+) -> tuple[Path, bool]:
+    """Write the report (atomically). Returns (path, written); ``written`` is False when
+    the tables are unchanged since the report at ``path`` was made."""
+    store = Path(store)
+    path = Path(out) if out else store / "report" / "index.html"
+    key = f"{tables_key(store)}-{max_cells}"
+    marker = path.parent / f".{path.name}.key.json"
+    if not force and path.exists() and marker.exists():
+        try:
+            if json.loads(marker.read_text()).get("key") == key:
+                return path, False
+        except ValueError:
+            pass
+    data = load_tables(store)
+    cache = FigureCache(path.parent / f".{path.stem}.figures", data)
+    html = page.render(data, max_cells=max_cells, figures_for=cache.get)
+    marker.unlink(missing_ok=True)
+    cf.atomic_write_bytes(path, html.encode("utf-8"))  # 0666 & ~umask: for sharing
+    cf.atomic_write_bytes(marker, json.dumps({"key": key}).encode())
+    cache.prune()
+    return path, True
+
