@@ -85,7 +85,8 @@ def fit_priors(zs_fit, y_fit, num_classes: int, class_counts=None, options: Anal
     return FittedPriors(estimates[names[0]].prior, estimates, pi_s, names[0])
 
 
-def evaluate(chunks: Iterable[tuple], fitted: FittedPriors, options: AnalysisOptions | None = None) -> dict[str, stats.Tally]:
+def evaluate(chunks: Iterable[tuple], fitted: FittedPriors, options: AnalysisOptions | None = None,
+             predictions: dict[str, list] | None = None) -> dict[str, stats.Tally]:
     """Merge per-method tallies over (zs, ft | None, labels[, extra]) chunks of the eval split.
 
     ``extra`` maps further classifiers' logits by name (``wiseft@0.5``): each is scored
@@ -94,8 +95,11 @@ def evaluate(chunks: Iterable[tuple], fitted: FittedPriors, options: AnalysisOpt
     Rows with label −1 (unknown) are skipped. The zs logits are divided by the primary
     estimate's temperature first, so log π_p is removed in the scale it was fitted in.
     Every chunk must agree on whether ft logits exist (that decides the method set).
+    With ``predictions`` (a dict), each method's predicted classes of the labelled rows
+    are appended to ``predictions[method]`` block by block (see ``analyze.predictions``).
     """
     options = options or AnalysisOptions()
+    keep_pred = predictions.setdefault if predictions is not None else None
     C = fitted.pi_p.shape[0]
     inv_t = np.float32(1.0 / fitted.temperature)
     tallies: dict[str, stats.Tally] = {}
@@ -139,8 +143,12 @@ def evaluate(chunks: Iterable[tuple], fitted: FittedPriors, options: AnalysisOpt
                 zb, fb, pi_s=fitted.pi_s, pi_p=fitted.pi_p, target_prior=options.target_prior
             ):
                 tallies[m] = tallies[m].merge(stats.tally(logits, yb, C, options.n_bins))
+                if keep_pred:
+                    keep_pred(m, []).append(logits.argmax(axis=1).astype(np.int32))
             for n, x in extra.items():
                 tallies[n] = tallies[n].merge(stats.tally(x[a : a + _EVAL_ROWS], yb, C, options.n_bins))
+                if keep_pred:
+                    keep_pred(n, []).append(x[a : a + _EVAL_ROWS].argmax(axis=1).astype(np.int32))
     return tallies
 
 

@@ -14,12 +14,9 @@ from collections.abc import Iterable
 
 import numpy as np
 import polars as pl
+from gla.analyze import schema
 
-KEYS = ("model", "dataset", "estimator", "method")
-SCHEMA = {
-    "model": pl.String, "dataset": pl.String, "estimator": pl.String, "method": pl.String,
-    "sample_hash": pl.UInt64, "label": pl.Int32, "pred": pl.Int32,
-}  # fmt: skip
+SCHEMA = schema.table("predictions").dtypes
 
 
 def sample_hashes(sample_ids: Iterable[str]) -> np.ndarray:
@@ -29,7 +26,7 @@ def sample_hashes(sample_ids: Iterable[str]) -> np.ndarray:
 
 
 def empty() -> pl.DataFrame:
-    return pl.DataFrame(schema=SCHEMA)
+    return schema.empty("predictions")
 
 
 def frame(model: str, dataset: str, estimator: str, method: str, hashes, labels, preds) -> pl.DataFrame:
@@ -46,3 +43,43 @@ def frame(model: str, dataset: str, estimator: str, method: str, hashes, labels,
         "pred": pl.Series(p.astype(np.int32, copy=False)),
     })  # fmt: skip
     return df.with_columns(pl.lit(v, dtype=pl.String).alias(k) for k, v in cell.items()).select(list(SCHEMA))
+
+
+def cell_frame(model: str, dataset: str, estimator: str, sample_ids, labels, preds: dict) -> pl.DataFrame:
+    """Every method's predictions of one cell (``preds``: method -> (N,) classes)."""
+    return frame_from_hashes(model, dataset, estimator, sample_hashes(sample_ids), labels, preds)
+
+
+def frame_from_hashes(model: str, dataset: str, estimator: str, h, labels, preds: dict) -> pl.DataFrame:
+    frames = [frame(model, dataset, estimator, m, h, labels, p) for m, p in preds.items()]
+    return pl.concat(frames) if frames else empty()
+
+
+class Collector:
+    """Predictions of a streamed eval split, batch by batch (thread-safe: one dict slot
+    per batch), put back in batch order by :meth:`table`. Only hashes are kept."""
+
+    def __init__(self) -> None:
+        self._parts: dict = {}
+
+    def add(self, order, sample_ids, labels, preds: dict) -> None:
+        """``order``: sortable batch position; ``labels`` (N,) with −1 for rows evaluate
+        skipped; ``preds``: method -> list of arrays (what ``analyze.cell.evaluate`` kept)."""
+        y = np.asarray(labels)
+        known = y >= 0
+        ids = list(sample_ids) if sample_ids is not None else [None] * y.size
+        if len(ids) != y.size:
+            raise ValueError(f"{len(ids)} sample ids for {y.size} labels")
+        h = sample_hashes(i for i, k in zip(ids, known, strict=True) if k)
+        self._parts[order] = (h, y[known], {m: np.concatenate(v) for m, v in preds.items()})
+
+    def table(self, model: str, dataset: str, estimator: str) -> pl.DataFrame:
+        if not self._parts:
+            return empty()
+        parts = [self._parts[k] for k in sorted(self._parts)]
+        methods = list(parts[0][2])
+        return frame_from_hashes(
+            model, dataset, estimator, np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]),
+            {m: np.concatenate([p[2][m] for p in parts]) for m in methods},
+        )

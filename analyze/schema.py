@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-S, I32, I64, F, B = pl.String, pl.Int32, pl.Int64, pl.Float64, pl.Boolean
+S, I32, I64, U64, F, B = pl.String, pl.Int32, pl.Int64, pl.UInt64, pl.Float64, pl.Boolean
 
 # Metrics that carry a standard error and a 95 % interval in summary: <m>_se, _ci_low, _ci_high.
 CI_METRICS = (
@@ -216,8 +216,23 @@ WARNINGS = Table(
     optional=True,
 )  # fmt: skip
 
+PREDICTIONS = Table(
+    "predictions",
+    "per eval sample × estimator × method: what it predicted (pairs two runs for gla diff)",
+    _cols(
+        *_CELL, *_EST, *_METHOD,
+        ("sample_hash", U64, "blake2b-64 of the sample id (stable across runs and versions)"),
+        ("label", I32, "true class"),
+        ("pred", I32, "predicted class (correct when equal to label)"),
+    ),
+    keys=("model", "dataset", "estimator", "method", "sample_hash"),
+    required=("model", "dataset", "estimator", "method", "sample_hash", "label", "pred"),
+    optional=True,
+)  # fmt: skip
+
 TABLES: dict[str, Table] = {
-    t.name: t for t in (SUMMARY, PER_CLASS, PRIORS, CALIBRATION, COMPARISONS, PROVENANCE, WARNINGS)
+    t.name: t
+    for t in (SUMMARY, PER_CLASS, PRIORS, CALIBRATION, COMPARISONS, PROVENANCE, WARNINGS, PREDICTIONS)
 }
 # The tables every published result must contain (DESIGN.md's contract).
 CONTRACT = tuple(n for n, t in TABLES.items() if not t.optional)

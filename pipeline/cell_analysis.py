@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+from gla.analyze import predictions
 from gla.analyze.cell import AnalysisOptions, FittedPriors, build_tables, evaluate, fit_priors
 from gla.analyze.priors import LABEL_FREE, parse_temperature
 from gla.analyze.stats import Tally
@@ -273,7 +274,7 @@ def _threads(options: StoreAnalysisOptions) -> int:
 
 
 def _tally_batch(b: SplitArrays, fitted: FittedPriors, core: AnalysisOptions, c: int,
-                 split: str) -> tuple[dict[str, Tally], int]:
+                 split: str, kept: predictions.Collector) -> tuple[dict[str, Tally], int]:
     """One batch's tallies and its count of unknown (-1) labels."""
     def locate(r: int) -> tuple[Path, int]:
         return b.file, b.row_offset + r
@@ -283,7 +284,11 @@ def _tally_batch(b: SplitArrays, fitted: FittedPriors, core: AnalysisOptions, c:
     if unknown == len(b):
         return {}, unknown
     try:
-        return evaluate([(b.zs, b.ft, b.labels, b.extra)], fitted, core), unknown
+        preds: dict[str, list] = {}
+        tallies = evaluate([(b.zs, b.ft, b.labels, b.extra)], fitted, core, predictions=preds)
+        ids = b.sample_ids.to_pylist() if b.sample_ids is not None else None
+        kept.add((str(b.file), b.row_offset), ids, b.labels, preds)
+        return tallies, unknown
     except ValueError as e:
         _check_finite(b.zs, locate, "zs")
         if b.ft is not None:
@@ -294,7 +299,8 @@ def _tally_batch(b: SplitArrays, fitted: FittedPriors, core: AnalysisOptions, c:
 
 
 def _stream_eval(batches: Iterator[SplitArrays], fitted: FittedPriors, core: AnalysisOptions,
-                 info: SplitInfo, split: str, threads: int) -> tuple[dict[str, Tally] | None, int, int]:
+                 info: SplitInfo, split: str, threads: int,
+                 kept: predictions.Collector) -> tuple[dict[str, Tally] | None, int, int]:
     """Validate and tally the eval split batch by batch; at most threads+1 batches in memory.
 
     Returns (tallies, rows read, rows with unknown label -1, which evaluate skips).
@@ -313,7 +319,7 @@ def _stream_eval(batches: Iterator[SplitArrays], fitted: FittedPriors, core: Ana
             total = _merge(total, tallies)
 
     def work(b: SplitArrays) -> tuple[dict[str, Tally], int]:
-        return _tally_batch(b, fitted, core, info.num_classes, split)
+        return _tally_batch(b, fitted, core, info.num_classes, split, kept)
 
     if threads <= 1:
         for b in batches:
@@ -407,10 +413,11 @@ def analyze_cell(
     fitted = _fit(store, info, fit_info, options, counts, core)
     clock.mark()
     batches = store.iter_split(model, dataset, options.eval_split,
-                               columns=("label", "zs", "ft", *eval_info.extra_logits),
+                               columns=("label", "zs", "ft", "sample_id", *eval_info.extra_logits),
                                batch_rows=options.batch_rows, info=eval_info)
+    kept = predictions.Collector()  # per-sample predictions: what pairs two runs in gla diff
     tallies, n_eval, n_unknown = _stream_eval(batches, fitted, core, eval_info, options.eval_split,
-                                              _threads(options))
+                                              _threads(options), kept)
     if tallies is None:
         raise UserError(
             f"{eval_info.files[0]}: column label is -1 (unknown) in every row of eval split "
@@ -420,6 +427,7 @@ def analyze_cell(
     tables = build_tables(
         model, dataset, options.eval_split, list(info.class_names), fitted, tallies, class_counts=counts
     )
+    tables["predictions"] = kept.table(model, dataset, fitted.primary)
     clock.mark()
     return CellResult(model, dataset, tables, key,
                       _diagnostics(fit_info, info, n_eval, n_unknown, fitted, clock))

@@ -19,6 +19,7 @@ COMMANDS = {
     "import": ("gla.pipeline.commands.import_cmd", "bring your own logits or training counts into a store"),
     "analyze": ("gla.pipeline.commands.analyze_cmd", "fit priors, apply GLA and baselines, write result tables"),
     "extract": ("gla.pipeline.commands.extract_cmd", "run open_clip models over datasets, write logits"),
+    "diff": ("gla.pipeline.commands.diff_cmd", "what changed between two runs or stores, and whether it is real"),
     "report": ("gla.pipeline.commands.report_cmd", "write the self-contained HTML audit report"),
     "run": ("gla.pipeline.commands.run_cmd", "run every stage for every cell of a config, incrementally"),
     "demo": ("gla.pipeline.commands.demo_cmd", "the embedded default, end to end"),

@@ -69,6 +69,14 @@ class AnalysisSettings(_Strict):
         return v
 
 
+class GateSettings(_Strict):
+    """[gate]: regression rules checked after each analysis (see pipeline/gate.py)."""
+
+    rules: list[str] = Field(default_factory=list, description="e.g. 'gla.accuracy >= previous - 0.005'")
+    alpha: float = Field(0.05, gt=0.0, lt=1.0, description="significance level (Holm-corrected)")
+    blocks_publish: bool = Field(False, description="a failing gate keeps the new results unpublished")
+
+
 class ExtractOptions(_Strict):
     batch_size: int = Field(64, ge=1)
     num_workers: int = Field(1, ge=0)
@@ -182,6 +190,7 @@ class Config(_Strict):
     compute: ComputeSettings = Field(default_factory=ComputeSettings)
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
     extract: ExtractOptions = Field(default_factory=ExtractOptions)
+    gate: GateSettings = Field(default_factory=GateSettings)
     models: list[ModelSpec] = Field(default_factory=list)
     datasets: list[DatasetSpec] = Field(default_factory=list)
     source: str = Field("", description="the config file this came from")

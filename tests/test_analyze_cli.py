@@ -364,14 +364,14 @@ def test_eval_split_is_streamed_in_bounded_batches(world, monkeypatch):
     seen, live, peak = [], [0], [0]
     lock = threading.Lock()
 
-    def spy(chunks, fitted, options=None):
+    def spy(chunks, fitted, options=None, predictions=None):
         chunks = list(chunks)
         with lock:
             seen.extend(len(c[2]) for c in chunks)
             live[0] += 1
             peak[0] = max(peak[0], live[0])
         try:
-            return real(chunks, fitted, options)
+            return real(chunks, fitted, options, predictions)
         finally:
             with lock:
                 live[0] -= 1

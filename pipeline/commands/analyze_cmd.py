@@ -15,6 +15,7 @@ import math
 import time
 
 from gla.analyze.priors import ESTIMATORS, parse_temperature
+from gla.pipeline import gate
 from gla.pipeline.analysis import analyze_store, select_cells
 from gla.pipeline.cell_analysis import StoreAnalysisOptions
 from gla.pipeline.errors import UserError
@@ -60,6 +61,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="recompute every selected cell even if its inputs and options are unchanged")
     parser.add_argument("--quiet", action="store_true", help="do not print the summary table")
+    gate.add_arguments(parser)
 
 
 def _temperature(text: str):
@@ -135,6 +137,10 @@ def run(args: argparse.Namespace) -> int:
         None, workers=args.workers, threads_per_worker=args.threads_per_worker,
         scheduler=args.scheduler or "", progress=not args.quiet, quiet=args.quiet,
     )
+    spec = gate.from_args(args)
+    if spec.blocks_publish:
+        raise UserError("--gate-blocks-publish: needs publication by run (run history), not in this build")
+    previous = gate.previous_tables(store.root) if spec else None
     t0 = time.perf_counter()
     # Runner and incremental notes go to stdout: stderr carries only the error line.
     results = analyze_store(store, options, only=args.only, compute=compute, force=args.force,
@@ -156,4 +162,4 @@ def run(args: argparse.Namespace) -> int:
               f"{len(run.computed)} analysed, {len(run.cached)} unchanged; "
               f"tables {'rebuilt' if run.tables_written else 'unchanged'}; "
               f"{time.perf_counter() - t0:.2f} s)")
-    return 0
+    return gate.check_store(spec, previous, store.root) if spec else 0

@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 
+from gla.pipeline import gate
 from gla.pipeline.errors import UserError
 
 
@@ -35,6 +36,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="override a config key, e.g. analysis.fit_split=val (value parsed as TOML)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
+    gate.add_arguments(parser)
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -69,6 +71,10 @@ def run(args: argparse.Namespace) -> int:
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())  # run_config checks them
     config = load_config(args.config, overrides)
     check_config(config, stages=stages, only=args.only)  # every config error before any work
+    spec = gate.from_args(args, config.gate)
+    if spec.blocks_publish:
+        raise UserError("gate blocks_publish: needs publication by run (run history), not in this build")
+    previous = gate.previous_tables(config.store) if spec else None
     summary = run_config(config, only=args.only, stages=stages, force=args.force,
                          progress=not args.no_progress)
     for line in summary.lines():
@@ -85,4 +91,6 @@ def run(args: argparse.Namespace) -> int:
             "report": str(summary.report) if summary.report else None,
             "seconds": summary.seconds,
         }, indent=1))
-    return 0 if summary.ok else 1
+    if not summary.ok:
+        return 1
+    return gate.check_store(spec, previous, config.store) if spec else 0
