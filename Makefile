@@ -53,6 +53,11 @@ demo: data
 test: data browser wheelhouse
 	$(BIN)/python -m pytest
 
+# The reference pages generated from the code (docs/config.md, docs/cli.md, the
+# result-table part of docs/store.md); tests/test_docs.py fails when they are stale.
+docs: install
+	$(BIN)/python -m gla.pipeline.docgen docs
+
 lint: install
 	$(BIN)/ruff check .
 

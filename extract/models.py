@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gla.extract import hub
 from gla.extract.cellformat import file_sha256
 from gla.extract.errors import ExtractError
 
@@ -73,10 +74,42 @@ def checkpoint_sha256(path: str | os.PathLike) -> str:
     return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
+HF_HUB_PREFIX = "hf-hub:"
+
+
+@dataclass(frozen=True)
+class PretrainedRef:
+    """What a model spec's ``pretrained`` names: nothing (random init), an open_clip
+    pretrained tag, a Hugging Face Hub repo (``hf-hub:org/repo``) or a local file."""
+
+    kind: str  # "none" | "tag" | "hub" | "file"
+    value: str  # the tag, the hub repo id (no prefix) or the file path
+
+    @property
+    def text(self) -> str:
+        return HF_HUB_PREFIX + self.value if self.kind == "hub" else self.value
+
+
+def parse_pretrained(text: str | None, base: str | os.PathLike | None = None) -> PretrainedRef:
+    """The one rule for telling a path from a tag (used by the config and by extract).
+
+    ``hf-hub:`` is a hub repo. A value with a path separator or a file suffix is a file
+    (open_clip tags such as ``openai`` or ``laion2b_s34b_b79k`` have neither); so is a
+    bare name that exists as a file (relative to ``base`` when given, else the cwd).
+    """
+    text = (text or "").strip()
+    if not text:
+        return PretrainedRef("none", "")
+    if text.startswith(HF_HUB_PREFIX):
+        return PretrainedRef("hub", text[len(HF_HUB_PREFIX):])
+    p = Path(os.path.expanduser(text))
+    if "/" in text or os.sep in text or "." in p.name or (Path(base or ".") / p).is_file():
+        return PretrainedRef("file", str(p))
+    return PretrainedRef("tag", text)
+
+
 def is_local_file(pretrained: str) -> bool:
-    return bool(pretrained) and not pretrained.startswith("hf-hub:") and (
-        os.sep in pretrained or "." in Path(pretrained).name or Path(pretrained).exists()
-    )
+    return parse_pretrained(pretrained).kind == "file"
 
 
 def register_model_config(arch: str, path: str | os.PathLike) -> dict[str, Any]:
@@ -107,18 +140,14 @@ def register_model_config(arch: str, path: str | os.PathLike) -> dict[str, Any]:
 def model_identity(spec: dict[str, Any]) -> dict[str, Any]:
     """What names the pretrained model's weights: arch + tag, hf-hub id, or file sha256."""
     arch = spec.get("arch") or ""
-    pretrained = spec.get("pretrained") or ""
+    ref = parse_pretrained(spec.get("pretrained"))
     ident: dict[str, Any] = {"arch": arch}
-    if pretrained.startswith("hf-hub:"):
-        ident["pretrained"] = pretrained
-    elif pretrained and is_local_file(pretrained):
-        if not Path(pretrained).is_file():
-            raise ExtractError(f"models[{spec.get('name')!r}].pretrained: checkpoint {pretrained} not found")
-        ident["checkpoint_sha256"] = checkpoint_sha256(pretrained)
-    elif pretrained:
-        ident["pretrained"] = pretrained
+    if ref.kind == "file":
+        if not Path(ref.value).is_file():
+            raise ExtractError(f"models[{spec.get('name')!r}].pretrained: checkpoint {ref.value} not found")
+        ident["checkpoint_sha256"] = checkpoint_sha256(ref.value)
     else:
-        ident["pretrained"] = "random-init"
+        ident["pretrained"] = ref.text or "random-init"
     cfg_path = spec.get("model_config") or spec.get("model_config_file") or ""
     if cfg_path:
         if not Path(cfg_path).is_file():
@@ -147,7 +176,8 @@ class LoadedModel:
         """open_clip's tokenizer for the model (loaded on first use: a cached head needs none)."""
         import open_clip
 
-        return open_clip.get_tokenizer(self.model_name)
+        with hub.offline(self.extra.get("hub_offline", False)):
+            return open_clip.get_tokenizer(self.model_name)
 
     @property
     def key(self) -> str:
@@ -161,7 +191,8 @@ def load_model(spec: dict[str, Any], device: str = "auto", precision: str = "fp3
     name = spec.get("name") or spec.get("arch")
     arch = spec.get("arch") or ""
     pretrained = spec.get("pretrained") or ""
-    if not arch and not pretrained.startswith("hf-hub:"):
+    ref = parse_pretrained(pretrained)
+    if not arch and ref.kind != "hub":
         raise ExtractError(f"models[{name!r}]: arch is empty")
     cfg_path = spec.get("model_config") or spec.get("model_config_file") or ""
     if cfg_path:
@@ -171,19 +202,22 @@ def load_model(spec: dict[str, Any], device: str = "auto", precision: str = "fp3
     if effective_precision(precision, device) != precision:
         log.warning("precision %s runs under autocast on CUDA only; using fp32 on %s", precision, device)
     precision = effective_precision(precision, device)
-    if pretrained.startswith("hf-hub:"):
-        model_name, pretrained_arg = pretrained, None
+    if ref.kind == "hub":
+        model_name, pretrained_arg = ref.text, None
     else:
-        model_name, pretrained_arg = arch, (pretrained or None)
+        model_name, pretrained_arg = arch, (ref.value or None)
         if model_name not in open_clip.list_models():
             raise ExtractError(
                 f"models[{name!r}].arch = {arch!r} is not an open_clip architecture; "
                 "give model_config = <config JSON> for a custom one"
             )
+    # Weights not on disk and no network: say so now, not after open_clip's retries.
+    offline = hub.check_weights(arch, ref, f"models[{name!r}].pretrained")
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained_arg, device=device
-        )
+        with hub.offline(offline):
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=pretrained_arg, device=device
+            )
     except Exception as e:  # open_clip raises RuntimeError, safetensors/torch their own types
         msg = " ".join(str(e).split()) or type(e).__name__  # one line
         raise ExtractError(
@@ -191,4 +225,5 @@ def load_model(spec: dict[str, Any], device: str = "auto", precision: str = "fp3
         ) from None
     model.eval()
     log.info("loaded %s (%s) on %s, precision %s", arch, identity, device, precision)
-    return LoadedModel(model, preprocess, model_name, arch, identity, device, precision)
+    return LoadedModel(model, preprocess, model_name, arch, identity, device, precision,
+                       extra={"hub_offline": offline})

@@ -22,6 +22,7 @@ COMMANDS = {
     "diff": ("gla.pipeline.commands.diff_cmd", "what changed between two runs or stores, and whether it is real"),
     "report": ("gla.pipeline.commands.report_cmd", "write the self-contained HTML audit report"),
     "run": ("gla.pipeline.commands.run_cmd", "run every stage for every cell of a config, incrementally"),
+    "models": ("gla.pipeline.commands.models_cmd", "list the architectures and pretrained tags open_clip knows"),
     "demo": ("gla.pipeline.commands.demo_cmd", "the embedded default, end to end"),
     "check": ("gla.pipeline.commands.check_cmd", "validate a config without running anything (pre-flight checks)"),
     "init": ("gla.pipeline.commands.init_cmd", "write a commented starter config"),

@@ -24,6 +24,7 @@ from gla.analyze.priors import ESTIMATORS, parse_temperature
 from gla.extract.cellformat import check_name
 from gla.extract.datasets import KINDS
 from gla.extract.errors import did_you_mean, unknown_name
+from gla.extract.models import parse_pretrained
 from gla.extract.templates import BUILTIN as TEMPLATE_SETS
 from gla.pipeline.errors import UserError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -38,6 +39,7 @@ class ComputeSettings(_Strict):
     threads_per_worker: int = Field(1, ge=1)
     scheduler: str = Field("", description="tcp://HOST:PORT or a scheduler-file path")
     memory_limit: str = "auto"
+    worker_timeout: float = Field(60.0, gt=0)
 
 
 class AnalysisSettings(_Strict):
@@ -249,19 +251,18 @@ class CellFilter:
         return any(m or d for m, d in self.clauses)
 
 
-def _resolve(value: str, base: Path, maybe_tag: bool = False) -> str:
+def _resolve(value: str, base: Path) -> str:
     """A relative path in the config is relative to the config file's folder."""
-    if not value or "://" in value or value.startswith("hf-hub:"):
+    if not value or "://" in value:
         return value
     p = Path(os.path.expanduser(value))
-    if p.is_absolute():
-        return str(p)
-    candidate = base / p
-    # An open_clip tag ("openai", "laion2b_s34b_b79k") is not a path: keep it when no
-    # such file exists and it has no path separator or file suffix.
-    if maybe_tag and not candidate.exists() and "/" not in value and "." not in value:
-        return value
-    return str(candidate)
+    return str(p if p.is_absolute() else base / p)
+
+
+def _resolve_pretrained(value: str, base: Path) -> str:
+    """A weights file resolves like any path; an open_clip tag or hf-hub id stays as is."""
+    ref = parse_pretrained(value, base)
+    return _resolve(ref.value, base) if ref.kind == "file" else value
 
 
 def _set_dotted(doc: dict[str, Any], key: str, value: Any) -> None:
@@ -442,7 +443,7 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     config.analysis.target_prior = _resolve(config.analysis.target_prior, base)
     for m in config.models:
         m.model_config_file = _resolve(m.model_config_file, base)
-        m.pretrained = _resolve(m.pretrained, base, maybe_tag=True)
+        m.pretrained = _resolve_pretrained(m.pretrained, base)
         m.templates = _resolve_templates(m.templates, base, f"{path}: models[{m.name!r}].templates")
         m.finetuned = {k: _resolve(v, base) for k, v in m.finetuned.items()}
     for d in config.datasets:

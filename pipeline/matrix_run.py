@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gla.extract import cellformat as cf
+from gla.extract.models import parse_pretrained
 from gla.extract.run import extract_cell
 from gla.pipeline.cell_analysis import StoreAnalysisOptions
 from gla.pipeline.config import CellFilter, Config, DatasetSpec, ModelSpec, model_dict
@@ -86,7 +87,7 @@ class RunSummary:
 
 def _stat_sig(path: str) -> list[Any]:
     """Size and mtime of a file, or of a folder's entries two levels deep (cheap)."""
-    if not path or "://" in path or path.startswith("hf-hub:"):
+    if not path or "://" in path:
         return [path]
     p = Path(path)
     try:
@@ -113,7 +114,8 @@ def extract_fingerprint(store: Path, model: dict, dataset: dict, options: dict) 
     splits = cf.sealed_splits(cell) if cell.is_dir() else []
     if not splits:
         return None
-    files = [model.get("pretrained", ""), model.get("model_config", ""), model.get("templates", "")]
+    weights = parse_pretrained(model.get("pretrained"))  # a tag or hub id is in `model` itself
+    files = [weights.value if weights.kind == "file" else "", model.get("model_config", ""), model.get("templates", "")]
     files += [model.get("finetuned", {}).get(dataset["name"], "")]
     files += [dataset.get("root", "")]
     for s in (dataset.get("splits") or {}).values():

@@ -14,6 +14,7 @@ the calling process runs the cells one by one, for tests and small runs).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import time
@@ -41,8 +42,9 @@ class ComputeOptions:
 
     workers: int | None = None  # None: sized for the machine; 0: in-process
     threads_per_worker: int = 1
-    scheduler: str = ""  # tcp://host:port or a scheduler-file path; "" = LocalCluster
+    scheduler: str = ""  # tcp://host:port or a scheduler-file path; "" = Dask's config or LocalCluster
     memory_limit: str | float | None = "auto"
+    worker_timeout: float = 60.0  # seconds a joined cluster may take to show its first worker
     progress: bool = True
     quiet: bool = False
 
@@ -68,7 +70,22 @@ class ComputeOptions:
             raise UserError(f"compute.workers must be >= 0, got {opts.workers}")
         if opts.threads_per_worker < 1:
             raise UserError(f"compute.threads_per_worker must be >= 1, got {opts.threads_per_worker}")
+        if not opts.worker_timeout > 0:
+            raise UserError(f"compute.worker_timeout must be > 0 seconds, got {opts.worker_timeout}")
         return opts
+
+
+def dask_scheduler_address() -> tuple[str, str]:
+    """The scheduler Dask itself is configured to use, and where that was said:
+    ``$DASK_SCHEDULER_ADDRESS`` or Dask's config key ``scheduler-address`` (a YAML file in
+    ~/.config/dask, or ``dask.config.set``). ("", "") when neither is set."""
+    env = os.environ.get("DASK_SCHEDULER_ADDRESS", "").strip()
+    if env:
+        return env, "DASK_SCHEDULER_ADDRESS"
+    import dask
+
+    addr = dask.config.get("scheduler-address", None)
+    return (str(addr), "dask config scheduler-address") if addr else ("", "")
 
 
 def default_workers(threads_per_worker: int = 1) -> int:
@@ -196,10 +213,27 @@ class Runner:
         self.cluster: Any = None
         self._stack = contextlib.ExitStack()
 
+    @functools.cached_property
+    def _scheduler(self) -> tuple[str, str]:
+        """The cluster to join and where it was named: the option, else Dask's own setting
+        (an explicit workers=0, in-process, wins over Dask's). Read when first needed, so a
+        run with nothing to do never imports dask."""
+        if self.opts.scheduler:
+            return self.opts.scheduler, "--scheduler / compute.scheduler"
+        return dask_scheduler_address() if self.opts.workers != 0 else ("", "")
+
+    @property
+    def scheduler(self) -> str:
+        return self._scheduler[0]
+
+    @property
+    def scheduler_source(self) -> str:
+        return self._scheduler[1]
+
     # -- lifecycle ---------------------------------------------------------------------
     @property
     def in_process(self) -> bool:
-        return not self.opts.scheduler and self.opts.workers == 0
+        return self.opts.workers == 0 and not self.opts.scheduler
 
     @property
     def dashboard_link(self) -> str | None:
@@ -208,7 +242,7 @@ class Runner:
     def runs_here(self, small: bool = False) -> bool:
         """Whether a ``map(..., small=small)`` would run in this process."""
         return self.in_process or (
-            small and self.client is None and self.opts.workers is None and not self.opts.scheduler
+            small and self.client is None and self.opts.workers is None and not self.scheduler
         )
 
     def log(self, msg: str) -> None:
@@ -226,26 +260,14 @@ class Runner:
 
     def start(self) -> Runner:
         opts = self.opts
-        if self.client is not None or (not opts.scheduler and opts.workers == 0):
+        if self.client is not None or self.in_process:
             return self
         from dask.distributed import Client, LocalCluster
 
         threads = opts.threads_per_worker
         try:
-            if opts.scheduler:
-                target = opts.scheduler
-                if "://" in target:
-                    self.client = Client(target, timeout="20s")
-                elif Path(target).is_file():
-                    self.client = Client(scheduler_file=target, timeout="20s")
-                else:
-                    raise UserError(
-                        f"--scheduler {target!r} is neither an address (tcp://HOST:PORT) nor an existing scheduler file"
-                    )
-                self._stack.callback(self.client.close)
-                self.client.register_plugin(thread_limit_plugin(threads))
-                n = len(self.client.scheduler_info().get("workers", {}))
-                self.log(f"joined cluster {self.client.scheduler.address} ({n} workers)")
+            if self.scheduler:
+                self._join(self.scheduler, threads)
             else:
                 n = opts.workers or default_workers(threads)
                 # Thread env for the worker processes is set before they import anything.
@@ -272,9 +294,40 @@ class Runner:
             raise
         except OSError as e:
             self._stack.close()
-            raise UserError(f"cannot connect to scheduler {opts.scheduler!r}: {e}") from e
+            raise UserError(f"cannot connect to scheduler {self.scheduler!r} ({self.scheduler_source}): {e}") from e
         self.log(_dashboard_note(getattr(self.client, "dashboard_link", None)))
         return self
+
+    def _join(self, target: str, threads: int) -> None:
+        """Join a running cluster; with no worker there yet, wait ``worker_timeout`` for one."""
+        from dask.distributed import Client
+
+        if "://" in target:
+            self.client = Client(target, timeout="20s")
+        elif Path(target).is_file():
+            self.client = Client(scheduler_file=target, timeout="20s")
+        else:
+            raise UserError(
+                f"scheduler {target!r} ({self.scheduler_source}) is neither an address "
+                "(tcp://HOST:PORT) nor an existing scheduler file"
+            )
+        self._stack.callback(self.client.close)
+        address = self.client.scheduler.address
+        n = len(self.client.scheduler_info().get("workers", {}))
+        if n == 0:
+            wait = self.opts.worker_timeout
+            self.log(f"scheduler {address} has no workers yet: waiting up to {wait:g} s for one "
+                     "(start them with `dask worker ADDRESS`; compute.worker_timeout sets the wait)")
+            try:
+                self.client.wait_for_workers(1, timeout=wait)
+            except TimeoutError:
+                raise UserError(
+                    f"scheduler {address} ({self.scheduler_source}) has no workers after {wait:g} s "
+                    "(compute.worker_timeout / --worker-timeout): start `dask worker` processes that can see the store"
+                ) from None
+            n = len(self.client.scheduler_info().get("workers", {}))
+        self.client.register_plugin(thread_limit_plugin(threads))
+        self.log(f"joined cluster {address} ({n} workers)")
 
     def __exit__(self, *exc: Any) -> None:
         self.close()

@@ -96,8 +96,9 @@ def test_self_contained(report):
     assert not re.search(r"https?://|ftp://|//[a-z0-9.-]+\.[a-z]{2,}/", text, re.I)
     assert all(u.startswith("#") for u in page.urls), page.urls
     assert "@import" not in text and "url(" not in text
-    # One heatmap + one figure per cell; each a real PNG inlined as base64.
-    assert len(page.imgs) == 1 + len(CELLS)
+    # Two heatmaps (gla − ft, zs_debiased − zs) + four one-panel figures per cell; each a
+    # real PNG inlined as base64.
+    assert len(page.imgs) == 2 + 4 * len(CELLS)
     for src in page.imgs:
         assert src.startswith("data:image/png;base64,")
         raw = base64.b64decode(src.split(",", 1)[1], validate=True)
@@ -112,7 +113,10 @@ def test_methods_tables_match_summary_parquet(report):
     root, _, text = report
     summary = pl.read_parquet(root / "results" / "summary.parquet")
     page = parse(text)
-    sections = {sec: rows for sec, rows in page.tables if sec.startswith("cell-")}
+    sections = {}  # the first table of each cell section: its methods table
+    for sec, rows in page.tables:
+        if sec.startswith("cell-"):
+            sections.setdefault(sec, rows)
     assert len(sections) == len(CELLS)
     for m, d, ft in CELLS:
         (sec,) = [s for s in sections if s == f"cell-{m}--{d}"]
@@ -143,12 +147,11 @@ def test_overview_gain_matches_tables(report):
     for r in body:
         m, d = r[col["model"]], r[col["dataset"]]
         if (m, d, "gla") in acc:
-            gain, of = acc[(m, d, "gla")] - acc[(m, d, "ft")], "gla − ft"
+            assert r[col["gla − ft (pp)"]] == f"{100 * (acc[(m, d, 'gla')] - acc[(m, d, 'ft')]):+.2f}"
         else:
-            gain, of = acc[(m, d, "zs_debiased")] - acc[(m, d, "zs")], "zs_debiased − zs"
-        assert r[col["GLA gain (pp)"]] == f"{100 * gain:+.2f}"
-        assert r[col["gain of"]] == of
-        assert r[col["GLA"]] == _fmt(acc.get((m, d, "gla")))
+            assert r[col["gla − ft (pp)"]] == "—"
+        assert r[col["zs_debiased − zs (pp)"]] == f"{100 * (acc[(m, d, 'zs_debiased')] - acc[(m, d, 'zs')]):+.2f}"
+        assert r[col["gla"]] == _fmt(acc.get((m, d, "gla")))
 
 
 def test_gain_table_independent_of_row_order(report):
@@ -167,7 +170,7 @@ def test_rebuilt_only_when_tables_change(tmp_path):
     assert write_report(root) == (path, False)
     make_store(root, StoreAnalysisOptions(estimators=("eigen",)))
     assert write_report(root) == (path, True)
-    assert "estimators: eigen</p>" in path.read_text()
+    assert "prior estimators: eigen" in path.read_text()
     _, w = write_report(root, max_cells=1)
     assert w and path.read_text().count("<section class='cell'") == 1
 
@@ -219,12 +222,14 @@ def test_only_changed_cells_figures_are_redrawn(tmp_path):
     root = make_store(tmp_path / "store")
     path, _ = write_report(root)
     folder = path.parent / ".index.figures"
-    before = {p.name for p in folder.glob("*.png")}
+    before = {p.name for p in folder.glob("*.json")}  # one index of figures per cell
     assert len(before) == len(CELLS)
+    assert len(list(folder.glob("*.png"))) == 4 * len(CELLS)
     write_cell(root, "clip-a", "animals", num_classes=12, fit_per_class=10, eval_rows=300, seed=9)
     make_store(root)
     _, written = write_report(root)
-    after = {p.name for p in folder.glob("*.png")}
+    after = {p.name for p in folder.glob("*.json")}
+    assert len(list(folder.glob("*.png"))) == 4 * len(CELLS)  # the old cell's figures are gone
     assert written
     assert len(before - after) == 1 and len(after - before) == 1
     assert (after - before).pop().startswith("cell-clip-a--animals-")
@@ -260,3 +265,197 @@ def test_method_order_is_the_adjust_registry():
     from gla.pipeline.report import METHOD_ORDER
 
     assert METHOD_ORDER[: len(METHODS)] == tuple(METHODS)
+
+
+# ----------------------------------------------------------------- a report that cannot mislead
+
+
+@pytest.fixture(scope="module")
+def data(report):
+    from gla.pipeline.report import load_tables
+
+    return load_tables(report[0])
+
+
+def _with(data, **tables):
+    """The same store's data with some tables replaced (or added)."""
+    from gla.pipeline.report import ReportData
+
+    return ReportData(store=data.store, tables={**data.tables, **tables})
+
+
+def test_one_panel_per_figure_accuracy_axes_within_0_100(data):
+    from gla.pipeline.report import figures
+
+    for cell in data.cells():
+        figs = figures.cell_figures(data.view(*cell))
+        assert list(figs) == ["groups", "classes", "priors", "reliability"]
+        for name, fig in figs.items():
+            assert len(fig.axes) == 1, name  # one panel, no colour bar
+        for name in ("groups", "classes", "reliability"):
+            assert figs[name].axes[0].get_ylim() == (0.0, 100.0), name
+        assert figs["reliability"].axes[0].get_xlim() == (0.0, 100.0)
+        # The data really is in %, not fractions squeezed against the bottom.
+        heights = [p.get_height() for p in figs["groups"].axes[0].patches]
+        assert max(h for h in heights if h == h) > 1.0
+
+
+def test_legends_are_outside_the_data_area(data):
+    from gla.pipeline.report import figures
+
+    for fig in figures.cell_figures(data.view("clip-a", "fashion")).values():
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        legend = ax.get_legend()
+        assert legend is not None
+        assert legend.get_window_extent().x0 >= ax.get_window_extent().x1 - 0.5
+
+
+def test_each_heatmap_has_its_own_scale_centred_at_zero(data):
+    from gla.pipeline.report import figures, gain_table
+    from gla.pipeline.report.tables import GAINS
+
+    gains = gain_table(data.summary)
+    limits = []
+    for col, method, baseline in GAINS:
+        fig = figures.heatmap(gains, col, f"acc({method}) − acc({baseline})")
+        ax, bar = fig.axes  # the map and its own colour bar
+        (im,) = ax.get_images()
+        lo, hi = im.get_clim()
+        assert lo == -hi
+        assert hi == pytest.approx(max(0.05, 100 * gains.get_column(col).drop_nulls().abs().max()))
+        assert bar.get_ylabel() == f"acc({method}) − acc({baseline}) (accuracy points)"
+        limits.append(hi)
+    # Only clip-a has ft logits: gla − ft covers two cells, zs_debiased − zs all three.
+    assert gains.get_column("gain_gla_ft").null_count() == 1
+    assert gains.get_column("gain_zs_debiased").null_count() == 0
+
+
+def _summary(rows):
+    return pl.DataFrame(rows, schema={"model": pl.String, "dataset": pl.String, "method": pl.String,
+                                      "accuracy": pl.Float64, "ece": pl.Float64, "nll": pl.Float64}, orient="row")
+
+
+def test_calibration_change_is_stated_in_words():
+    from gla.pipeline.report import findings
+    from gla.pipeline.report.tables import CellView
+
+    priors = pl.DataFrame({"estimator": ["gla"], "class_index": [0], "prior": [1.0]})
+    worse = CellView("m", "d", "gla", {"summary": _summary([
+        ("m", "d", "zs", 0.5, 0.02, 1.0), ("m", "d", "ft", 0.6, 0.10, 0.9), ("m", "d", "gla", 0.7, 0.15, 0.95),
+    ])}, priors)
+    text = findings.calibration_sentence(worse)
+    assert text.startswith("Calibration is worse under GLA:")
+    assert "rises from 10.00 % (fine-tuned) to 15.00 % (+5.00 points)" in text
+    assert "NLL goes from 0.9000 to 0.9500" in text
+    better = CellView("m", "d", "gla", {"summary": _summary([
+        ("m", "d", "zs", 0.5, 0.12, 1.0), ("m", "d", "zs_debiased", 0.6, 0.05, 0.9),
+    ])}, priors)
+    text = findings.calibration_sentence(better)
+    assert text.startswith("Calibration is better under zero-shot − log π̂p:")
+    assert "falls from 12.00 % (zero-shot) to 5.00 % (-7.00 points)" in text
+
+
+def test_calibration_sentence_in_each_cell_section(report):
+    root, _, text = report
+    summary = pl.read_parquet(root / "results" / "summary.parquet")
+    for m, d, ft in CELLS:
+        ece = {r["method"]: r["ece"] for r in summary.filter((pl.col("model") == m) & (pl.col("dataset") == d)).iter_rows(named=True)}
+        base, after = ("ft", "gla") if ft else ("zs", "zs_debiased")
+        section = text.split(f"id='cell-{m}--{d}'")[1].split("</section>")[0]
+        assert f"from {100 * ece[base]:.2f} % " in section and f"to {100 * ece[after]:.2f} % " in section
+
+
+def test_coinciding_and_non_converged_estimators_are_marked(data):
+    from gla.pipeline.report import figures, findings
+
+    pri = data.priors
+    same = pri.filter(pl.col("estimator") == "gla").with_columns(pl.lit("prior-matching").alias("estimator"))
+    if "converged" not in pri.columns:
+        pri = pri.with_columns(pl.lit(True).alias("converged"), pl.lit("").alias("message"))
+        same = same.with_columns(pl.lit(True).alias("converged"), pl.lit("").alias("message"))
+    pri = pl.concat([pri, same.select(pri.columns)]).with_columns(
+        pl.when(pl.col("estimator") == "eigen").then(False).otherwise(pl.col("converged")).alias("converged"),
+        pl.when(pl.col("estimator") == "eigen").then(pl.lit("ran 3 iterations")).otherwise(pl.col("message")).alias("message"),
+    )
+    view = _with(data, priors=pri).view("clip-a", "fashion")
+    assert findings.coincident_estimators(view.priors) == {"prior-matching": "gla"}
+    assert findings.non_converged(view.priors) == {"eigen": "ran 3 iterations"}
+    ax = figures.prior_scatter(view).axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "prior-matching (= gla)" in labels and "eigen — NOT converged" in labels
+    marks = ax.collections
+    assert len(marks) == 3
+    assert all(c.get_facecolor().size == 0 or (c.get_facecolor()[:, 3] == 0).all() for c in marks)  # hollow
+    assert len({c.get_sizes()[0] for c in marks}) == 3  # sizes differ: concentric, not hidden
+    flags = findings.cell_flags(view)
+    assert [f.code for f in flags] == ["not_converged"] and "ran 3 iterations" in flags[0].message
+
+
+def test_cells_with_warnings_are_visibly_marked(data):
+    from gla.pipeline.report import render
+
+    warnings = pl.DataFrame({"model": ["clip-b"], "dataset": ["fashion"], "code": ["uniform_pi_s"],
+                             "message": ["no training counts: π_s is uniform, ft_la equals ft"]})
+    text = render(_with(data, warnings=warnings), figures_for=lambda v: {})
+    flagged = text.split("id='cell-clip-b--fashion'")[0].rsplit("<section", 1)[1]
+    assert "flagged" in flagged
+    section = text.split("id='cell-clip-b--fashion'")[1].split("</section>")[0]
+    assert "class='warn'" in section and "no training counts: π_s is uniform" in section
+    assert "<a href='#cell-clip-b--fashion'>⚠ clip-b / fashion</a>" in text
+    assert "<a href='#cell-clip-a--fashion'>clip-a / fashion</a>" in text  # a clean cell is not marked
+    overview = [rows for sec, rows in parse(text).tables if sec == "overview"][0]
+    flags = {(r[0], r[1]): r[-1] for r in overview[1:]}
+    assert flags[("clip-b", "fashion")] == "⚠ uniform_pi_s" and flags[("clip-a", "fashion")] == ""
+
+
+def test_class_gain_loss_table(data):
+    from gla.pipeline.report import findings
+
+    view = data.view("clip-a", "fashion")
+    rows, method = findings.class_changes(view, k=3)
+    assert method == "gla"
+    pc = view.per_class
+    acc = {(r["method"], r["class_index"]): r["accuracy"] for r in pc.iter_rows(named=True)}
+    want = sorted(((acc[("gla", c)] - acc[("ft", c)], c) for c in pc["class_index"].unique()), key=lambda t: (-t[0], t[1]))
+    got = list(zip(rows["delta"].to_list(), rows["class_index"].to_list(), strict=True))
+    assert [c for _, c in got] == [c for _, c in want[:3] + want[-3:]]
+    assert [d for d, _ in got] == pytest.approx([d for d, _ in want[:3] + want[-3:]])
+
+
+def test_class_gain_loss_table_shows_per_class_intervals(data, report):
+    from gla.pipeline.report import render
+
+    pc = data.per_class.with_columns(
+        pl.when(pl.col("method") == "gla").then(pl.lit("ft")).alias("baseline"),
+        pl.when(pl.col("method") == "gla").then(pl.col("class_index") / 100).alias("delta"),
+        pl.when(pl.col("method") == "gla").then(pl.col("class_index") / 100 - 0.02).alias("delta_ci_low"),
+        pl.when(pl.col("method") == "gla").then(pl.col("class_index") / 100 + 0.03).alias("delta_ci_high"),
+    )
+    text = render(_with(data, per_class=pc), figures_for=lambda v: {})
+    section = text.split("id='cell-clip-a--fashion'")[1].split("</section>")[0]
+    rows = [r for sec, r in parse(text).tables if sec == "cell-clip-a--fashion"][1]
+    header = rows[0]
+    assert header[-2:] == ["change (pp)", "95 % CI (pp)"]
+    top = rows[1]  # class 11: delta 0.11, interval [0.09, 0.14]
+    assert top[-2:] == ["+11.00", "[+9.00, +14.00]"]
+    assert "paired 95 % interval" in section
+    plain = render(data, figures_for=lambda v: {})
+    assert "has no per-class intervals" in plain.split("id='cell-clip-a--fashion'")[1].split("</section>")[0]
+
+
+def test_one_provenance_line_per_cell(data):
+    from gla.pipeline.report import render
+
+    prov = pl.DataFrame([
+        {"model": m, "dataset": d, "estimator": e, "fit_split": "val", "n_fit": 120, "eval_split": "test",
+         "n_eval": 600, "temperature": 1.0, "smoothing": 0.0, "code_version": "abcdef0123456789ffff"}
+        for m, d, _ in CELLS for e in ("gla", "eigen")
+    ])
+    text = render(_with(data, provenance=prov), figures_for=lambda v: {})
+    assert text.count("<p class='prov'>") == len(CELLS)
+    line = text.split("id='cell-clip-a--fashion'")[1].split("<p class='prov'>")[1].split("</p>")[0]
+    assert line.startswith("provenance: fit on val (n = 120) · scored on test (n = 600) · estimator gla")
+    assert "code abcdef012345 " not in line and line.endswith("code abcdef012345")
+    plain = render(data, figures_for=lambda v: {})
+    assert plain.count("provenance: not recorded") == len(CELLS)

@@ -116,12 +116,30 @@ class Browser:
         os.close(self._w)
 
 
-def load_page(browser: Browser, url: str, timeout: float = 90) -> dict:
-    """Open ``url`` in a fresh tab; return problems seen and the images' load state."""
+# Layout, read from the page by the harness (the page itself has no scripts): the page's
+# scroll width against the viewport, and every element that sticks out of its parent's
+# box to the right (text, tables, figures running off the page or out of a cell).
+LAYOUT = """(() => {
+  const out = [];
+  for (const e of document.querySelectorAll('main *')) {
+    const p = e.parentElement;
+    if (!p || e.closest('div.tw') && e.tagName !== 'DIV') continue;  // scrolls inside its own box
+    const r = e.getBoundingClientRect(), q = p.getBoundingClientRect();
+    if (r.width > 0 && r.right > q.right + 1) out.push(e.tagName.toLowerCase() + '.' + e.className);
+  }
+  return {scrollWidth: document.documentElement.scrollWidth, innerWidth: window.innerWidth, overflowing: out};
+})()"""
+
+
+def load_page(browser: Browser, url: str, timeout: float = 90, width: int = 1400) -> dict:
+    """Open ``url`` in a fresh tab ``width`` CSS px wide; return problems seen, the images'
+    load state and the layout (see LAYOUT)."""
     target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     sid = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
     for domain in ("Runtime", "Log", "Page", "Network"):
         browser.send(f"{domain}.enable", session=sid)
+    browser.send("Emulation.setDeviceMetricsOverride",
+                 {"width": width, "height": 1000, "deviceScaleFactor": 1, "mobile": False}, session=sid)
     browser.send("Page.navigate", {"url": url}, session=sid)
     problems, requests, loaded = [], [], False
     deadline = time.monotonic() + timeout
@@ -157,6 +175,9 @@ def load_page(browser: Browser, url: str, timeout: float = 90) -> dict:
             "i => [i.complete, i.naturalWidth, i.naturalHeight]), tables: document.querySelectorAll('table').length})")
     res = browser.send("Runtime.evaluate", {"expression": expr, "returnByValue": True}, session=sid)
     state = json.loads(res["result"]["value"])
+    res = browser.send("Runtime.evaluate", {"expression": f"JSON.stringify({LAYOUT})", "returnByValue": True},
+                       session=sid)
+    state["layout"] = json.loads(res["result"]["value"])
     browser.send("Target.closeTarget", {"targetId": target})
     return {"problems": problems, "requests": requests, **state}
 
@@ -181,6 +202,15 @@ def test_harness_sees_broken_images_and_console_errors(browser, tmp_path):
     assert page["imgs"] and not all(c and w > 0 for c, w, _ in page["imgs"])
 
 
+def test_harness_sees_horizontal_overflow(browser, tmp_path):
+    wide = tmp_path / "wide.html"
+    wide.write_text("<!DOCTYPE html><html><head><title>wide</title></head><body><main style='width:600px'>"
+                    "<table class='big' style='width:2000px'><tr><td>x</td></tr></table></main></body></html>")
+    layout = load_page(browser, wide.as_uri())["layout"]
+    assert layout["scrollWidth"] > layout["innerWidth"] == 1400
+    assert "table.big" in layout["overflowing"]
+
+
 def test_report_renders_cleanly(browser, tmp_path):
     from gla.pipeline.report import write_report
     from test_report import make_store  # tests/ is on sys.path (rootdir import mode)
@@ -192,5 +222,9 @@ def test_report_renders_cleanly(browser, tmp_path):
     assert page["tables"] >= 2
     assert len(page["imgs"]) >= 2
     assert all(complete and w > 0 and h > 0 for complete, w, h in page["imgs"]), page["imgs"]
+    # At 1,400 px nothing runs off the page or out of its box.
+    layout = page["layout"]
+    assert layout["innerWidth"] == 1400 and layout["scrollWidth"] <= 1400, layout
+    assert layout["overflowing"] == [], layout["overflowing"]
     # Nothing but the file itself and its inline data: URIs was requested.
     assert all(u.startswith(("file:", "data:")) for u in page["requests"]), page["requests"]

@@ -113,6 +113,10 @@ def test_clean_venv_install_runs_import_and_analyze(wheel, tmp_path):
 
     helptext = _sh([str(gla), "--help"], cwd=tmp_path).stdout
     assert "import" in helptext and "analyze" in helptext
+    # The extraction side says what is missing, in one line (exit 2), instead of a traceback.
+    proc = subprocess.run([str(gla), "models"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "pip install 'gla-pipeline[extract]'" in proc.stderr
     work = tmp_path / "work"
     work.mkdir()
     _sh([str(py), "-c", (

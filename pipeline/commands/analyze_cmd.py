@@ -57,7 +57,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads-per-worker", type=int, default=1, metavar="N",
                         help="threads per Dask worker (default 1)")
     parser.add_argument("--scheduler", metavar="ADDRESS|FILE",
-                        help="join an existing Dask cluster (tcp://HOST:PORT or a scheduler file)")
+                        help="join an existing Dask cluster (tcp://HOST:PORT or a scheduler file; "
+                        "default $DASK_SCHEDULER_ADDRESS or Dask's scheduler-address config)")
+    parser.add_argument("--worker-timeout", type=float, default=None, metavar="SECONDS",
+                        help="how long a joined cluster may take to show a worker (default 60)")
     parser.add_argument("--force", action="store_true",
                         help="recompute every selected cell even if its inputs and options are unchanged")
     parser.add_argument("--quiet", action="store_true", help="do not print the summary table")
@@ -136,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     compute = ComputeOptions.from_any(
         None, workers=args.workers, threads_per_worker=args.threads_per_worker,
         scheduler=args.scheduler or "", progress=not args.quiet, quiet=args.quiet,
+        worker_timeout=args.worker_timeout,
     )
     spec = gate.from_args(args)
     if spec.blocks_publish:

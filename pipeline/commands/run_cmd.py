@@ -25,7 +25,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stages", default="extract,analyze,report",
                         help="comma-separated stages to run (default extract,analyze,report)")
     parser.add_argument("--scheduler", metavar="ADDRESS|FILE",
-                        help="join an existing Dask cluster (tcp://HOST:PORT or a scheduler file)")
+                        help="join an existing Dask cluster (tcp://HOST:PORT or a scheduler file; "
+                        "default compute.scheduler, then $DASK_SCHEDULER_ADDRESS or Dask's config)")
+    parser.add_argument("--worker-timeout", type=float, metavar="SECONDS",
+                        help="how long a joined cluster may take to show a worker; overrides compute.worker_timeout")
     parser.add_argument("--workers", type=int, metavar="N",
                         help="local worker processes (0 = run in this process); overrides compute.workers")
     parser.add_argument("--threads-per-worker", type=int, metavar="N",
@@ -68,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         overrides["compute.threads_per_worker"] = args.threads_per_worker
     if args.scheduler:
         overrides["compute.scheduler"] = args.scheduler
+    if args.worker_timeout is not None:
+        overrides["compute.worker_timeout"] = args.worker_timeout
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())  # run_config checks them
     config = load_config(args.config, overrides)
     check_config(config, stages=stages, only=args.only)  # every config error before any work

@@ -1,8 +1,11 @@
 """The report's plots, drawn with matplotlib's object API (Figure + FigureCanvasAgg).
 
 No pyplot, no global backend and no rcParams: every font size is passed where it is
-used, so rendering a report changes nothing in the process. Each function returns a
-:class:`~matplotlib.figure.Figure`; :func:`png_b64` turns one into an inline PNG.
+used, so rendering a report changes nothing in the process. Each function returns one
+:class:`~matplotlib.figure.Figure` with one panel; :func:`png_b64` turns it into an
+inline PNG. Rules every plot keeps: accuracies in % on a [0, 100] axis, one quantity per
+colour scale, legends outside the data area, and estimators that coincide or did not
+converge said so in the legend.
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ import io
 
 import numpy as np
 import polars as pl
-from gla.pipeline.report import style
+from gla.pipeline.report import findings, style
 from gla.pipeline.report.style import FONT
+from gla.pipeline.report.tables import CellView
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -37,131 +42,199 @@ def _titles(ax, title: str, xlabel: str, ylabel: str) -> None:
     ax.tick_params(labelsize=FONT["tick"])
 
 
-def heatmap(gains: pl.DataFrame) -> Figure:
-    models = sorted(set(gains.get_column("model").to_list()))
-    datasets = sorted(set(gains.get_column("dataset").to_list()))
+def _legend_outside(ax, **kw) -> None:
+    """Legend to the right of the axes, never on the data (savefig's tight box keeps it)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False,
+                  fontsize=FONT["legend"], **kw)
+
+
+def _percent_axis(ax, which: str = "y") -> None:
+    (ax.set_ylim if which == "y" else ax.set_xlim)(0, 100)
+
+
+def heatmap(cells: pl.DataFrame, column: str, quantity: str, flagged: set[tuple[str, str]] = frozenset()) -> Figure:
+    """One quantity (``column``, an accuracy difference) per cell, on its own diverging
+    scale centred at 0. Cells in ``flagged`` carry a warning: outlined, value marked "!"."""
+    models = sorted(set(cells.get_column("model").to_list()))
+    datasets = sorted(set(cells.get_column("dataset").to_list()))
     grid = np.full((len(models), len(datasets)), np.nan)
-    for m, d, g in gains.select("model", "dataset", "gain").iter_rows():
+    for m, d, g in cells.select("model", "dataset", column).iter_rows():
         if g is not None:
             grid[models.index(m), datasets.index(d)] = 100.0 * g
-    fig = new_figure(min(14.0, 2.0 + 0.9 * len(datasets)), min(14.0, 1.4 + 0.45 * len(models)))
+    fig = new_figure(min(14.0, 2.6 + 0.9 * len(datasets)), min(14.0, 1.6 + 0.45 * len(models)))
     ax = fig.add_subplot()
     finite = grid[np.isfinite(grid)]
-    lim = max(1e-9, float(np.abs(finite).max())) if finite.size else 1.0
-    im = ax.imshow(np.ma.masked_invalid(grid), cmap="RdYlGn", vmin=-lim, vmax=lim, aspect="auto")
+    lim = max(0.05, float(np.abs(finite).max())) if finite.size else 1.0
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
     ax.set_xticks(range(len(datasets)), datasets, rotation=30, ha="right")
     ax.set_yticks(range(len(models)), models)
     ax.tick_params(labelsize=FONT["label"])
-    if grid.size <= 400:
-        for i, j in zip(*np.nonzero(np.isfinite(grid)), strict=True):
-            ax.text(j, i, f"{grid[i, j]:+.1f}", ha="center", va="center", fontsize=FONT["note"])
+    for i, j in zip(*np.nonzero(np.isfinite(grid)), strict=True) if grid.size <= 400 else ():
+        flag = (models[i], datasets[j]) in flagged
+        dark = abs(grid[i, j]) > 0.6 * lim
+        ax.text(j, i, f"{grid[i, j]:+.1f}" + (" !" if flag else ""), ha="center", va="center",
+                fontsize=FONT["note"], color="white" if dark else "black", fontweight="bold" if flag else None)
+        if flag:
+            ax.add_patch(_outline(j, i))
     bar = fig.colorbar(im, ax=ax)
-    bar.set_label("GLA gain (accuracy points)", fontsize=FONT["label"])
+    bar.set_label(f"{quantity} (accuracy points)", fontsize=FONT["label"])
     bar.ax.tick_params(labelsize=FONT["tick"])
-    ax.set_title("GLA gain per cell", fontsize=FONT["title"])
+    ax.set_title(quantity, fontsize=FONT["title"])
     return fig
 
 
-def group_bars(ax, summ: pl.DataFrame, methods: list[str]) -> None:
-    """Head / medium / tail accuracy per method."""
+def _outline(j: int, i: int) -> Rectangle:
+    return Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False, edgecolor="#b45309", linewidth=2.0)
+
+
+def group_bars(view: CellView) -> Figure:
+    """Head / medium / tail accuracy per method, with 95 % intervals when summary has them."""
+    summ, methods = view.summary, view.methods
     groups = [g for g in ("acc_head", "acc_medium", "acc_tail") if g in summ.columns]
+    fig = new_figure(5.4, 3.0)
+    ax = fig.add_subplot()
     width = 0.8 / max(1, len(methods))
     for k, m in enumerate(methods):
-        row = summ.filter(pl.col("method") == m)
-        vals = [row.get_column(g)[0] if row.height else None for g in groups]
-        vals = [100.0 * v if v is not None else np.nan for v in vals]
-        ax.bar(np.arange(len(groups)) + (k - (len(methods) - 1) / 2) * width, vals, width,
-               label=style.label(m), color=style.color(m),
+        vals = np.array([_pct(findings._metric(summ, m, g)) for g in groups])
+        err = None
+        if all(f"{g}_ci_low" in summ.columns for g in groups):
+            lo = np.array([_pct(findings._metric(summ, m, f"{g}_ci_low")) for g in groups])
+            hi = np.array([_pct(findings._metric(summ, m, f"{g}_ci_high")) for g in groups])
+            err = np.nan_to_num(np.vstack([vals - lo, hi - vals]), nan=0.0).clip(0)
+        ax.bar(np.arange(len(groups)) + (k - (len(methods) - 1) / 2) * width, vals, width, yerr=err,
+               error_kw={"elinewidth": 0.6, "capsize": 0}, label=style.label(m), color=style.color(m),
                edgecolor="black" if m == "gla" else "none", linewidth=0.6)
     ax.set_xticks(range(len(groups)), [g.removeprefix("acc_") for g in groups])
-    _titles(ax, "head / medium / tail (by π̂p)", "", "accuracy (%)")
-    ax.legend(ncol=3, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.1), fontsize=FONT["legend"])
+    _percent_axis(ax)
+    _titles(ax, "accuracy on head / medium / tail classes (thirds by π̂p)", "", "accuracy (%)")
+    _legend_outside(ax)
+    return fig
+
+
+def _pct(v: float | None) -> float:
+    return np.nan if v is None else 100.0 * v
 
 
 def before_method(methods: list[str]) -> str:
     return "zs" if "zs" in methods else methods[0]
 
 
-def class_accuracy(ax, pc: pl.DataFrame, methods: list[str]) -> None:
-    """Per-class accuracy against the estimated pretraining prior (log x)."""
+def class_accuracy(view: CellView) -> Figure:
+    """Per-class accuracy against the estimated pretraining prior (log x), with
+    least-squares lines in log π̂p."""
+    methods = view.methods
+    fig = new_figure(5.4, 3.0)
+    ax = fig.add_subplot()
     for m in [before_method(methods), *(m for m in ("zs_debiased", "gla") if m in methods)]:
-        rows = pc.filter(pl.col("method") == m).drop_nulls(["prior_pretrain", "accuracy"])
+        rows = view.per_class.filter(pl.col("method") == m).drop_nulls(["prior_pretrain", "accuracy"])
         x = rows.get_column("prior_pretrain").to_numpy()
         y = 100.0 * rows.get_column("accuracy").to_numpy()
         ok = x > 0
-        ax.scatter(x[ok], y[ok], s=9, alpha=0.65, color=style.color(m), label=style.label(m))
+        # clip_on=False: a class at exactly 0 % or 100 % stays visible on the axis limit.
+        ax.scatter(x[ok], y[ok], s=12, alpha=0.7, color=style.color(m), label=style.label(m), clip_on=False, zorder=3)
         if ok.sum() >= 3:
             coef = np.polyfit(np.log10(x[ok]), y[ok], 1)
             xs = np.geomspace(x[ok].min(), x[ok].max(), 20)
             ax.plot(xs, np.polyval(coef, np.log10(xs)), color=style.color(m), lw=1.2)
     ax.set_xscale("log")
-    _titles(ax, "per-class accuracy vs π̂p", "estimated pretraining prior π̂p (log)", "per-class accuracy (%)")
-    ax.legend(frameon=False, fontsize=FONT["legend"])
+    _percent_axis(ax)
+    _titles(ax, "per-class accuracy against π̂p", "estimated pretraining prior π̂p (log scale)", "per-class accuracy (%)")
+    _legend_outside(ax)
+    return fig
 
 
-def prior_scatter(ax, pc: pl.DataFrame, pri: pl.DataFrame, methods: list[str]) -> None:
-    """Each estimator's π̂p against the downstream training share πs."""
-    down = None
-    if "prior_downstream" in pc.columns:
-        down = pc.filter(pl.col("method") == before_method(methods)).select(
-            "class_index", "prior_downstream").unique("class_index")
-    plotted = False
-    if down is not None and down.height:
-        for e in sorted(set(pri.get_column("estimator").to_list())):
-            j = pri.filter(pl.col("estimator") == e).select("class_index", "prior").join(down, on="class_index").drop_nulls()
-            x = j.get_column("prior_downstream").to_numpy()
-            y = j.get_column("prior").to_numpy()
-            ok = (x > 0) & (y > 0)
-            if ok.any():
-                ax.scatter(x[ok], y[ok], s=9, alpha=0.7, label=e)
-                plotted = True
-    if plotted:
-        lo, hi = ax.get_xlim()
-        lo2, hi2 = ax.get_ylim()
-        a, b = min(lo, lo2), max(hi, hi2)
-        ax.plot([a, b], [a, b], color="black", lw=0.7, ls="--", label="y = x")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.legend(frameon=False, fontsize=FONT["legend"])
-    else:
-        ax.text(0.5, 0.5, "no downstream prior", ha="center", va="center", transform=ax.transAxes)
-    _titles(ax, "estimated prior vs downstream counts", "downstream training share πs", "estimated π̂p")
+def prior_scatter(view: CellView) -> Figure | None:
+    """Each estimator's π̂p against the downstream training share πs (log-log). Hollow
+    markers of distinct shapes and sizes: coinciding estimates show as concentric marks,
+    and the legend names the estimator each one equals, and any that did not converge."""
+    pc = view.per_class
+    if "prior_downstream" not in pc.columns:
+        return None
+    down = pc.filter(pl.col("method") == before_method(view.methods)).select(
+        "class_index", "prior_downstream").unique("class_index")
+    same = findings.coincident_estimators(view.priors)
+    failed = findings.non_converged(view.priors)
+    fig = new_figure(5.4, 3.0)
+    ax = fig.add_subplot()
+    plotted = []
+    for k, e in enumerate(sorted(set(view.priors.get_column("estimator").to_list()))):
+        j = view.priors.filter(pl.col("estimator") == e).select("class_index", "prior").join(
+            down, on="class_index").drop_nulls()
+        x, y = j.get_column("prior_downstream").to_numpy(), j.get_column("prior").to_numpy()
+        ok = (x > 0) & (y > 0)
+        if not ok.any():
+            continue
+        name = e + (f" (= {same[e]})" if e in same else "") + (" — NOT converged" if e in failed else "")
+        c = style.ESTIMATOR_COLORS[k % len(style.ESTIMATOR_COLORS)]
+        ax.scatter(x[ok], y[ok], s=max(14, 70 - 16 * k), marker=style.ESTIMATOR_MARKERS[k % len(style.ESTIMATOR_MARKERS)],
+                   facecolors="none", edgecolors=c, linewidths=1.1 if e not in failed else 0.8,
+                   linestyles="--" if e in failed else "-", label=name, zorder=3)
+        plotted.append(np.concatenate([x[ok], y[ok]]))
+    if not plotted:
+        return None
+    allv = np.concatenate(plotted)
+    a, b = allv.min() / 1.5, allv.max() * 1.5
+    ax.plot([a, b], [a, b], color="black", lw=0.7, ls="--", label="π̂p = πs")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(a, b)
+    ax.set_ylim(a, b)
+    _titles(ax, "estimated prior π̂p against downstream share πs", "downstream training share πs (log)", "estimated π̂p (log)")
+    _legend_outside(ax, title="estimator", title_fontsize=FONT["legend"])
+    return fig
 
 
-def reliability(ax, cal: pl.DataFrame | None, summ: pl.DataFrame, methods: list[str]) -> None:
-    """Accuracy against mean confidence per bin; marker area ∝ the bin's share of samples."""
-    ax.plot([0, 1], [0, 1], color="black", lw=0.7, ls="--")
+def reliability(view: CellView) -> Figure | None:
+    """Accuracy against mean confidence per bin, in %; marker area ∝ the bin's share of
+    samples. The legend carries each method's ECE."""
+    cal = view.get("calibration")
+    if cal is None:
+        return None
+    fig = new_figure(5.4, 3.0)
+    ax = fig.add_subplot()
+    ax.plot([0, 100], [0, 100], color="black", lw=0.7, ls="--", label="perfect calibration")
     shown = False
-    for m in [x for x in (before_method(methods), "ft", "gla") if x in methods] if cal is not None else []:
+    for m in [x for x in (before_method(view.methods), "ft", "gla") if x in view.methods]:
         rows = cal.filter((pl.col("method") == m) & (pl.col("count") > 0)).sort("bin")
         if not rows.height:
             continue
-        ece = summ.filter(pl.col("method") == m).get_column("ece")
-        name = style.label(m) + (f" (ECE {100 * ece[0]:.1f}%)" if ece.len() and ece[0] is not None else "")
-        x, y = rows.get_column("confidence").to_numpy(), rows.get_column("accuracy").to_numpy()
+        ece = findings._metric(view.summary, m, "ece")
+        name = style.label(m) + (f" (ECE {100 * ece:.1f} %)" if ece is not None else "")
+        x, y = 100 * rows.get_column("confidence").to_numpy(), 100 * rows.get_column("accuracy").to_numpy()
         cnt = rows.get_column("count").to_numpy()
         ax.plot(x, y, color=style.color(m), lw=1, alpha=0.8, label=name)
-        ax.scatter(x, y, s=4 + 120 * cnt / cnt.sum(), color=style.color(m), zorder=3)
+        ax.scatter(x, y, s=4 + 120 * cnt / cnt.sum(), color=style.color(m), zorder=3, clip_on=False)
         shown = True
-    if shown:
-        ax.legend(frameon=False, loc="upper left", fontsize=FONT["legend"])
-    else:
-        ax.text(0.5, 0.5, "no calibration table", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    _titles(ax, "reliability", "confidence", "accuracy")
-
-
-def cell_figure(model: str, dataset: str, summ, pc, pri, cal) -> Figure:
-    """One figure with the four per-cell panels (one cell's rows of each table)."""
-    ms = style.ordered_methods(summ.get_column("method").unique().to_list())
-    fig = new_figure(17, 3.6)
-    axes = fig.subplots(1, 4)
-    group_bars(axes[0], summ, ms)
-    class_accuracy(axes[1], pc, ms)
-    prior_scatter(axes[2], pc, pri, ms)
-    reliability(axes[3], cal, summ, ms)
-    fig.suptitle(f"{model} / {dataset}", x=0.01, ha="left", fontsize=10)
-    # Fixed margins (tight_layout costs a full extra draw); savefig's tight bbox trims.
-    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.14, top=0.86, wspace=0.32)
+    if not shown:
+        return None
+    _percent_axis(ax, "x")
+    _percent_axis(ax, "y")
+    ax.set_aspect("equal")
+    _titles(ax, "reliability (marker area ∝ samples in the bin)", "mean confidence (%)", "accuracy (%)")
+    _legend_outside(ax)
     return fig
+
+
+# name → (function, caption). A function returns None when its table or column is absent.
+CELL_FIGURES = {
+    "groups": (group_bars, "Accuracy on head / medium / tail classes (thirds by π̂p) for each method; "
+               "bars show 95 % intervals when the store has them."),
+    "classes": (class_accuracy, "Per-class accuracy against π̂p (log scale) before and after de-biasing; "
+                "lines are least-squares fits in log π̂p."),
+    "priors": (prior_scatter, "Estimated π̂p of every estimator against the downstream training share πs. "
+               "Hollow marks of different shapes and sizes: estimators with the same estimate appear as "
+               "concentric marks and are named “(= …)” in the legend."),
+    "reliability": (reliability, "Reliability diagram: accuracy against mean confidence per bin; "
+                    "the dashed line is perfect calibration."),
+}
+
+
+def cell_figures(view: CellView) -> dict[str, Figure]:
+    """The cell's figures by name, in page order; absent tables give no figure."""
+    out = {}
+    for name, (draw, _) in CELL_FIGURES.items():
+        fig = draw(view)
+        if fig is not None:
+            out[name] = fig
+    return out

@@ -1,42 +1,59 @@
-"""The report's HTML: one self-contained page (inline CSS, inline PNGs, no scripts)."""
+"""The report's HTML: one self-contained page (inline CSS, inline PNGs, no scripts).
+
+The overview, then per cell: warnings (visibly marked), one provenance line, the methods
+table, the change in calibration in words, the classes that gain and lose most, and one
+figure per plot. Sections of optional tables appear only when the table has rows.
+"""
 
 from __future__ import annotations
 
 import html
 import time
+from collections.abc import Callable
 from typing import Any
 
 import polars as pl
 from gla.extract import cellformat as cf
-from gla.pipeline.report import figures
+from gla.pipeline.report import figures, findings
 from gla.pipeline.report.style import label
-from gla.pipeline.report.tables import ReportData, gain_table, method_rank, methods
+from gla.pipeline.report.tables import GAINS, CellView, ReportData, gain_table, method_rank, methods
 
 DEFAULT_MAX_CELLS = 60
+WARN = "⚠"
 
 CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
 main{max-width:1200px;margin:0 auto;padding:1.5rem}
 h1{font-size:1.6rem;margin:.2rem 0}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.3rem}
-h3{font-size:1.05rem;margin:1.6rem 0 .4rem}
+h3{font-size:1.05rem;margin:1.6rem 0 .4rem}h4{font-size:.92rem;margin:1rem 0 .2rem}
 p.meta,p.note{color:#555;font-size:.85rem;margin:.2rem 0}
 table{border-collapse:collapse;font-size:.82rem;margin:.5rem 0 1rem;background:#fff}
 th,td{border:1px solid #ddd;padding:.2rem .5rem;text-align:right;white-space:nowrap}
-th{background:#f0f0f3}td.l,th.l{text-align:left}
+th{background:#f0f0f3;white-space:normal}td.l,th.l{text-align:left}
+div.tw{max-width:100%;overflow-x:auto}
 tr.gla td{font-weight:600}td.pos{color:#1a7f37}td.neg{color:#b42318}
-figure{margin:.4rem 0 1rem}figure img{max-width:100%;height:auto;border:1px solid #e3e3e3;background:#fff}
+figure{margin:.4rem 0 1rem}figure img{max-width:100%;box-sizing:border-box;height:auto;border:1px solid #e3e3e3;background:#fff}
 figcaption{font-size:.8rem;color:#555;max-width:1100px}
 nav.toc{font-size:.85rem;columns:3;margin:.5rem 0}nav.toc a{color:#1f4fa0;text-decoration:none}
 section.cell{background:#fff;border:1px solid #e6e6e6;border-radius:6px;padding:.2rem 1rem .6rem;margin:1rem 0}
+section.flagged{border:2px solid #d97706}
+div.warn{background:#fff7e6;border-left:4px solid #d97706;padding:.3rem .7rem;margin:.4rem 0;font-size:.85rem}
+div.warn ul{margin:.2rem 0;padding-left:1.2rem}span.flag{color:#b45309;font-weight:600}
+p.prov{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.72rem;color:#444;margin:.2rem 0;overflow-wrap:anywhere}
+p.finding{font-size:.9rem;margin:.4rem 0}
+div.figs{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:.6rem 1rem}
+div.figs figure{margin:0}
 """
 
 METHOD_COLUMNS = [
     ("method", "method", "text"), ("n", "n", "int"), ("accuracy", "accuracy", "pct"),
+    ("accuracy_ci", "95 % CI", "text"),
     ("balanced_accuracy", "balanced acc.", "pct"), ("acc_head", "head", "pct"),
     ("acc_medium", "medium", "pct"), ("acc_tail", "tail", "pct"),
     ("acc_many", "many-shot", "pct"), ("acc_medium_shot", "medium-shot", "pct"),
     ("acc_few", "few-shot", "pct"), ("nll", "NLL", "num"), ("ece", "ECE", "pct"),
 ]  # fmt: skip
+GAIN_LABEL = {"gain_gla_ft": "gla − ft", "gain_zs_debiased": "zs_debiased − zs"}
 
 
 def fmt(v: Any, kind: str = "pct") -> str:
@@ -56,7 +73,8 @@ def fmt(v: Any, kind: str = "pct") -> str:
 def table(df: pl.DataFrame, cols: list[tuple[str, str, str]], row_class: Any = None) -> str:
     """cols: (column, header, kind) with kind in pct/pp/num/text/int."""
     head = "".join(f'<th class="{"l" if kind == "text" else ""}">{html.escape(h)}</th>' for _, h, kind in cols)
-    out = [f"<table><thead><tr>{head}</tr></thead><tbody>"]
+    # In a horizontally scrolling box: a wide matrix scrolls inside it, the page never does.
+    out = [f"<div class='tw'><table><thead><tr>{head}</tr></thead><tbody>"]
     for row in df.iter_rows(named=True):
         cells = []
         for c, _, kind in cols:
@@ -66,8 +84,14 @@ def table(df: pl.DataFrame, cols: list[tuple[str, str, str]], row_class: Any = N
                 css = "pos" if v > 0 else "neg" if v < 0 else ""
             cells.append(f'<td class="{css}">{fmt(v, kind)}</td>')
         out.append(f'<tr class="{row_class(row) if row_class else ""}">' + "".join(cells) + "</tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     return "".join(out)
+
+
+def interval(lo: str, hi: str, scale: float = 100.0, signed: bool = False) -> pl.Expr:
+    """'[lo, hi]' in points from two fraction columns (null when either is null)."""
+    f = "{:+.2f}" if signed else "{:.2f}"
+    return pl.format("[{}, {}]", *((pl.col(c) * scale).map_elements(f.format, return_dtype=pl.String) for c in (lo, hi)))
 
 
 def img(b64: str, alt: str) -> str:
@@ -80,6 +104,7 @@ def anchor(model: str, dataset: str) -> str:
 
 def _head(data: ReportData, cells: list) -> list[str]:
     split = data.summary.get_column("split")[0] if "split" in data.summary.columns else "?"
+    present = [n for n, df in data.tables.items() if df is not None]
     return [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
@@ -90,55 +115,140 @@ def _head(data: ReportData, cells: list) -> list[str]:
         f"evaluation split <code>{html.escape(str(split))}</code> · generated "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}</p>",
         "<p class='note'>Every number and plot below is read from the store's Parquet tables "
-        "<code>results/summary.parquet</code>, <code>per_class.parquet</code>, <code>priors.parquet</code>"
-        + (", <code>calibration.parquet</code>" if data.calibration is not None else "")
+        + ", ".join(f"<code>results/{n}.parquet</code>" for n in present)
         + ". Accuracies are in %; π̂p is the estimated pretraining label prior, πs the downstream "
         "training distribution. Head / medium / tail are the thirds of the classes sorted by π̂p; "
         "many / medium / few-shot are classes with more than 100, 20–100 and fewer than 20 training "
-        "samples.</p>",
+        f"samples. {WARN} marks a cell with a warning or an estimator that did not converge.</p>",
     ]
 
 
-def _overview(data: ReportData) -> list[str]:
+def _flag_text(flags: list[findings.Flag]) -> str:
+    if not flags:
+        return ""
+    codes = sorted({f.code for f in flags})
+    return f"{WARN} " + ", ".join(codes)
+
+
+def _overview(data: ReportData, views: dict[tuple[str, str], CellView],
+              flags: dict[tuple[str, str], list]) -> list[str]:
     gains = gain_table(data.summary)
+    gains = gains.with_columns(pl.Series(
+        "flags", [_flag_text(flags.get(k, [])) for k in gains.select("model", "dataset").iter_rows()], dtype=pl.String))
+    flagged = {k for k, v in flags.items() if v}
+    out = ["<h2 id='overview'>Matrix overview</h2>", *_calibration_overview(views), "<div class='figs'>"]
+    for col, method, baseline in GAINS:
+        if gains.get_column(col).null_count() == gains.height:
+            continue
+        q = GAIN_LABEL[col]
+        fig = figures.heatmap(gains, col, f"acc({method}) − acc({baseline})", flagged)
+        out.append(
+            f"<figure>{img(figures.png_b64(fig), f'{q} per cell heatmap')}<figcaption>{html.escape(q)} per cell "
+            f"in accuracy points, on its own colour scale centred at 0 (blue: {html.escape(method)} better). "
+            "An outlined value marked “!” carries a warning.</figcaption></figure>"
+        )
+    out.append("</div>")
     cols = [("model", "model", "text"), ("dataset", "dataset", "text")]
-    cols += [(m, label(m), "pct") for m in methods(data.summary)]
-    cols += [("gain", "GLA gain (pp)", "pp"), ("gain_of", "gain of", "text")]
-    return [
-        "<h2 id='overview'>Matrix overview</h2>",
-        f"<figure>{img(figures.png_b64(figures.heatmap(gains)), 'GLA gain per cell heatmap')}"
-        "<figcaption>GLA gain per cell in accuracy points: acc(GLA) − acc(fine-tuned) where the cell "
-        "has fine-tuned logits, otherwise acc(zero-shot − log π̂p) − acc(zero-shot).</figcaption></figure>",
-        table(gains, cols),
-    ]
+    cols += [(m, m, "pct") for m in methods(data.summary)]  # short names: the matrix stays narrow
+    cols += [(c, f"{GAIN_LABEL[c]} (pp)", "pp") for c, _, _ in GAINS]
+    cols += [("flags", "flags", "text")]
+    out.append(table(gains, cols))
+    out.append("<p class='note'>Accuracy (%) per method: zs zero-shot, zs_debiased = zs − log π̂p, ft fine-tuned, "
+               "ft_la = ft − log πs (logit adjustment), ensemble = zs + ft, gla = zs + ft − log πs − log π̂p.</p>")
+    return out
 
 
-def _cell(data: ReportData, model: str, dataset: str, cell_png: str) -> list[str]:
-    summ = method_rank(data.cell("summary", model, dataset))
+def _calibration_overview(views: dict[tuple[str, str], CellView]) -> list[str]:
+    worse, total = 0, 0
+    for v in views.values():
+        pair = findings.adjusted_pair(v.methods)
+        if pair is None:
+            continue
+        e0, e1 = (findings._metric(v.summary, m, "ece") for m in pair)
+        if e0 is not None and e1 is not None:
+            total += 1
+            worse += e1 > e0
+    if not total:
+        return []
+    return [f"<p class='finding'>Calibration: ECE is higher after de-biasing (GLA against fine-tuned, or "
+            f"zero-shot − log π̂p against zero-shot) in <b>{worse} of {total}</b> cell(s); each cell "
+            "states its own change below.</p>"]
+
+
+def _warn_box(flags: list[findings.Flag]) -> str:
+    if not flags:
+        return ""
+    items = "".join(f"<li><code>{html.escape(f.code)}</code>: {html.escape(f.message)}</li>" for f in flags)
+    return f"<div class='warn'><span class='flag'>{WARN} Warnings for this cell</span><ul>{items}</ul></div>"
+
+
+def _methods_table(view: CellView) -> str:
+    summ = method_rank(view.summary)
+    if {"accuracy_ci_low", "accuracy_ci_high"} <= set(summ.columns):
+        summ = summ.with_columns(interval("accuracy_ci_low", "accuracy_ci_high").alias("accuracy_ci"))
     # Columns present with at least one value (count groups need training counts).
     have = [c for c in METHOD_COLUMNS if c[0] in summ.columns and summ.get_column(c[0]).null_count() < summ.height]
-    pri = data.cell("priors", model, dataset)
-    est = ", ".join(sorted(set(pri.get_column("estimator").to_list()))) or "—"
-    nclass = data.cell("per_class", model, dataset).get_column("class_index").n_unique()
+    return table(summ, have, row_class=lambda r: "gla" if r.get("method") == "gla" else "")
+
+
+def _class_changes(view: CellView) -> list[str]:
+    got = findings.class_changes(view)
+    if got is None:
+        return []
+    rows, method = got
+    base = findings.adjusted_pair(view.methods)[0]
+    has_ci = rows.get_column("delta_ci_low").null_count() < rows.height
+    rows = rows.with_columns(interval("delta_ci_low", "delta_ci_high", signed=True).alias("delta_ci"))
+    if {"helps", "hurts"} <= set(rows.columns):
+        rows = rows.with_columns(
+            pl.when(pl.col("helps")).then(pl.lit("helps")).when(pl.col("hurts")).then(pl.lit("hurts"))
+            .otherwise(pl.lit("")).alias("verdict"))
+    cols = [("class_name", "class", "text"), ("group", "group", "text"), ("n", "n", "int"),
+            ("base_accuracy", f"{label(base)}", "pct"), ("accuracy", f"{label(method)}", "pct"),
+            ("delta", "change (pp)", "pp"), ("delta_ci", "95 % CI (pp)", "text")]
+    if "verdict" in rows.columns:
+        cols.append(("verdict", "BH 5 %", "text"))
+    note = ("paired 95 % interval (Newcombe) per class; “helps” / “hurts”: Benjamini–Hochberg at 5 % "
+            "across the cell's classes" if has_ci else
+            "this store's per_class table has no per-class intervals (re-run <code>gla analyze</code>)")
+    return [f"<h4>Classes that gain and lose most under {html.escape(label(method))} "
+            f"(against {html.escape(label(base))})</h4>", table(rows, cols), f"<p class='note'>{note}.</p>"]
+
+
+def _cell(view: CellView, flags: list[findings.Flag], pngs: dict[str, str]) -> list[str]:
+    m, d = view.model, view.dataset
+    est = ", ".join(sorted(set(view.priors.get_column("estimator").to_list()))) or "—"
+    nclass = view.per_class.get_column("class_index").n_unique()
+    prov = findings.provenance_line(view)
+    calib = findings.calibration_sentence(view)
+    shown = f" · methods use the {html.escape(view.estimator)} estimate" if view.estimator else ""
+    figs = "".join(
+        f"<figure>{img(b64, f'{m} / {d}: {name}')}<figcaption>{figures.CELL_FIGURES[name][1]}</figcaption></figure>"
+        for name, b64 in pngs.items()
+    )
     return [
-        f"<section class='cell' id='{anchor(model, dataset)}'><h3>{html.escape(model)} / {html.escape(dataset)}</h3>",
-        f"<p class='meta'>{nclass} classes · prior estimators: {html.escape(est)}</p>",
-        table(summ, have, row_class=lambda r: "gla" if r.get("method") == "gla" else ""),
-        f"<figure>{img(cell_png, f'{model} / {dataset} plots')}<figcaption>"
-        "Left to right: accuracy on head / medium / tail classes (thirds by π̂p) for each method; "
-        "per-class accuracy against π̂p (log scale; lines are least-squares fits in log π̂p) before and "
-        "after de-biasing; estimated π̂p against the downstream training share πs; reliability "
-        "diagram (accuracy against mean confidence per bin; marker area ∝ samples in the bin)."
-        "</figcaption></figure></section>",
+        f"<section class='cell{' flagged' if flags else ''}' id='{anchor(m, d)}'>"
+        f"<h3>{WARN + ' ' if flags else ''}{html.escape(m)} / {html.escape(d)}</h3>",
+        _warn_box(flags),
+        f"<p class='prov'>provenance: {html.escape(prov)}</p>" if prov else
+        "<p class='prov'>provenance: not recorded (this store has no results/provenance.parquet)</p>",
+        f"<p class='meta'>{nclass} classes · prior estimators: {html.escape(est)}{shown}</p>",
+        _methods_table(view),
+        f"<p class='finding'>{html.escape(calib)}</p>" if calib else "",
+        *_class_changes(view),
+        f"<div class='figs'>{figs}</div></section>",
     ]
 
 
-def render(data: ReportData, *, max_cells: int = DEFAULT_MAX_CELLS, figures_for=None) -> str:
-    """The page. ``figures_for(model, dataset)`` returns a cell's PNG (base64); by default
-    it is drawn afresh (the writer passes its cache)."""
-    figures_for = figures_for or (lambda m, d: figures.png_b64(cell_figure(data, m, d), dpi=80))
+def render(data: ReportData, *, max_cells: int = DEFAULT_MAX_CELLS,
+           figures_for: Callable[[CellView], dict[str, str]] | None = None) -> str:
+    """The page. ``figures_for(view)`` returns a cell's PNGs (base64) by figure name; by
+    default they are drawn afresh (the writer passes its cache)."""
+    figures_for = figures_for or (lambda v: {k: figures.png_b64(f, 80) for k, f in figures.cell_figures(v).items()})
     cells = data.cells()
-    parts = _head(data, cells) + _overview(data)
+    views = {c: data.view(*c) for c in cells}
+    flags = {c: findings.cell_flags(v) for c, v in views.items()}
+    parts = _head(data, cells) + _overview(data, views, flags)
     detailed = cells[:max_cells]
     if len(cells) > max_cells:
         parts.append(
@@ -146,15 +256,10 @@ def render(data: ReportData, *, max_cells: int = DEFAULT_MAX_CELLS, figures_for=
             "(<code>gla report --max-cells N</code> for more); the table above covers all.</p>"
         )
     parts.append("<h2 id='cells'>Cells</h2><nav class='toc'>")
-    parts += [f"<a href='#{anchor(m, d)}'>{html.escape(m)} / {html.escape(d)}</a><br>" for m, d in detailed]
+    parts += [f"<a href='#{anchor(m, d)}'>{WARN + ' ' if flags[(m, d)] else ''}{html.escape(m)} / "
+              f"{html.escape(d)}</a><br>" for m, d in detailed]
     parts.append("</nav>")
-    for m, d in detailed:
-        parts += _cell(data, m, d, figures_for(m, d))
+    for c in detailed:
+        parts += _cell(views[c], flags[c], figures_for(views[c]))
     parts.append("</main></body></html>")
     return "\n".join(parts)
-
-
-def cell_figure(data: ReportData, model: str, dataset: str):
-    return figures.cell_figure(
-        model, dataset, *(data.cell(t, model, dataset) for t in ("summary", "per_class", "priors", "calibration"))
-    )

@@ -58,6 +58,57 @@ class ReportData:
             return None
         return df.filter((pl.col("model") == model) & (pl.col("dataset") == dataset))
 
+    def view(self, model: str, dataset: str) -> CellView:
+        """One cell's rows, the per-method tables cut to the cell's primary estimator."""
+        summ = self.cell("summary", model, dataset)
+        est = primary_estimator(summ)
+        rows = {name: _of_estimator(self.cell(name, model, dataset), est) for name in READ if name != "priors"}
+        return CellView(model, dataset, est, rows, self.cell("priors", model, dataset))
+
+
+@dataclass
+class CellView:
+    """What the report shows for one cell. ``tables`` holds every table read (None when
+    the store lacks it); tables keyed by estimator hold the ``estimator`` rows only,
+    except ``priors``, which keeps every estimator for comparing them."""
+
+    model: str
+    dataset: str
+    estimator: str | None
+    tables: dict[str, pl.DataFrame | None]
+    priors: pl.DataFrame
+
+    def get(self, name: str) -> pl.DataFrame | None:
+        df = self.tables.get(name)
+        return None if df is None or df.height == 0 else df
+
+    @property
+    def summary(self) -> pl.DataFrame:
+        return self.tables["summary"]
+
+    @property
+    def per_class(self) -> pl.DataFrame:
+        return self.tables["per_class"]
+
+    @property
+    def methods(self) -> list[str]:
+        return methods(self.summary)
+
+
+def primary_estimator(summary: pl.DataFrame) -> str | None:
+    """The estimator a cell's sections show when summary holds several: gla (the
+    default) when present, else the first by name."""
+    if "estimator" not in summary.columns:
+        return None
+    names = sorted(set(summary.get_column("estimator").drop_nulls().to_list()))
+    return "gla" if "gla" in names else (names[0] if names else None)
+
+
+def _of_estimator(df: pl.DataFrame | None, estimator: str | None) -> pl.DataFrame | None:
+    if df is None or estimator is None or "estimator" not in df.columns:
+        return df
+    return df.filter(pl.col("estimator") == estimator)
+
 
 def table_path(store: Path, name: str) -> Path:
     return store / "results" / f"{name}.parquet"
@@ -106,19 +157,26 @@ def method_rank(df: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(rank.alias("_o")).sort("_o", "method").drop("_o")
 
 
-def gain_table(summary: pl.DataFrame) -> pl.DataFrame:
-    """Per cell: accuracy of each method and the GLA gain (pp).
+# The two gains the overview shows, each on its own colour scale: (column, method,
+# baseline). gla − ft needs fine-tuned logits; zs_debiased − zs exists in every cell.
+GAINS = (("gain_gla_ft", "gla", "ft"), ("gain_zs_debiased", "zs_debiased", "zs"))
 
-    Gain = acc(gla) − acc(ft) when the cell has fine-tuned logits; for a zero-shot-only
-    cell, acc(zs_debiased) − acc(zs) (de-biasing the zero-shot model by π̂p).
-    """
-    wide = summary.pivot(on="method", index=["model", "dataset"], values="accuracy", aggregate_function="first")
+
+def gain_table(summary: pl.DataFrame) -> pl.DataFrame:
+    """Per cell: accuracy of each method and two gains, as accuracy differences:
+    ``gain_gla_ft`` = acc(gla) − acc(ft) (null without fine-tuned logits) and
+    ``gain_zs_debiased`` = acc(zs_debiased) − acc(zs) (de-biasing the zero-shot model)."""
+    primary = summary
+    if "estimator" in summary.columns:
+        est = summary.group_by("model", "dataset").agg(
+            pl.col("estimator").filter(pl.col("estimator") == "gla").first().fill_null(pl.col("estimator").min())
+        )
+        primary = summary.join(est, on=["model", "dataset", "estimator"])
+    wide = primary.pivot(on="method", index=["model", "dataset"], values="accuracy", aggregate_function="first")
     for m in METHOD_ORDER:
         if m not in wide.columns:
             wide = wide.with_columns(pl.lit(None, dtype=pl.Float64).alias(m))
-    has_ft = pl.col("gla").is_not_null() & pl.col("ft").is_not_null()
     extra = sorted(c for c in wide.columns if c not in METHOD_ORDER and c not in ("model", "dataset"))
     return wide.with_columns(
-        pl.when(has_ft).then(pl.col("gla") - pl.col("ft")).otherwise(pl.col("zs_debiased") - pl.col("zs")).alias("gain"),
-        pl.when(has_ft).then(pl.lit("gla − ft")).otherwise(pl.lit("zs_debiased − zs")).alias("gain_of"),
-    ).select("model", "dataset", *METHOD_ORDER, *extra, "gain", "gain_of").sort("model", "dataset")
+        (pl.col(method) - pl.col(baseline)).alias(col) for col, method, baseline in GAINS
+    ).select("model", "dataset", *METHOD_ORDER, *extra, *(g[0] for g in GAINS)).sort("model", "dataset")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from gla.extract import cellformat as cf
 from gla.pipeline.report import figures, page
-from gla.pipeline.report.tables import READ, ReportData, load_tables, tables_digest
+from gla.pipeline.report.tables import READ, CellView, load_tables, tables_digest
 
 REPORT_VERSION = 2
 _PACKAGE = Path(__file__).resolve().parent
@@ -38,10 +38,10 @@ def tables_key(store: str | os.PathLike) -> str:
     return h.hexdigest()[:24]
 
 
-def cell_digest(model: str, dataset: str, data: ReportData) -> str:
+def cell_digest(view: CellView) -> str:
+    """Hash of the cell's rows in every table and of this package's code."""
     h = hashlib.sha256(f"{REPORT_VERSION}:{code_digest()}".encode())
-    for name in READ:
-        part = data.cell(name, model, dataset)
+    for part in (*(view.tables.get(n) for n in READ if n != "priors"), view.priors):
         if part is None:
             h.update(b"-")
             continue
@@ -53,33 +53,37 @@ def cell_digest(model: str, dataset: str, data: ReportData) -> str:
 class FigureCache:
     """Per-cell figures kept beside the report (``.<name>.figures/``), keyed by a hash of
     the cell's rows in every table and of this package: a rerun after one cell changed
-    redraws only that cell's figure. Unused entries are removed after each render."""
+    redraws only that cell's figures. ``<cell>-<digest>.json`` lists a cell's figure
+    names, ``<cell>-<digest>-<name>.png`` holds each. Unused files are removed after
+    each render."""
 
-    def __init__(self, folder: Path | None, data: ReportData):
+    def __init__(self, folder: Path | None):
         self.folder = folder
-        self.data = data
         self.used: set[str] = set()
 
-    def draw(self, model: str, dataset: str) -> str:
-        return figures.png_b64(page.cell_figure(self.data, model, dataset), dpi=80)
+    @staticmethod
+    def draw(view: CellView) -> dict[str, str]:
+        return {name: figures.png_b64(fig, dpi=80) for name, fig in figures.cell_figures(view).items()}
 
-    def get(self, model: str, dataset: str) -> str:
+    def get(self, view: CellView) -> dict[str, str]:
         if self.folder is None:
-            return self.draw(model, dataset)
-        name = f"{page.anchor(model, dataset)}-{cell_digest(model, dataset, self.data)}.png"
-        self.used.add(name)
-        path = self.folder / name
+            return self.draw(view)
+        prefix = f"{page.anchor(view.model, view.dataset)}-{cell_digest(view)}"
+        index = self.folder / f"{prefix}.json"
         try:
-            return base64.b64encode(path.read_bytes()).decode("ascii")
-        except OSError:
-            pass
-        b64 = self.draw(model, dataset)
-        cf.atomic_write_bytes(path, base64.b64decode(b64))
-        return b64
+            names = json.loads(index.read_text())
+            got = {n: base64.b64encode((self.folder / f"{prefix}-{n}.png").read_bytes()).decode("ascii") for n in names}
+        except (OSError, ValueError):
+            got = self.draw(view)
+            for n, b64 in got.items():
+                cf.atomic_write_bytes(self.folder / f"{prefix}-{n}.png", base64.b64decode(b64))
+            cf.atomic_write_bytes(index, json.dumps(list(got)).encode())
+        self.used |= {index.name, *(f"{prefix}-{n}.png" for n in got)}
+        return got
 
     def prune(self) -> None:
         if self.folder is not None and self.folder.is_dir():
-            for f in self.folder.glob("*.png"):
+            for f in [*self.folder.glob("*.png"), *self.folder.glob("*.json")]:
                 if f.name not in self.used:
                     f.unlink(missing_ok=True)
 
@@ -104,7 +108,7 @@ def write_report(
         except ValueError:
             pass
     data = load_tables(store)
-    cache = FigureCache(path.parent / f".{path.stem}.figures", data)
+    cache = FigureCache(path.parent / f".{path.stem}.figures")
     html = page.render(data, max_cells=max_cells, figures_for=cache.get)
     marker.unlink(missing_ok=True)
     cf.atomic_write_bytes(path, html.encode("utf-8"))  # 0666 & ~umask: for sharing

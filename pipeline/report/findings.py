@@ -1,0 +1,160 @@
+"""What the report says in words and small tables about one cell, derived from its rows.
+
+Each function takes a :class:`~gla.pipeline.report.tables.CellView` (or frames) and
+returns text or a frame, so every statement the page makes can be tested without HTML.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+from gla.pipeline.report.style import label
+from gla.pipeline.report.tables import CellView
+
+# Priors closer than this (max |log ratio| over the classes) are "the same estimate".
+SAME_PRIOR_LOG_TOL = 1e-3
+
+
+def adjusted_pair(methods: list[str]) -> tuple[str, str] | None:
+    """(baseline, de-biased method) the cell is judged by: ft → gla with fine-tuned
+    logits, else zs → zs_debiased."""
+    for base, after in (("ft", "gla"), ("zs", "zs_debiased")):
+        if base in methods and after in methods:
+            return base, after
+    return None
+
+
+def _metric(summ: pl.DataFrame, method: str, col: str) -> float | None:
+    if col not in summ.columns:
+        return None
+    v = summ.filter(pl.col("method") == method).get_column(col)
+    return None if v.len() == 0 or v[0] is None or v[0] != v[0] else float(v[0])
+
+
+def calibration_sentence(view: CellView) -> str | None:
+    """The change in calibration under the de-biasing, in words (ECE, then NLL)."""
+    pair = adjusted_pair(view.methods)
+    if pair is None:
+        return None
+    base, after = pair
+    e0, e1 = _metric(view.summary, base, "ece"), _metric(view.summary, after, "ece")
+    if e0 is None or e1 is None:
+        return None
+    d = 100 * (e1 - e0)
+    verdict = "worse" if d > 0.005 else "better" if d < -0.005 else "unchanged"
+    how = "rises" if verdict == "worse" else "falls" if verdict == "better" else "stays"
+    text = (f"Calibration is {verdict} under {label(after)}: expected calibration error (ECE) {how} "
+            f"from {100 * e0:.2f} % ({label(base)}) to {100 * e1:.2f} % ({d:+.2f} points).")
+    n0, n1 = _metric(view.summary, base, "nll"), _metric(view.summary, after, "nll")
+    if n0 is not None and n1 is not None:
+        text += f" NLL goes from {n0:.4f} to {n1:.4f}."
+    if verdict == "worse":
+        text += " The adjusted logits rank classes better but are not calibrated probabilities."
+    return text
+
+
+@dataclass(frozen=True)
+class Flag:
+    code: str
+    message: str
+
+
+def cell_flags(view: CellView) -> list[Flag]:
+    """The cell's warnings table rows, then every estimator that did not converge."""
+    flags = []
+    warn = view.get("warnings")
+    if warn is not None:
+        flags += [Flag(c, m) for c, m in warn.select("code", "message").unique(maintain_order=True).iter_rows()]
+    for est, msg in non_converged(view.priors).items():
+        flags.append(Flag("not_converged", f"estimator {est} did not converge" + (f": {msg}" if msg else "")))
+    return flags
+
+
+def non_converged(priors: pl.DataFrame) -> dict[str, str]:
+    """estimator → solver message, for the estimators whose ``converged`` is false."""
+    if "converged" not in priors.columns:
+        return {}
+    bad = priors.filter(pl.col("converged").not_()).unique("estimator", keep="first").sort("estimator")
+    msgs = bad.get_column("message").to_list() if "message" in bad.columns else [""] * bad.height
+    return {e: (m or "") for e, m in zip(bad.get_column("estimator").to_list(), msgs, strict=True)}
+
+
+def coincident_estimators(priors: pl.DataFrame, tol: float = SAME_PRIOR_LOG_TOL) -> dict[str, str]:
+    """estimator → the earlier estimator (by name) whose prior it matches, for each
+    estimator whose estimate equals another's (they would hide each other in a plot)."""
+    vecs = {}
+    for est in sorted(set(priors.get_column("estimator").to_list())):
+        v = priors.filter(pl.col("estimator") == est).sort("class_index").get_column("prior").to_numpy()
+        vecs[est] = np.log(np.clip(v.astype(float), 1e-300, None))
+    same: dict[str, str] = {}
+    names = list(vecs)
+    for i, b in enumerate(names):
+        for a in names[:i]:
+            if a not in same and vecs[a].shape == vecs[b].shape and np.max(np.abs(vecs[a] - vecs[b])) < tol:
+                same[b] = a
+                break
+    return same
+
+
+def class_changes(view: CellView, k: int = 5) -> tuple[pl.DataFrame, str] | None:
+    """The k classes that gain most and the k that lose most under the de-biased method
+    against its baseline, with the per-class paired interval when per_class carries it.
+    Returns (rows sorted by delta, descending; the method compared), or None."""
+    pair = adjusted_pair(view.methods)
+    if pair is None:
+        return None
+    base, after = pair
+    pc = view.per_class
+    cols = ["class_index", "class_name", "group", "n", "accuracy"]
+    mine = pc.filter(pl.col("method") == after)
+    theirs = pc.filter(pl.col("method") == base).select("class_index", pl.col("accuracy").alias("base_accuracy"))
+    rows = mine.select(*[c for c in pc.columns if c in (*cols, "delta", "delta_ci_low", "delta_ci_high",
+                                                         "q_value", "helps", "hurts", "baseline")])
+    rows = rows.join(theirs, on="class_index", how="left")
+    if "delta" not in rows.columns or ("baseline" in rows.columns and (rows.get_column("baseline") != base).any()):
+        # Older stores (or another baseline): the difference of the two accuracies, no interval.
+        rows = rows.with_columns((pl.col("accuracy") - pl.col("base_accuracy")).alias("delta"))
+        rows = rows.drop([c for c in ("delta_ci_low", "delta_ci_high", "q_value", "helps", "hurts") if c in rows.columns])
+    for c in ("delta_ci_low", "delta_ci_high"):
+        if c not in rows.columns:
+            rows = rows.with_columns(pl.lit(None, dtype=pl.Float64).alias(c))
+    rows = rows.drop_nulls("delta").sort(["delta", "class_index"], descending=[True, False])
+    if rows.height > 2 * k:
+        rows = pl.concat([rows.head(k), rows.tail(k)])
+    return rows, after
+
+
+def provenance_line(view: CellView) -> str | None:
+    """One line: how the cell's numbers were made (the provenance row of its estimator)."""
+    prov = view.get("provenance")
+    if prov is None:
+        return None
+    if view.estimator is not None and "estimator" in prov.columns and (prov["estimator"] == view.estimator).any():
+        prov = prov.filter(pl.col("estimator") == view.estimator)
+    r = prov.row(0, named=True)
+
+    def h(v):  # hashes shortened: enough to compare two runs by eye
+        return "—" if not v else str(v)[:12]
+
+    parts = [
+        f"fit on {r.get('fit_split')} (n = {r.get('n_fit')})",
+        f"scored on {r.get('eval_split')} (n = {r.get('n_eval')})",
+        f"estimator {r.get('estimator')}",
+    ]
+    for key, name in (("temperature", "temperature"), ("smoothing", "smoothing"),
+                      ("target_prior_source", "target prior")):
+        if r.get(key) is not None:
+            parts.append(f"{name} {r[key]:g}" if isinstance(r[key], float) else f"{name} {r[key]}")
+    model = " ".join(str(x) for x in (r.get("model_arch"), r.get("model_weights")) if x)
+    if model:
+        parts.append(f"model {model[:60]}")
+    for key, name in (("finetuned_sha256", "fine-tuned"), ("templates_sha256", "templates"),
+                      ("dataset_fingerprint", "data"), ("options_fingerprint", "options"),
+                      ("code_version", "code")):
+        if key in r and r[key]:
+            parts.append(f"{name} {h(r[key])}")
+    if r.get("created_at"):
+        parts.append(f"inputs sealed {r['created_at']}")
+    return " · ".join(parts)
