@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gla.extract import cellformat as cf
+from gla.extract.datasets import dataset_fingerprint
 from gla.extract.models import parse_pretrained
 from gla.extract.run import extract_cell
 from gla.pipeline.cell_analysis import StoreAnalysisOptions
@@ -107,7 +108,8 @@ def _stat_sig(path: str) -> list[Any]:
 
 def extract_fingerprint(store: Path, model: dict, dataset: dict, options: dict) -> str | None:
     """What a cell's extraction depends on, as seen from outside extract: the specs, the
-    stat signature of every file they name (and of $GLA_DATA_DIR for built-in sets), the
+    stat signature of every file they name, the dataset's fingerprint (every file it
+    reads; and $GLA_DATA_DIR for built-in sets), the
     installed extract code and the cell's sealed manifests. None if the cell has no
     sealed split."""
     cell = cf.cell_dir(store, model["name"], dataset["name"])
@@ -117,9 +119,6 @@ def extract_fingerprint(store: Path, model: dict, dataset: dict, options: dict) 
     weights = parse_pretrained(model.get("pretrained"))  # a tag or hub id is in `model` itself
     files = [weights.value if weights.kind == "file" else "", model.get("model_config", ""), model.get("templates", "")]
     files += [model.get("finetuned", {}).get(dataset["name"], "")]
-    files += [dataset.get("root", "")]
-    for s in (dataset.get("splits") or {}).values():
-        files += [s.get("root", ""), s.get("file", "")]
     data_dir = os.environ.get("GLA_DATA_DIR", "")
     manifests = {s: (cf.read_manifest(cell, s) or {}).get("write_id") for s in splits}
     code = Path(__file__).resolve().parent.parent / "extract"
@@ -127,6 +126,9 @@ def extract_fingerprint(store: Path, model: dict, dataset: dict, options: dict) 
     doc = {
         "model": model, "dataset": dataset, "options": options,
         "files": [_stat_sig(f) for f in files if f],
+        # every image, manifest row and shard, recursively (sizes + mtimes): a nested
+        # addition or an in-place overwrite is seen here, not only a top-level change
+        "dataset_files": dataset_fingerprint(dataset),
         "data_dir": [data_dir, *(_stat_sig(data_dir)[1:] if data_dir else [])],
         "manifests": manifests, "code": code_sig,
         "expected_splits": sorted((dataset.get("splits") or {}).keys()),
