@@ -44,6 +44,7 @@ from gla.extract.models import (
     model_identity,
     resolve_device,
 )
+from gla.extract.prompts import prompt_only_change
 from gla.extract.templates import load_templates, templates_hash
 from gla.extract.zeroshot import logit_params, zeroshot_head
 
@@ -55,7 +56,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "precision": "fp32",
     "device": "auto",
     "shard_rows": 4096,
-    "image_embeddings": False,
+    "image_embeddings": True,  # a prompt change then costs no image encoding (extract.prompts)
     "on_error": "raise",
 }
 
@@ -303,6 +304,26 @@ def _device(opts: dict[str, Any]) -> str:
     return resolve_device(opts["device"])
 
 
+def _rezero(store, model: dict[str, Any], dataset: dict[str, Any], key: str,
+            summary: dict[str, Any]) -> bool:
+    """Only the prompts changed: re-derive zs from the stored image embeddings (CPU, text
+    tower only). False (a full extraction follows) when that cannot give this key."""
+    from gla.extract.reembed import rezero_cell
+
+    t0 = time.perf_counter()
+    try:
+        out = rezero_cell(store, model, dataset)
+    except ExtractError as e:
+        log.info("%s: re-extracting from images (%s)", summary["cell"], e)
+        return False
+    if out.get("cell_key") != key:
+        return False
+    summary.update(status="rezeroed", rows=out.get("rows", 0), sealed=out.get("splits", []))
+    summary["seconds"]["total"] = time.perf_counter() - t0
+    log.info("%s: templates/class names changed: zs re-derived from stored image embeddings", summary["cell"])
+    return True
+
+
 def extract_cell(
     store: str | os.PathLike,
     model: dict[str, Any],
@@ -344,6 +365,8 @@ def extract_cell(
     if cell.is_dir() and is_complete(cell, splits, key):
         log.info("%s/%s: complete, skipped", model_name, dataset_name)
         summary["status"] = "skipped"
+        return summary
+    if count == 1 and prompt_only_change(cell, components) and _rezero(store, model, dataset, key, summary):
         return summary
 
     cell.mkdir(parents=True, exist_ok=True)

@@ -85,7 +85,7 @@ class ExtractOptions(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     device: str = "auto"
     shard_rows: int = Field(4096, ge=1)
-    image_embeddings: bool = False
+    image_embeddings: bool = True  # kept so a template/class-name change re-derives zs on the CPU
     on_error: Literal["raise", "skip"] = "raise"
 
 

@@ -53,6 +53,9 @@ class RunSummary:
     cells: list[tuple[str, str]] = field(default_factory=list)
     extracted: list[tuple[str, str]] = field(default_factory=list)  # extract ran (wrote or checked)
     extract_skipped: list[tuple[str, str]] = field(default_factory=list)  # fast path: unchanged
+    # What each extracted cell's run did: "written" (images encoded), "rezeroed" (zs
+    # re-derived from stored image embeddings, no image encoded), "skipped" (found complete).
+    extract_status: dict[tuple[str, str], str] = field(default_factory=dict)
     counts_written: list[str] = field(default_factory=list)
     analysis: AnalyzeSummary | None = None
     report: Path | None = None
@@ -67,8 +70,11 @@ class RunSummary:
     def lines(self) -> list[str]:
         out = [f"store {self.store}: {len(self.cells)} cell(s)"]
         if "extract" in self.seconds:
+            did = list(self.extract_status.values())
             out.append(
-                f"extract: {len(self.extracted)} run, {len(self.extract_skipped)} unchanged "
+                f"extract: {did.count('written')} encoded from images, "
+                f"{did.count('rezeroed')} zs re-derived from stored image embeddings (no image encoded), "
+                f"{did.count('skipped') + len(self.extract_skipped)} unchanged "
                 f"({self.seconds['extract']:.2f} s)"
             )
         if self.counts_written:
@@ -311,7 +317,8 @@ def _stage_extract(config: Config, pairs: list[Pair], store: Path, force: bool, 
             summary.failed.append(out)
             continue
         summary.extracted.append(cell)
-        if out.get("status") in ("written", "skipped"):
+        summary.extract_status[cell] = str(out.get("status"))
+        if out.get("status") in ("written", "skipped", "rezeroed"):
             fp = extract_fingerprint(store, task.model, task.dataset, task.options)
             if fp is not None:
                 cf.atomic_write_bytes(

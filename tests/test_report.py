@@ -459,3 +459,65 @@ def test_one_provenance_line_per_cell(data):
     assert "code abcdef012345 " not in line and line.endswith("code abcdef012345")
     plain = render(data, figures_for=lambda v: {})
     assert plain.count("provenance: not recorded") == len(CELLS)
+
+
+def test_overview_gains_carry_the_comparisons_intervals(data):
+    from gla.pipeline.report import render
+
+    comp = pl.DataFrame([
+        {"model": m, "dataset": d, "estimator": "gla", "method": meth, "baseline": base,
+         "delta_ci_low": -0.01 * (i + 1), "delta_ci_high": 0.02 * (i + 1)}
+        for i, (m, d, _) in enumerate(CELLS) for meth, base in (("gla", "ft"), ("zs_debiased", "zs"))
+    ])
+    text = render(_with(data, comparisons=comp), figures_for=lambda v: {})
+    overview = [rows for sec, rows in parse(text).tables if sec == "overview"][0]
+    header = overview[0]
+    i = header.index("gla − ft (pp)")
+    assert header[i + 1] == "95 % CI (pp)" and header[i + 3] == "95 % CI (pp)"
+    rows = {(r[0], r[1]): r for r in overview[1:]}
+    assert rows[("clip-a", "animals")][i + 1] == "[-2.00, +4.00]"  # CELLS[1]
+    assert rows[("clip-a", "fashion")][i + 3] == "[-1.00, +2.00]"
+
+
+def test_per_sample_tables_are_not_read():
+    from gla.pipeline.report.tables import READ
+
+    assert "predictions" not in READ and {"summary", "per_class", "priors", "warnings"} <= set(READ)
+
+
+def _visible_texts(fig):
+    """Every drawn label of a one-panel figure: title, axis labels, tick labels in view,
+    legend entries and texts on the axes, with their boxes in display pixels."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    out = []
+    for ax in fig.axes:
+        texts = [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            lo, hi = min(lo, hi), max(lo, hi)
+            texts += [t.label1 for t in axis.get_major_ticks() if lo <= t.get_loc() <= hi]
+        if ax.get_legend():
+            texts += [*ax.get_legend().get_texts(), ax.get_legend().get_title()]
+        out += [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_visible() and t.get_text()]
+    return out
+
+
+def test_no_overlapping_text_in_any_figure(data):
+    from gla.pipeline.report import figures, gain_table
+    from gla.pipeline.report.tables import GAINS
+
+    control = figures.new_figure(3, 2)
+    ax = control.add_subplot()
+    ax.set_title("a planted clash")
+    ax.text(0.5, 1.02, "over the title", transform=ax.transAxes, ha="center")
+    assert any(ba.overlaps(bb) for i, (_, ba) in enumerate(_visible_texts(control))
+               for _, bb in _visible_texts(control)[i + 1:])
+    gains = gain_table(data.summary)
+    figs = [figures.heatmap(gains, col, f"acc({m}) − acc({b})") for col, m, b in GAINS]
+    for cell in data.cells():
+        figs += figures.cell_figures(data.view(*cell)).values()
+    for fig in figs:
+        boxes = _visible_texts(fig)
+        assert len(boxes) >= 5
+        clashes = [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:] if ba.overlaps(bb)]
+        assert clashes == [], clashes

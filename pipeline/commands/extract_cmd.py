@@ -93,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
                     extra = f", {info['images']} images, {info['images_per_s']:.1f} img/s"
                 if info["skipped_images"]:
                     extra += f", {info['skipped_images']} unreadable images skipped"
+                if info["status"] == "rezeroed":
+                    extra = f" ({info.get('rows', 0)} rows: zs from stored image embeddings, no image encoded)"
                 print(f"{m.name}/{d.name}: {info['status']}{extra}")
         except (ExtractError, SourceError) as e:
             raise UserError(f"{m.name}/{d.name}: {e}") from None

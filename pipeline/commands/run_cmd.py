@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
             "cells": [f"{m}/{d}" for m, d in summary.cells],
             "extracted": [f"{m}/{d}" for m, d in summary.extracted],
             "extract_unchanged": [f"{m}/{d}" for m, d in summary.extract_skipped],
+            "extract_status": {f"{m}/{d}": st for (m, d), st in summary.extract_status.items()},
             "analysed": [f"{m}/{d}" for m, d in (summary.analysis.computed if summary.analysis else [])],
             "analysis_unchanged": [f"{m}/{d}" for m, d in (summary.analysis.cached if summary.analysis else [])],
             "failed": [{"cell": e.key, "error": e.error} for e in summary.failed],

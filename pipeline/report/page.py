@@ -132,7 +132,7 @@ def _flag_text(flags: list[findings.Flag]) -> str:
 
 def _overview(data: ReportData, views: dict[tuple[str, str], CellView],
               flags: dict[tuple[str, str], list]) -> list[str]:
-    gains = gain_table(data.summary)
+    gains = gain_table(data.summary, data.get("comparisons"))
     gains = gains.with_columns(pl.Series(
         "flags", [_flag_text(flags.get(k, [])) for k in gains.select("model", "dataset").iter_rows()], dtype=pl.String))
     flagged = {k for k, v in flags.items() if v}
@@ -150,7 +150,11 @@ def _overview(data: ReportData, views: dict[tuple[str, str], CellView],
     out.append("</div>")
     cols = [("model", "model", "text"), ("dataset", "dataset", "text")]
     cols += [(m, m, "pct") for m in methods(data.summary)]  # short names: the matrix stays narrow
-    cols += [(c, f"{GAIN_LABEL[c]} (pp)", "pp") for c, _, _ in GAINS]
+    for c, _, _ in GAINS:
+        cols.append((c, f"{GAIN_LABEL[c]} (pp)", "pp"))
+        if f"{c}_ci_low" in gains.columns:
+            gains = gains.with_columns(interval(f"{c}_ci_low", f"{c}_ci_high", signed=True).alias(f"{c}_ci"))
+            cols.append((f"{c}_ci", "95 % CI (pp)", "text"))
     cols += [("flags", "flags", "text")]
     out.append(table(gains, cols))
     out.append("<p class='note'>Accuracy (%) per method: zs zero-shot, zs_debiased = zs − log π̂p, ft fine-tuned, "
@@ -184,6 +188,9 @@ def _warn_box(flags: list[findings.Flag]) -> str:
 
 def _methods_table(view: CellView) -> str:
     summ = method_rank(view.summary)
+    if "target_estimator" in summ.columns:  # gla_tp once per π_t estimator: say which
+        summ = summ.with_columns(pl.when(pl.col("target_estimator").is_not_null()).then(
+            pl.format("{} ({})", "method", "target_estimator")).otherwise(pl.col("method")).alias("method"))
     if {"accuracy_ci_low", "accuracy_ci_high"} <= set(summ.columns):
         summ = summ.with_columns(interval("accuracy_ci_low", "accuracy_ci_high").alias("accuracy_ci"))
     # Columns present with at least one value (count groups need training counts).

@@ -17,10 +17,13 @@ from gla.extract import cellformat as cf
 from gla.pipeline.errors import UserError
 from gla.pipeline.report.style import METHOD_ORDER, ordered_methods
 
-# The tables the report reads: every table of the schema. The contract tables must exist
-# (a store without them has nothing to report); an optional table's section appears only
-# when the table exists and has rows. Required columns come from the schema.
-READ = tuple(schema.TABLES)
+# The tables the report reads: every table of the schema but the per-sample ones it never
+# shows (reading them would cost memory in proportion to the eval sets). The contract
+# tables must exist (a store without them has nothing to report); an optional table's
+# section appears only when the table exists and has rows. Required columns come from
+# the schema.
+PER_SAMPLE = ("predictions",)
+READ = tuple(n for n in schema.TABLES if n not in PER_SAMPLE)
 
 
 @dataclass
@@ -62,7 +65,7 @@ class ReportData:
         """One cell's rows, the per-method tables cut to the cell's primary estimator."""
         summ = self.cell("summary", model, dataset)
         est = primary_estimator(summ)
-        rows = {name: _of_estimator(self.cell(name, model, dataset), est) for name in READ if name != "priors"}
+        rows = {name: _of_estimator(self.cell(name, model, dataset), est) for name in self.tables if name != "priors"}
         return CellView(model, dataset, est, rows, self.cell("priors", model, dataset))
 
 
@@ -162,21 +165,36 @@ def method_rank(df: pl.DataFrame) -> pl.DataFrame:
 GAINS = (("gain_gla_ft", "gla", "ft"), ("gain_zs_debiased", "zs_debiased", "zs"))
 
 
-def gain_table(summary: pl.DataFrame) -> pl.DataFrame:
+def primary_rows(df: pl.DataFrame, summary: pl.DataFrame) -> pl.DataFrame:
+    """``df`` cut to each cell's primary estimator (as :func:`primary_estimator` picks it)."""
+    if "estimator" not in summary.columns or "estimator" not in df.columns:
+        return df
+    est = summary.group_by("model", "dataset").agg(
+        pl.col("estimator").filter(pl.col("estimator") == "gla").first().fill_null(pl.col("estimator").min())
+    )
+    return df.join(est, on=["model", "dataset", "estimator"])
+
+
+def gain_table(summary: pl.DataFrame, comparisons: pl.DataFrame | None = None) -> pl.DataFrame:
     """Per cell: accuracy of each method and two gains, as accuracy differences:
     ``gain_gla_ft`` = acc(gla) − acc(ft) (null without fine-tuned logits) and
-    ``gain_zs_debiased`` = acc(zs_debiased) − acc(zs) (de-biasing the zero-shot model)."""
-    primary = summary
-    if "estimator" in summary.columns:
-        est = summary.group_by("model", "dataset").agg(
-            pl.col("estimator").filter(pl.col("estimator") == "gla").first().fill_null(pl.col("estimator").min())
-        )
-        primary = summary.join(est, on=["model", "dataset", "estimator"])
+    ``gain_zs_debiased`` = acc(zs_debiased) − acc(zs) (de-biasing the zero-shot model).
+    With the comparisons table, each gain also gets its paired 95 % interval
+    (``<gain>_ci_low``, ``<gain>_ci_high``)."""
+    primary = primary_rows(summary, summary)
     wide = primary.pivot(on="method", index=["model", "dataset"], values="accuracy", aggregate_function="first")
     for m in METHOD_ORDER:
         if m not in wide.columns:
             wide = wide.with_columns(pl.lit(None, dtype=pl.Float64).alias(m))
     extra = sorted(c for c in wide.columns if c not in METHOD_ORDER and c not in ("model", "dataset"))
-    return wide.with_columns(
+    out = wide.with_columns(
         (pl.col(method) - pl.col(baseline)).alias(col) for col, method, baseline in GAINS
-    ).select("model", "dataset", *METHOD_ORDER, *extra, *(g[0] for g in GAINS)).sort("model", "dataset")
+    ).select("model", "dataset", *METHOD_ORDER, *extra, *(g[0] for g in GAINS))
+    if comparisons is not None and comparisons.height:
+        comp = primary_rows(comparisons, summary)
+        for col, method, baseline in GAINS:
+            ci = comp.filter((pl.col("method") == method) & (pl.col("baseline") == baseline)).select(
+                "model", "dataset", pl.col("delta_ci_low").alias(f"{col}_ci_low"),
+                pl.col("delta_ci_high").alias(f"{col}_ci_high")).unique(["model", "dataset"])
+            out = out.join(ci, on=["model", "dataset"], how="left")
+    return out.sort("model", "dataset")

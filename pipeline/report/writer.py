@@ -16,7 +16,7 @@ from pathlib import Path
 
 from gla.extract import cellformat as cf
 from gla.pipeline.report import figures, page
-from gla.pipeline.report.tables import READ, CellView, load_tables, tables_digest
+from gla.pipeline.report.tables import CellView, load_tables, tables_digest
 
 REPORT_VERSION = 2
 _PACKAGE = Path(__file__).resolve().parent
@@ -41,7 +41,7 @@ def tables_key(store: str | os.PathLike) -> str:
 def cell_digest(view: CellView) -> str:
     """Hash of the cell's rows in every table and of this package's code."""
     h = hashlib.sha256(f"{REPORT_VERSION}:{code_digest()}".encode())
-    for part in (*(view.tables.get(n) for n in READ if n != "priors"), view.priors):
+    for part in (*(view.tables[n] for n in sorted(view.tables)), view.priors):
         if part is None:
             h.update(b"-")
             continue
