@@ -4,11 +4,13 @@ A safetensors file starts with an 8-byte little-endian header length and a JSON 
 naming every tensor's dtype, shape and byte range (and an optional ``__metadata__``).
 That is enough to refuse, in the first second of a run, a checkpoint that is truncated,
 made for another architecture, or whose fine-tuned head is not as wide as the class list.
-Torch files (``.pt``/``.bin``) have no such header; they are checked when loaded.
+Torch files (``.pt``/``.bin``) have no header: when torch is installed they are opened
+memory-mapped (no copy of the weights) for the same checks.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import struct
@@ -89,19 +91,49 @@ def _ft_layout(found: dict[str, tuple[int, ...]], path: Path, where: str):
     )
 
 
+def torch_file_shapes(path: Path, where: str) -> tuple[dict[str, tuple[int, ...]], dict[str, str]] | None:
+    """(shapes, metadata) of a torch state-dict file, memory-mapped; None without torch."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch
+
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # a legacy (non-zip) file cannot be memory-mapped
+            if "mmap" not in str(e):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        msg = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ExtractError(f"{where}: fine-tuned checkpoint {path} is not a torch state dict (save "
+                           f"model.state_dict(), not the pickled module): {msg}") from None
+    if not isinstance(obj, dict):
+        raise ExtractError(f"{where}: fine-tuned checkpoint {path} does not hold a dict of tensors")
+    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    if isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    found = {k.removeprefix("module."): tuple(v.shape) for k, v in obj.items() if hasattr(v, "shape")}
+    return found, {k: str(v) for k, v in meta.items()}
+
+
 def check_finetuned(path: str | os.PathLike, num_classes: int, arch: str, where: str,
                     pretrained_header: dict[str, Any] | None = None,
                     embed_dim: int | None = None) -> None:
     """A fine-tuned checkpoint: its head is as wide as the class list, its image encoder
     has the pretrained one's tensors and shapes, its metadata names the same arch."""
     path = Path(path)
-    if path.suffix != ".safetensors":
-        if not path.is_file():
-            raise ExtractError(f"{where}: fine-tuned checkpoint {path} not found")
-        return
-    header = safetensors_header(path, f"{where}: fine-tuned checkpoint")
-    meta = header.get("__metadata__") or {}
-    layout, head, visual = _ft_layout(shapes(header), path, where)
+    if not path.is_file():
+        raise ExtractError(f"{where}: fine-tuned checkpoint {path} not found")
+    if path.suffix == ".safetensors":
+        header = safetensors_header(path, f"{where}: fine-tuned checkpoint")
+        found, meta = shapes(header), header.get("__metadata__") or {}
+    else:
+        opened = torch_file_shapes(path, where)
+        if opened is None:
+            return  # checked when loaded
+        found, meta = opened
+    layout, head, visual = _ft_layout(found, path, where)
     if layout == FT_FORMAT and meta.get("format", FT_FORMAT) != FT_FORMAT:
         raise ExtractError(f"{where}: fine-tuned checkpoint {path}: format {meta['format']!r}, expected {FT_FORMAT!r}")
     if meta.get("arch") and arch and meta["arch"] != arch:

@@ -94,6 +94,9 @@ def check_config(config: Config, *, stages=STAGES, only: Any = None, writing: bo
         raise UserError(f"--stages: unknown stage {bad[0]!r}{did_you_mean(bad[0], STAGES)}; stages: {', '.join(STAGES)}")
     if writing:
         ck.run(check_store_writable, config.store)
+    sched = config.compute.scheduler
+    if sched and "://" not in sched and not Path(sched).is_file():
+        raise ck.fail(f"compute.scheduler: scheduler file {sched} not found (or give tcp://HOST:PORT)")
     extract = "extract" in stages
     analyze = "analyze" in stages
     for d in dict((d.name, d) for _, d in cells).values():

@@ -264,3 +264,41 @@ def test_usage_errors_are_one_line(world, capsys):
     refused(capsys, world, ["check"], "gla check: error:", "config")
     refused(capsys, world, ["run", str(world / "run.toml"), "--stages", "extrct"], "did you mean 'extract'")
     refused(capsys, world, ["analyze", "--store", str(world / "store"), "--estimator", "glaa"], "--estimator")
+
+
+def test_read_only_store_is_refused_by_writing_commands(world, capsys, monkeypatch):
+    # Root may write anywhere, so a read-only mount is simulated where the check looks.
+    store = world / "store"
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == store and mode & os.W_OK
+                        else real(p, mode))
+    for command in ("run", "extract", "check"):
+        refused(capsys, world, [command, str(world / "run.toml")], f"store {store}", "read-only")
+
+
+def test_scheduler_file_must_exist(world, capsys):
+    edit(world / "run.toml", "[analysis]", '[compute]\nscheduler = "sched.json"\n[analysis]')
+    refused(capsys, world, ["run", str(world / "run.toml")], "compute.scheduler", "sched.json", "not found")
+
+
+@pytest.mark.torch
+def test_torch_finetuned_checkpoint_width_checked_without_loading_the_model(tmp_path, capsys):
+    pytest.importorskip("open_clip")
+    from fixtures_tiny_clip import make_tiny_clip
+
+    tc = make_tiny_clip(tmp_path / "tc")
+    make_folder(tmp_path / "two", (2, 2))
+    cfg = tmp_path / "run.toml"
+    base = (f'store = "store"\n[[models]]\nname = "tiny"\narch = "{tc.arch}"\nmodel_config = "{tc.config}"\n'
+            f'pretrained = "{tc.checkpoint}"\nfinetuned = {{ d = "{tc.wise_ft}" }}\n'
+            '[[datasets]]\nname = "d"\nkind = "imagefolder"\nroot = "{root}"\n'
+            '[datasets.splits]\nval = { per_class = 1 }\ntest = { rest = true }\n')
+    cfg.write_text(base.replace("{root}", str(tmp_path / "two")))
+    (tmp_path / "store").mkdir()
+    refused(capsys, tmp_path, ["check", str(cfg)], "models['tiny'].finetuned.d", "wise.pt",
+            "head for 3 classes, the dataset has 2")
+    cfg.write_text(base.replace("{root}", str(tc.images)))
+    assert main(["check", str(cfg)]) == 0
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    cfg.write_text(base.replace("{root}", str(tc.images)).replace(str(tc.wise_ft), str(tmp_path / "junk.pt")))
+    refused(capsys, tmp_path, ["check", str(cfg)], "junk.pt", "is not a torch state dict")
