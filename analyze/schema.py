@@ -216,6 +216,29 @@ WARNINGS = Table(
     optional=True,
 )  # fmt: skip
 
+ROBUSTNESS = Table(
+    "robustness",
+    "distribution shift: one row per shifted set × method, scored with its source cell's priors",
+    _cols(
+        *_CELL, *_EST, *_METHOD,
+        ("split", S, "eval split of the shifted set"),
+        ("n", I64, "labelled samples of the shifted set scored"),
+        ("accuracy", F, "top-1 accuracy on the shifted set"),
+        ("balanced_accuracy", F, "mean per-class accuracy on the shifted set"),
+        ("source_dataset", S, "the dataset whose π_p, π_s and temperature were used"),
+        ("source_split", S, "eval split of the source"),
+        ("source_n", I64, "labelled samples of the source's eval split"),
+        ("source_accuracy", F, "the same method's accuracy on the source's eval split"),
+        ("source_balanced_accuracy", F, "the same method's balanced accuracy on the source"),
+        ("accuracy_drop", F, "source_accuracy − accuracy"),
+        ("classes", I64, "classes of the shifted set"),
+        ("source_class_count", I64, "classes of the source"),
+    ),
+    keys=("model", "dataset", "estimator", "method"),
+    required=("model", "dataset", "method", "accuracy", "source_dataset", "source_accuracy"),
+    optional=True,
+)  # fmt: skip
+
 PREDICTIONS = Table(
     "predictions",
     "per eval sample × estimator × method: what it predicted (pairs two runs for gla diff)",
@@ -232,7 +255,8 @@ PREDICTIONS = Table(
 
 TABLES: dict[str, Table] = {
     t.name: t
-    for t in (SUMMARY, PER_CLASS, PRIORS, CALIBRATION, COMPARISONS, PROVENANCE, WARNINGS, PREDICTIONS)
+    for t in (SUMMARY, PER_CLASS, PRIORS, CALIBRATION, COMPARISONS, PROVENANCE, WARNINGS, PREDICTIONS,
+              ROBUSTNESS)
 }
 # The tables every published result must contain (DESIGN.md's contract).
 CONTRACT = tuple(n for n, t in TABLES.items() if not t.optional)

@@ -8,6 +8,7 @@ already imported, its own functions answer.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 import types
@@ -16,6 +17,7 @@ from pathlib import Path
 _PKG = "_gla_open_clip_files"
 
 
+@functools.lru_cache(maxsize=4)
 def _pretrained_registry(folder: Path) -> dict[str, dict]:
     """open_clip's ``_PRETRAINED`` from ``pretrained.py`` and its two sibling modules, run
     under a stand-in package name so open_clip's ``__init__`` (and torch) is not run.
@@ -41,16 +43,37 @@ def _pretrained_registry(folder: Path) -> dict[str, dict]:
             del sys.modules[k]
 
 
+def _folder() -> Path:
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.origin:
+        raise ModuleNotFoundError("open_clip", name="open_clip")
+    return Path(spec.origin).parent
+
+
+def pretrained_cfg(arch: str, tag: str) -> dict:
+    """open_clip's pretrained config of ``arch`` + ``tag`` ({} when unknown), without torch
+    unless open_clip is already imported (tags are normalised as open_clip does)."""
+    oc = sys.modules.get("open_clip")
+    if oc is not None:
+        return oc.get_pretrained_cfg(arch, tag)
+    try:
+        registry = _pretrained_registry(_folder())
+    except ModuleNotFoundError:
+        raise
+    except Exception:  # noqa: BLE001 - a layout this reader does not know: ask open_clip itself
+        import open_clip
+
+        return open_clip.get_pretrained_cfg(arch, tag)
+    return registry.get(arch, {}).get(tag.lower().replace("-", "_"), {})
+
+
 def open_clip_catalog() -> dict[str, list[str]]:
     """``{architecture: [pretrained tags]}``, architectures sorted, tags in open_clip's order.
     Raises ModuleNotFoundError when open_clip is not installed."""
     oc = sys.modules.get("open_clip")
     if oc is not None:
         return {a: oc.list_pretrained_tags_by_model(a) for a in sorted(oc.list_models())}  # same order as below
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.origin:
-        raise ModuleNotFoundError("open_clip", name="open_clip")
-    folder = Path(spec.origin).parent
+    folder = _folder()
     try:
         registry = _pretrained_registry(folder)
     except Exception:  # noqa: BLE001 - a layout this reader does not know: ask open_clip itself

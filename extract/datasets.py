@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 from gla.extract import hf_datasets
+from gla.extract.corruptions import CorruptedReader
 from gla.extract.errors import ExtractError, did_you_mean, unknown_name
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff"}
@@ -541,6 +542,26 @@ def dataset_fingerprint(spec: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- splits
 
 
+def _keep_classes(splits: dict[str, SplitData], class_names: list[str], classes: list[int] | None,
+                  where: str) -> tuple[dict[str, SplitData], list[str]]:
+    """Only the classes ``classes`` (indices), relabelled 0.. in that order. Applied after
+    the splits are drawn, so each split holds the same images as without the filter (a
+    shifted subset's test split stays inside its source's test split)."""
+    if not classes:
+        return splits, class_names
+    c = len(class_names)
+    if any(not 0 <= int(k) < c for k in classes) or len(set(classes)) != len(classes):
+        raise ExtractError(f"{where}.classes: expected distinct indices in 0..{c - 1}, got {list(classes)}")
+    remap = np.full(c, -1, dtype=np.int64)
+    remap[np.asarray(classes, dtype=np.int64)] = np.arange(len(classes))
+    out = {}
+    for name, d in splits.items():
+        keep = np.flatnonzero((d.labels >= 0) & (remap[np.maximum(d.labels, 0)] >= 0))
+        out[name] = SplitData(name, [d.sample_ids[i] for i in keep], remap[d.labels[keep]],
+                              [d.refs[i] for i in keep])
+    return out, [class_names[k] for k in classes]
+
+
 def _limit(pool: Pool, k: int | None) -> np.ndarray:
     idx = np.arange(len(pool.labels))
     if not k:
@@ -664,16 +685,24 @@ def build_source(spec: dict[str, Any]) -> Source:
             raise ExtractError(f"{where}: split {s!r} has classes {sub.class_names[:3]}... unlike the pool's")
         class_names, reader = class_names or sub.class_names, reader or sub.reader
         splits[s] = _subset(sub, s, _limit(sub, spec.get("limit_per_class")))
+    splits, class_names = _keep_classes(splits, class_names, spec.get("classes"), where)
     order = list(splits_cfg) or list(splits)  # keep the config's split order
     splits = {s: splits[s] for s in order if s in splits}
     _check_unique_ids(where, splits)
+    reader = reader or FileReader()
+    if spec.get("corruption"):
+        reader = CorruptedReader(reader, spec["corruption"], int(spec.get("severity") or 3))
     identity = {
         "name": name,
         "kind": kind_name,
         "pool": spec.get("pool") or "",
         "seed": int(spec.get("seed") or 0),
         "limit_per_class": spec.get("limit_per_class"),
+        **({"classes": list(spec["classes"])} if spec.get("classes") else {}),
+        **({"source_classes": list(spec["source_classes"])} if spec.get("source_classes") else {}),
+        **({"corruption": spec["corruption"], "severity": int(spec.get("severity") or 3)}
+           if spec.get("corruption") else {}),
         "splits": {s: {"rows": len(d), "digest": d.digest()} for s, d in splits.items()},
         "files": dataset_fingerprint(spec),
     }
-    return Source(name, kind_name, class_names, splits, reader or FileReader(), identity)
+    return Source(name, kind_name, class_names, splits, reader, identity)

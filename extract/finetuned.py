@@ -79,11 +79,14 @@ def _split_layout(tensors: dict[str, Any], path: Path) -> tuple[str, dict[str, A
     )
 
 
-def load_finetuned(path: str | os.PathLike, clip_model: Any, arch: str, num_classes: int):
+def load_finetuned(path: str | os.PathLike, clip_model: Any, arch: str, num_classes: int,
+                   rows: list[int] | None = None):
     """Build the fine-tuned classifier (an ``nn.Module``: images -> (N, C) logits).
 
     ``clip_model`` is the loaded pretrained CLIP: its image encoder is copied as the
-    skeleton the checkpoint's ``visual.*`` tensors must fit exactly.
+    skeleton the checkpoint's ``visual.*`` tensors must fit exactly. ``rows``: a dataset
+    that covers a subset of the checkpoint's classes (a shifted test set such as
+    ImageNet-R) keeps those head rows, in that order, when the head is wider than it.
     """
     import torch
     import torch.nn.functional as F
@@ -92,6 +95,13 @@ def load_finetuned(path: str | os.PathLike, clip_model: Any, arch: str, num_clas
     path = Path(path)
     tensors, meta = _read(path)
     layout, visual_sd, weight, bias = _split_layout(tensors, path)
+    full = int(weight.shape[0]) if weight.ndim == 2 else -1
+    subset = bool(rows) and full != num_classes and len(rows) == num_classes
+    if subset:
+        if max(rows) >= full or min(rows) < 0:
+            raise ExtractError(f"fine-tuned checkpoint {path}: class rows {list(rows)} outside its {full} classes")
+        weight = weight[list(rows)]
+        bias = None if bias is None else bias.reshape(-1)[list(rows)]
     if layout == FORMAT and meta:
         fmt = meta.get("format", FORMAT)
         if fmt != FORMAT:
@@ -101,7 +111,7 @@ def load_finetuned(path: str | os.PathLike, clip_model: Any, arch: str, num_clas
             raise ExtractError(
                 f"fine-tuned checkpoint {path} was made for arch {ck_arch!r}, not {arch!r}"
             )
-        if meta.get("num_classes") and int(meta["num_classes"]) != num_classes:
+        if meta.get("num_classes") and int(meta["num_classes"]) != (full if subset else num_classes):
             raise ExtractError(
                 f"fine-tuned checkpoint {path} has {meta['num_classes']} classes, "
                 f"the dataset has {num_classes}"

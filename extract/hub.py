@@ -4,7 +4,7 @@ open_clip fetches the weights of a pretrained tag or an ``hf-hub:org/repo`` mode
 through huggingface_hub (the Hugging Face cache, ``$HF_HOME``/``$HF_HUB_CACHE``), or
 for a few tags without huggingface_hub, from a URL into ``~/.cache/clip``. Two things
 make a load with no network slow or noisy, and both are handled here, before open_clip
-is called:
+is called (torch-free: ``gla run`` checks every model before any work starts):
 
 - the files are cached: the load runs in huggingface_hub's offline mode, so no request
   (and no retry against an unreachable host) is made;
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from gla.extract import catalog
 from gla.extract.errors import ExtractError
 
 HF_CONFIG_NAME = "open_clip_config.json"
@@ -49,9 +50,7 @@ def needed_files(arch: str, ref: Any) -> tuple[str, list[list[str]]] | None:
         return ref.value, [[HF_CONFIG_NAME], _safe_first(HF_WEIGHTS_NAME)]
     if ref.kind != "tag":
         return None
-    import open_clip
-
-    cfg = open_clip.get_pretrained_cfg(arch, ref.value)
+    cfg = catalog.pretrained_cfg(arch, ref.value)
     if not cfg or "file" in cfg or not cfg.get("hf_hub") or not _has_hf_hub():
         return None
     repo, filename = os.path.split(cfg["hf_hub"])  # as open_clip splits it: "org/repo/" or "org/repo/file"
@@ -131,9 +130,7 @@ def check_weights(arch: str, ref: Any, what: str) -> bool:
 
 def _check_url_cache(arch: str, ref: Any, what: str) -> bool:
     """Tags open_clip downloads from a URL (no huggingface_hub): ~/.cache/clip/<file>."""
-    import open_clip
-
-    url = open_clip.get_pretrained_url(arch, ref.value)
+    url = catalog.pretrained_cfg(arch, ref.value).get("url", "")
     if not url or (Path.home() / ".cache" / "clip" / os.path.basename(url)).is_file():
         return False
     if reachable(url, _probe_timeout()):

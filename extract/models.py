@@ -112,6 +112,18 @@ def is_local_file(pretrained: str) -> bool:
     return parse_pretrained(pretrained).kind == "file"
 
 
+def check_models(models: list[dict[str, Any]]) -> None:
+    """Before any cell starts, for model specs (``ModelSpec`` dicts), each (arch,
+    pretrained) once: weights neither cached nor downloadable raise ExtractError in one
+    line (``hub.check_weights``; no torch needed, so the calling process can check)."""
+    seen = set()
+    for m in models:
+        arch, pretrained = m.get("arch") or "", m.get("pretrained") or ""
+        if (arch, pretrained) not in seen:
+            seen.add((arch, pretrained))
+            hub.check_weights(arch, parse_pretrained(pretrained), f"models[{m.get('name')!r}].pretrained")
+
+
 def register_model_config(arch: str, path: str | os.PathLike) -> dict[str, Any]:
     """Register a model-config JSON under the name ``arch`` with open_clip; returns the config."""
     import open_clip

@@ -420,7 +420,9 @@ def _load_encoders(store: str | os.PathLike, model: dict[str, Any], dataset_name
     ft_model, ft_ident = None, None
     ft_path = (model.get("finetuned") or {}).get(dataset_name) or ""
     if ft_path:
-        ft_model, ft_ident = load_finetuned(ft_path, loaded.model, loaded.arch, len(class_names))
+        ident = source.identity
+        rows = ident.get("source_classes") or ident.get("classes")  # a subset of the checkpoint's classes
+        ft_model, ft_ident = load_finetuned(ft_path, loaded.model, loaded.arch, len(class_names), rows=rows)
     metadata = {
         "class_names": list(class_names),
         "model": {"name": model["name"], **components["model"]},

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,14 @@ from gla.analyze import predictions
 from gla.analyze.cell import AnalysisOptions, FittedPriors, build_tables, evaluate, fit_priors
 from gla.analyze.priors import LABEL_FREE, parse_temperature
 from gla.analyze.stats import Tally
+from gla.pipeline.distshift import (
+    ShiftSpec,
+    class_map,
+    fitted_from_tables,
+    read_shift,
+    restrict_priors,
+    robustness_table,
+)
 from gla.pipeline.errors import UserError
 from gla.pipeline.importer import load_array
 from gla.pipeline.store import DEFAULT_BATCH_ROWS, CellInfo, SplitArrays, SplitInfo, Store
@@ -404,6 +412,9 @@ def analyze_cell(
     key = hashlib.sha256(
         f"{store.content_key(model, dataset)}:{options.fingerprint()}".encode()
     ).hexdigest()[:24]
+    shift = read_shift(store.root, dataset)
+    if shift is not None:  # a shifted set: the source cell's priors, no fit of its own
+        return _analyze_shifted(store, info, options, shift, key)
     fit_info, eval_info = _split_infos(store, info, options)
     counts = _class_counts(store, info, options.smoothing)
     target = _load_target_prior(options.target_prior, info.num_classes) if options.target_prior else None
@@ -431,3 +442,49 @@ def analyze_cell(
     clock.mark()
     return CellResult(model, dataset, tables, key,
                       _diagnostics(fit_info, info, n_eval, n_unknown, fitted, clock))
+
+
+def _analyze_shifted(store: Store, info: CellInfo, options: StoreAnalysisOptions, shift: ShiftSpec,
+                     key: str) -> CellResult:
+    """Score a shifted set with the priors of its source cell (``pipeline.distshift``).
+
+    The source is analysed as alone (primary estimator only: its π_p is the one the
+    methods use, so the source's summary is the same as in its own cell), its π_p, π_s and
+    temperature are restricted to the shifted set's classes, and the shifted set's eval
+    split is streamed with them. Adds a robustness table beside the usual ones.
+    """
+    model, dataset, split = info.model, info.dataset, options.eval_split
+    if read_shift(store.root, shift.source) is not None:
+        raise UserError(f"{shift.path}: source {shift.source!r} is itself a shifted set")
+    if (model, shift.source) not in store.cells():
+        raise UserError(f"{shift.path}: source cell {model}/{shift.source} is not in the store")
+    source = analyze_cell(store, model, shift.source, replace(options, estimators=options.estimators[:1]))
+    src_info = store.cell_info(model, shift.source)
+    m = class_map(shift, info.class_names, src_info.class_names)
+    fitted = restrict_priors(fitted_from_tables(source.tables), m)
+    counts_obj = store.read_class_counts(shift.source)
+    counts = None if counts_obj is None else counts_obj.counts[m]
+    target = None
+    if options.target_prior:
+        target = _load_target_prior(options.target_prior, src_info.num_classes)[m]
+    eval_info = store.split_info(model, dataset, split)
+    if eval_info.rows == 0:
+        raise UserError(f"{eval_info.files[0]}: split {split!r} has no rows")
+    _check_sample_ids(store, model, dataset, (split,))
+    core = options.core(target)
+    batches = store.iter_split(model, dataset, split,
+                               columns=("label", "zs", "ft", "sample_id", *eval_info.extra_logits),
+                               batch_rows=options.batch_rows, info=eval_info)
+    kept = predictions.Collector()
+    tallies, n_eval, n_unknown = _stream_eval(batches, fitted, core, eval_info, split, _threads(options), kept)
+    if tallies is None:
+        raise UserError(f"{eval_info.files[0]}: column label is -1 (unknown) in every row of eval split "
+                        f"{split!r}; evaluation needs labels")
+    tables = build_tables(model, dataset, split, list(info.class_names), fitted, tallies, class_counts=counts)
+    tables["predictions"] = kept.table(model, dataset, fitted.primary)
+    tables["robustness"] = robustness_table(tables["summary"], source.tables["summary"], shift.source,
+                                            info.num_classes, src_info.num_classes)
+    diag = {"fit_rows": 0, "eval_rows": n_eval, "eval_rows_unlabelled": n_unknown,
+            "classes": info.num_classes, "has_ft": info.has_ft,
+            "evaluated_with": {"source": shift.source, "source_classes": m.tolist()}}
+    return CellResult(model, dataset, tables, key, diag)

@@ -154,6 +154,13 @@ class DatasetSpec(_Strict):
     image_column: str = Field("image", description="huggingface: the image column")
     label_column: str = Field("label", description="huggingface: the label column")
     splits: dict[str, SplitSpec] = Field(default_factory=dict)
+    # Distribution shift (docs/evaluation.md): evaluate with a source dataset's priors.
+    evaluate_with: str = Field("", description="source dataset whose π_p, π_s and temperature score this one")
+    source_classes: list[int] = Field(default_factory=list, description="source class index of each class")
+    classes: list[int] = Field(default_factory=list, description="keep only these pool classes, in this order")
+    corruption: Literal["", "invert", "blur", "noise"] = Field(
+        "", description="a deterministic corruption of every image: invert, blur or noise (a shifted set)")
+    severity: int = Field(3, ge=1, le=5, description="strength of the corruption, 1 to 5")
 
     @model_validator(mode="before")
     @classmethod
@@ -208,6 +215,15 @@ class Config(_Strict):
             for ds in m.finetuned:
                 if ds not in known:
                     raise ValueError(f"models[{m.name!r}].finetuned: {unknown_name('dataset', ds, known)}")
+        by_name = {d.name: d for d in self.datasets}
+        for d in self.datasets:
+            src = by_name.get(d.evaluate_with) if d.evaluate_with else None
+            if d.evaluate_with and (src is None or src is d):
+                others = [n for n in known if n != d.name]
+                raise ValueError(f"datasets '{d.name}' evaluate_with names no other dataset: "
+                                 f"'{d.evaluate_with}'{did_you_mean(d.evaluate_with, others)}")
+            if src is not None and src.evaluate_with:
+                raise ValueError(f"datasets '{d.name}' evaluate_with '{src.name}', which is itself shifted")
         return self
 
     def cells(self, only: CellFilter | None = None) -> list[tuple[ModelSpec, DatasetSpec]]:
@@ -446,6 +462,9 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
         m.pretrained = _resolve_pretrained(m.pretrained, base)
         m.templates = _resolve_templates(m.templates, base, f"{path}: models[{m.name!r}].templates")
         m.finetuned = {k: _resolve(v, base) for k, v in m.finetuned.items()}
+        for d in config.datasets:  # a shifted set is scored with its source's fine-tuned model
+            if d.evaluate_with in m.finetuned and d.name not in m.finetuned:
+                m.finetuned[d.name] = m.finetuned[d.evaluate_with]
     for d in config.datasets:
         where = f"{path}: datasets[{d.name!r}]"
         d.root = _resolve(d.root, base)

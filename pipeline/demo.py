@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import polars as pl
-from gla.pipeline.config import Config, load_config
+from gla.pipeline.config import Config, SplitSpec, load_config
 
 CONFIG = Path(__file__).resolve().parent / "demo.toml"
 ASSETS = Path(__file__).resolve().parent.parent / "extract" / "demo" / "assets"
@@ -25,6 +25,8 @@ def demo_config(store: str | Path, *, limit_per_class: int | None = None, worker
     if limit_per_class is not None:
         for d in config.datasets:
             d.limit_per_class = limit_per_class
+            if d.evaluate_with and "test" in d.splits:  # a fixed count may exceed the smaller pool
+                d.splits["test"] = SplitSpec(rest=True)
     return config
 
 
@@ -64,3 +66,24 @@ def group_gains(results: Path) -> pl.DataFrame:
     """Head / medium / tail accuracy (thirds by estimated π_p) of zs and ft against gla."""
     s = pl.read_parquet(results / "summary.parquet").filter(pl.col("method").is_in(["zs", "ft", "gla"]))
     return s.select("dataset", "method", "acc_head", "acc_medium", "acc_tail").sort("dataset", "method")
+
+
+def robustness(results: Path) -> pl.DataFrame:
+    """Accuracy on each shifted set (source priors) beside the source's, per method."""
+    path = results / "robustness.parquet"
+    if not path.exists():
+        return pl.DataFrame()
+    r = pl.read_parquet(path)
+    if r.is_empty():
+        return r
+    wide = r.pivot(on="dataset", index="method", values="accuracy", aggregate_function="first")
+    src = r.select("method", "source_dataset", "source_accuracy").unique().pivot(
+        on="source_dataset", index="method", values="source_accuracy", aggregate_function="first")
+    return src.join(wide, on="method").join(_method_order(), on="method", how="left").sort(
+        "_o", "method", nulls_last=True).drop("_o")
+
+
+def _method_order() -> pl.DataFrame:
+    from gla.analyze.adjust import METHODS
+
+    return pl.DataFrame({"method": list(METHODS), "_o": range(len(METHODS))})

@@ -32,10 +32,12 @@ from typing import Any
 
 from gla.extract import cellformat as cf
 from gla.extract.datasets import dataset_fingerprint
-from gla.extract.models import parse_pretrained
+from gla.extract.errors import ExtractError
+from gla.extract.models import check_models, parse_pretrained
 from gla.extract.run import extract_cell
 from gla.pipeline.cell_analysis import StoreAnalysisOptions
 from gla.pipeline.config import CellFilter, Config, DatasetSpec, ModelSpec, model_dict
+from gla.pipeline.distshift import write_shift
 from gla.pipeline.errors import UserError
 from gla.pipeline.importer import import_counts
 from gla.pipeline.incremental import AnalyzeSummary, analyze_cells
@@ -267,6 +269,7 @@ def _stage_analyze(config: Config, pairs: list[Pair], store: Path, force: bool, 
     for d in {d.name: d for _, d in pairs}.values():
         if import_train_counts(store, d.model_dump()):
             summary.counts_written.append(d.name)
+        write_shift(store, d.model_dump())  # evaluate_with: scored with the source cell's priors
     have = set(Store(store).cells())
     failed_keys = {e.key for e in summary.failed}
     for m, d in summary.cells:
@@ -311,6 +314,10 @@ def _stage_extract(config: Config, pairs: list[Pair], store: Path, force: bool, 
             f"extract stage: {len(tasks)} cell(s) need extraction but torch/open_clip are not "
             "installed (pip install 'gla-pipeline[extract]', or run --stages analyze,report)"
         )
+    try:  # weights neither cached nor downloadable stop the run here, before any cell
+        check_models([t.model for t in tasks])
+    except ExtractError as e:
+        raise UserError(str(e)) from None
     for task, out in runner.map(run_extract_task, tasks, key=lambda t: t.name, description="extract"):
         cell = (task.model["name"], task.dataset["name"])
         if isinstance(out, CellError):

@@ -465,7 +465,7 @@ class Store:
         return {s: int((cf.read_manifest(cell, s) or {}).get("rows", 0)) for s in cf.sealed_splits(cell)}
 
     # ---- content key
-    def content_key(self, model: str, dataset: str) -> str:
+    def content_key(self, model: str, dataset: str, _follow: bool = True) -> str:
         """A cheap key that changes whenever the cell's inputs change.
 
         Hash of the schema version, every sealed manifest's (split, write_id) — a rewrite
@@ -480,4 +480,13 @@ class Store:
             h.update(f"split={split}:{doc.get('write_id', '')}:{doc.get('rows', '')}\n".encode())
         counts = self.counts_path(dataset)
         h.update(f"counts={_file_digest(counts) if counts.exists() else '-'}\n".encode())
+        shift = counts.parent / "evaluate_with.json"  # a shifted set depends on its source cell
+        if shift.is_file() and _follow:
+            h.update(shift.read_bytes())
+            try:
+                source = str(json.loads(shift.read_text())["source"])
+                if source != dataset and cf.cell_dir(self.root, model, source).is_dir():
+                    h.update(f"source={self.content_key(model, source, False)}\n".encode())
+            except (ValueError, KeyError, TypeError):
+                pass  # analysis reports the unreadable file
         return h.hexdigest()[:24]

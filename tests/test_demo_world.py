@@ -163,9 +163,14 @@ def test_reduced_demo_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Accuracy on the balanced test split" in out and "Spearman" in out
     summary = pl.read_parquet(store / "results" / "summary.parquet")
-    assert set(summary["dataset"]) == {"fashion", "animals"}
+    shifted = {"fashion-blur", "animals-noise", "fashion-tops-noise"}
+    assert set(summary["dataset"]) == {"fashion", "animals"} | shifted
     assert set(summary["method"]) == {"zs", "zs_debiased", "ft", "ft_la", "ensemble", "gla", "wiseft@0.5"}
-    assert (summary["n"] == 100).all()  # 30 per class − 20 for val, 10 classes
+    n = dict(summary.select("dataset", "n").unique().iter_rows())
+    assert n == {"fashion": 100, "animals": 100, "fashion-blur": 100, "animals-noise": 100,
+                 "fashion-tops-noise": 40}  # 30 per class − 20 for val; the tops are 4 classes
+    rob = pl.read_parquet(store / "results" / "robustness.parquet")
+    assert set(rob["dataset"]) == shifted and set(rob["source_dataset"]) == {"fashion", "animals"}
     assert (store / "report" / "index.html").stat().st_size > 10_000
     agreement = demo.prior_agreement(store / "results", demo.true_frequencies())
     assert agreement["spearman"].is_finite().all()

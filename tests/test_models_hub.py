@@ -225,3 +225,42 @@ def test_gla_extract_offline_is_one_line_exit_2(tmp_path):
     assert len(lines) == 1, proc.stderr
     assert "are not in the Hugging Face cache" in lines[0] and "local weights file" in lines[0]
     assert not list((tmp_path / "S").rglob("*.parquet"))
+
+
+def test_pretrained_cfg_without_torch_matches_open_clip():
+    open_clip = pytest.importorskip("open_clip")
+    from gla.extract import catalog
+
+    registry = catalog._pretrained_registry(Path(open_clip.__file__).parent)
+    for arch, tag in [("ViT-B-32", "openai"), ("ViT-B-32", "laion2b_s34b_b79k"), ("ViT-L-14", "OpenAI")]:
+        want = open_clip.get_pretrained_cfg(arch, tag)
+        assert registry[arch][tag.lower()] == want and want.get("hf_hub")
+
+
+def test_gla_run_refuses_uncached_weights_before_any_work(tmp_path):
+    """`gla run` checks every model's weights in the calling process (torch-free) before it
+    starts a cluster or a cell: one line, exit 2, nothing written."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("open_clip")
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    (tmp_path / "imgs" / "b").mkdir()
+    for c in "ab":
+        (tmp_path / "imgs" / c / "0.png").write_bytes(b"not decoded before the check")
+    (tmp_path / "c.toml").write_text(
+        'store = "S"\n[compute]\nworkers = 2\n'
+        '[[models]]\nname = "b32"\narch = "ViT-B-32"\npretrained = "laion2b_s34b_b79k"\n'
+        '[[datasets]]\nname = "pics"\nkind = "imagefolder"\nroot = "imgs"\n'
+        "[datasets.splits.test]\nrest = true\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    gla = Path(sys.executable).parent / "gla"
+    proc = subprocess.run([str(gla), "run", "c.toml", "--no-progress"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "local cluster" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("gla run: error: models['b32'].pretrained = 'laion2b_s34b_b79k': the weights")
+    assert not list((tmp_path / "S").rglob("*.parquet"))

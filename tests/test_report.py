@@ -521,3 +521,74 @@ def test_no_overlapping_text_in_any_figure(data):
         assert len(boxes) >= 5
         clashes = [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:] if ba.overlaps(bb)]
         assert clashes == [], clashes
+
+
+# ----------------------------------------------------------------- sections of the audit tables
+
+
+def _section(text, model, dataset):
+    return text.split(f"id='cell-{model}--{dataset}'")[1].split("</section>")[0]
+
+
+def _target_priors(model, dataset, n_classes=12):
+    rows = []
+    for e, bump in (("em", 0.30), ("bbse", 0.20)):
+        prior = [bump if c == 3 else (1 - bump) / (n_classes - 1) for c in range(n_classes)]
+        share = [0.25 if c == 3 else 0.75 / (n_classes - 1) for c in range(n_classes)]
+        for window in (None, "2024-01"):
+            rows += [{"model": model, "dataset": dataset, "estimator": "gla", "target_estimator": e,
+                      "split": "test", "window": window, "window_index": -1 if window is None else 0,
+                      "class_index": c, "class_name": f"class_{c:04d}", "prior": prior[c],
+                      "label_share": share[c], "converged": e == "em"} for c in range(n_classes)]
+    return pl.DataFrame(rows)
+
+
+def test_label_shift_section_only_with_its_table(data):
+    from gla.pipeline.report import render
+
+    plain = render(data, figures_for=lambda v: {})
+    assert "Label shift" not in plain and "Label issues" not in plain and "Distribution shift" not in plain
+    empty = _target_priors("clip-a", "fashion").clear()
+    assert "Label shift" not in render(_with(data, target_priors=empty), figures_for=lambda v: {})
+    text = render(_with(data, target_priors=_target_priors("clip-a", "fashion")), figures_for=lambda v: {})
+    section = _section(text, "clip-a", "fashion")
+    assert "Label shift" in section and "Label shift" not in _section(text, "clip-a", "animals")
+    # TV(em) = 0.5 * (|0.30 - 0.25| + 11 * |0.7/11 - 0.75/11|) = 0.05; TV(bbse) = 0.05 too.
+    assert "Total variation distance between π̂t and the labelled class shares: bbse 0.050, em 0.050." in section
+    rows = [r for sec, r in parse(text).tables if sec == "cell-clip-a--fashion"][2]
+    assert rows[0] == ["class", "π̂t (bbse)", "π̂t (em)", "labelled share"]
+    assert rows[1] == ["class_0003", "0.2000", "0.3000", "0.2500"]  # farthest from uniform first
+    assert "did not converge: bbse" in section
+
+
+def test_label_issues_section(data):
+    from gla.pipeline.report import render
+
+    li = pl.DataFrame({"model": "clip-a", "dataset": "fashion", "estimator": "gla", "split": "test",
+                       "sample_id": ["s1", "s2", "s3"], "label": [0, 1, 2], "suggested_label": [5, 6, 7],
+                       "score": [-9.0, -8.0, -1.0], "p_value": [0.001, 0.0005, 0.4], "flagged": [True, True, False]})
+    cc = pl.DataFrame({"model": "clip-a", "dataset": "fashion", "estimator": "gla", "split": "test",
+                       "label": [0, 1], "label_name": ["class_0000", "class_0001"], "suggested_label": [5, 6],
+                       "suggested_name": ["class_0005", "class_0006"], "count": [3, 7], "n_flagged": [1, 1],
+                       "n_tested": [600, 600]})
+    text = render(_with(data, label_issues=li, class_confusions=cc), figures_for=lambda v: {})
+    section = _section(text, "clip-a", "fashion")
+    assert "2 label(s) of 600 labelled samples flagged as likely wrong" in section
+    tables = [r for sec, r in parse(text).tables if sec == "cell-clip-a--fashion"]
+    samples, pairs = tables[2], tables[3]
+    assert [r[0] for r in samples[1:]] == ["s2", "s1"]  # strongest evidence first; s3 not flagged
+    assert samples[1][1:3] == ["class_0001", "class_0006"]
+    assert pairs[1][:3] == ["class_0001", "class_0006", "7"]
+
+
+def test_distribution_shift_section(data):
+    from gla.pipeline.report import render
+
+    rob = pl.DataFrame({"model": "clip-a", "dataset": "fashion-sketch", "estimator": "gla",
+                        "method": ["gla", "ft"], "accuracy": [0.5, 0.4], "source_dataset": "fashion",
+                        "source_accuracy": [0.7, 0.6], "accuracy_drop": [0.2, 0.2]})
+    text = render(_with(data, robustness=rob), figures_for=lambda v: {})
+    assert "<h2 id='shift'>Distribution shift</h2>" in text
+    rows = [r for sec, r in parse(text).tables if sec == "overview"][1]
+    assert rows[1] == ["clip-a", "fashion", "fashion-sketch", "ft", "60.00", "40.00", "-20.00"]
+    assert rows[2][3] == "gla"

@@ -50,6 +50,10 @@ def run(args: argparse.Namespace) -> int:
     pl.Config.set_tbl_rows(50)
     print("\nAccuracy on the balanced test split (methods × datasets):")
     print(demo.accuracy_table(results))
+    shift = demo.robustness(results)
+    if shift.height:
+        print("\nDistribution shift, scored with the source's priors (source columns first):")
+        print(shift)
     print("\nEstimated π_p against the true pretraining frequencies (Spearman):")
     print(demo.prior_agreement(results, demo.true_frequencies()).drop("model"))
     print("\nHead / medium / tail accuracy (thirds by estimated π_p):")

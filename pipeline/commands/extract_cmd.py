@@ -74,12 +74,18 @@ def run(args: argparse.Namespace) -> int:
         )
     check_config(config, stages=("extract",), only=only)  # every config error before any work
     from gla.extract.errors import ExtractError
+    from gla.extract.models import check_models
     from gla.extract.reembed import rezero_cell
     from gla.extract.run import extract_cell
     from gla.extract.sources import SourceError
 
     options = config.extract.model_dump()
     progress = not args.no_progress and sys.stderr.isatty()
+    if not args.from_embeddings:
+        try:  # uncached weights with no network: one line now, before torch loads
+            check_models([model_dict(m) for m in {m.name: m for m, _ in cells}.values()])
+        except ExtractError as e:
+            raise UserError(str(e)) from None
     for m, d in cells:
         md, dd = model_dict(m, d), d.model_dump()
         try:

@@ -10,16 +10,14 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Callable
-from typing import Any
 
 import polars as pl
-from gla.extract import cellformat as cf
-from gla.pipeline.report import figures, findings
+from gla.pipeline.report import figures, findings, sections
+from gla.pipeline.report.markup import WARN, anchor, img, interval, table
 from gla.pipeline.report.style import label
 from gla.pipeline.report.tables import GAINS, CellView, ReportData, gain_table, method_rank, methods
 
 DEFAULT_MAX_CELLS = 60
-WARN = "⚠"
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
@@ -54,52 +52,6 @@ METHOD_COLUMNS = [
     ("acc_few", "few-shot", "pct"), ("nll", "NLL", "num"), ("ece", "ECE", "pct"),
 ]  # fmt: skip
 GAIN_LABEL = {"gain_gla_ft": "gla − ft", "gain_zs_debiased": "zs_debiased − zs"}
-
-
-def fmt(v: Any, kind: str = "pct") -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        if v != v:  # NaN
-            return "—"
-        if kind == "pct":
-            return f"{100 * v:.2f}"
-        if kind == "pp":
-            return f"{100 * v:+.2f}"
-        return f"{v:.4f}"
-    return html.escape(str(v))
-
-
-def table(df: pl.DataFrame, cols: list[tuple[str, str, str]], row_class: Any = None) -> str:
-    """cols: (column, header, kind) with kind in pct/pp/num/text/int."""
-    head = "".join(f'<th class="{"l" if kind == "text" else ""}">{html.escape(h)}</th>' for _, h, kind in cols)
-    # In a horizontally scrolling box: a wide matrix scrolls inside it, the page never does.
-    out = [f"<div class='tw'><table><thead><tr>{head}</tr></thead><tbody>"]
-    for row in df.iter_rows(named=True):
-        cells = []
-        for c, _, kind in cols:
-            v = row.get(c)
-            css = "l" if kind == "text" else ""
-            if kind == "pp" and isinstance(v, float) and v == v:
-                css = "pos" if v > 0 else "neg" if v < 0 else ""
-            cells.append(f'<td class="{css}">{fmt(v, kind)}</td>')
-        out.append(f'<tr class="{row_class(row) if row_class else ""}">' + "".join(cells) + "</tr>")
-    out.append("</tbody></table></div>")
-    return "".join(out)
-
-
-def interval(lo: str, hi: str, scale: float = 100.0, signed: bool = False) -> pl.Expr:
-    """'[lo, hi]' in points from two fraction columns (null when either is null)."""
-    f = "{:+.2f}" if signed else "{:.2f}"
-    return pl.format("[{}, {}]", *((pl.col(c) * scale).map_elements(f.format, return_dtype=pl.String) for c in (lo, hi)))
-
-
-def img(b64: str, alt: str) -> str:
-    return f'<img src="data:image/png;base64,{b64}" alt="{html.escape(alt)}">'
-
-
-def anchor(model: str, dataset: str) -> str:
-    return "cell-" + cf.safe_name(f"{model}--{dataset}")
 
 
 def _head(data: ReportData, cells: list) -> list[str]:
@@ -243,6 +195,7 @@ def _cell(view: CellView, flags: list[findings.Flag], pngs: dict[str, str]) -> l
         _methods_table(view),
         f"<p class='finding'>{html.escape(calib)}</p>" if calib else "",
         *_class_changes(view),
+        *(part for section in sections.CELL_SECTIONS for part in section(view)),
         f"<div class='figs'>{figs}</div></section>",
     ]
 
@@ -256,6 +209,7 @@ def render(data: ReportData, *, max_cells: int = DEFAULT_MAX_CELLS,
     views = {c: data.view(*c) for c in cells}
     flags = {c: findings.cell_flags(v) for c, v in views.items()}
     parts = _head(data, cells) + _overview(data, views, flags)
+    parts += [part for section in sections.MATRIX_SECTIONS for part in section(data)]
     detailed = cells[:max_cells]
     if len(cells) > max_cells:
         parts.append(
