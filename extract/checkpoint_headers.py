@@ -119,9 +119,11 @@ def torch_file_shapes(path: Path, where: str) -> tuple[dict[str, tuple[int, ...]
 
 def check_finetuned(path: str | os.PathLike, num_classes: int, arch: str, where: str,
                     pretrained_header: dict[str, Any] | None = None,
-                    embed_dim: int | None = None) -> None:
+                    embed_dim: int | None = None, rows: list[int] | None = None) -> None:
     """A fine-tuned checkpoint: its head is as wide as the class list, its image encoder
-    has the pretrained one's tensors and shapes, its metadata names the same arch."""
+    has the pretrained one's tensors and shapes, its metadata names the same arch.
+    ``rows``: a dataset covering a subset of the checkpoint's classes (``classes`` /
+    ``source_classes``) uses those head rows, as ``finetuned.load_finetuned`` does."""
     path = Path(path)
     if not path.is_file():
         raise ExtractError(f"{where}: fine-tuned checkpoint {path} not found")
@@ -138,7 +140,11 @@ def check_finetuned(path: str | os.PathLike, num_classes: int, arch: str, where:
         raise ExtractError(f"{where}: fine-tuned checkpoint {path}: format {meta['format']!r}, expected {FT_FORMAT!r}")
     if meta.get("arch") and arch and meta["arch"] != arch:
         raise ExtractError(f"{where}: fine-tuned checkpoint {path} was made for arch {meta['arch']!r}, not {arch!r}")
-    if len(head) != 2 or head[0] != num_classes:
+    subset = bool(rows) and len(head) == 2 and head[0] != num_classes and len(rows) == num_classes
+    if subset and (max(rows) >= head[0] or min(rows) < 0):
+        raise ExtractError(f"{where}: fine-tuned checkpoint {path}: class rows {list(rows)} outside "
+                           f"its {head[0]} classes")
+    if len(head) != 2 or (head[0] != num_classes and not subset):
         raise ExtractError(f"{where}: fine-tuned checkpoint {path} has a head for {head[0]} classes, "
                            f"the dataset has {num_classes}")
     if embed_dim and head[1] != int(embed_dim):

@@ -119,8 +119,10 @@ def check_config(config: Config, *, stages=STAGES, only: Any = None, writing: bo
             src = report.sources.get(d.name)
             if ft and src is not None:
                 cfg = _model_config(m)
+                rows = src.identity.get("source_classes") or src.identity.get("classes")
                 ck.run(check_finetuned, ft, len(src.class_names), m.arch,
-                       f"models[{m.name!r}].finetuned.{d.name}", headers.get(m.name), cfg.get("embed_dim"))
+                       f"models[{m.name!r}].finetuned.{d.name}", headers.get(m.name), cfg.get("embed_dim"),
+                       rows)
     if analyze:
         ck.run(_check_target_prior, config, report.sources)
     report.checks = ck.count

@@ -302,3 +302,14 @@ def test_torch_finetuned_checkpoint_width_checked_without_loading_the_model(tmp_
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     cfg.write_text(base.replace("{root}", str(tc.images)).replace(str(tc.wise_ft), str(tmp_path / "junk.pt")))
     refused(capsys, tmp_path, ["check", str(cfg)], "junk.pt", "is not a torch state dict")
+
+
+def test_finetuned_head_of_a_class_subset(world, capsys):
+    # a dataset covering some of the checkpoint's classes uses those head rows
+    cfg = world / "run.toml"
+    fake_finetuned(world / "ft3.safetensors", rows=3)
+    text = cfg.read_text().replace('pretrained = ', 'finetuned = { pets = "ft3.safetensors" }\npretrained = ', 1)
+    cfg.write_text(text.replace('root = "images"', 'root = "images"\nclasses = [0, 2]'))
+    assert main(["check", str(cfg)]) == 0, capsys.readouterr().err
+    cfg.write_text(text.replace('root = "images"', 'root = "images"\nclasses = [0, 2]\nsource_classes = [0, 5]'))
+    refused(capsys, world, ["check", str(cfg)], "class rows [0, 5] outside its 3 classes")
