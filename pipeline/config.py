@@ -14,7 +14,6 @@ import json
 import os
 import re
 import tomllib
-import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -298,36 +297,24 @@ _TYPE_WORDS = {
 _HIDDEN_KEYS = {"source", "class_folders"}
 
 
-def _field_type(model: type[BaseModel], key: Any) -> Any:
-    for name, f in model.model_fields.items():
-        if key in (name, f.alias):
-            return f.annotation
-    return None
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The config model an annotation holds: ``M``, ``list[M]``, ``dict[str, M]``, ``M | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next((m for m in map(_model_in, typing.get_args(annotation)) if m is not None), None)
 
 
 def _known_keys(loc: tuple) -> list[str]:
-    """The keys the config accepts at ``loc`` (a pydantic error location)."""
-    t: Any = Config
+    """The keys the config accepts at ``loc`` (a pydantic error location). List indices
+    and dict keys (a split's name) leave the model as it is."""
+    model: type[BaseModel] | None = Config
     for part in loc:
-        while typing.get_origin(t) in (list, dict, typing.Union, types.UnionType):
-            if typing.get_origin(t) in (typing.Union, types.UnionType):
-                t = next((a for a in typing.get_args(t) if a is not type(None)), None)
-            else:
-                t = typing.get_args(t)[-1]
-                if not isinstance(part, int) and typing.get_origin(t) is None and isinstance(t, type) \
-                        and issubclass(t, BaseModel):
-                    part = None  # a dict key (a split name): the value is the model
-                break
-        if part is None or isinstance(part, int):
-            continue
-        if not (isinstance(t, type) and issubclass(t, BaseModel)):
-            return []
-        t = _field_type(t, part)
-    if typing.get_origin(t) in (list, dict):
-        t = typing.get_args(t)[-1]
-    if not (isinstance(t, type) and issubclass(t, BaseModel)):
+        fields = {k: f for n, f in model.model_fields.items() for k in (n, f.alias) if k} if model else {}
+        if isinstance(part, str) and part in fields:
+            model = _model_in(fields[part].annotation)
+    if model is None:
         return []
-    return [f.alias or n for n, f in t.model_fields.items() if n not in _HIDDEN_KEYS]
+    return [f.alias or n for n, f in model.model_fields.items() if n not in _HIDDEN_KEYS]
 
 
 def _key_path(loc: tuple, doc: dict[str, Any]) -> str:
