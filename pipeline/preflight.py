@@ -114,7 +114,8 @@ def check_config(config: Config, *, stages=STAGES, only: Any = None, writing: bo
         if extract:
             templates = model_dict(m, d).get("templates") or "simple"
             if templates not in TEMPLATE_SETS:  # built-in sets are known good (and need open_clip)
-                ck.run(load_templates, templates)
+                key = f"datasets[{d.name!r}].templates" if d.templates else f"models[{m.name!r}].templates"
+                ck.run(_check_templates, key, templates)
             ft = m.finetuned.get(d.name)
             src = report.sources.get(d.name)
             if ft and src is not None:
@@ -173,6 +174,13 @@ def _check_model(m: ModelSpec) -> dict[str, Any]:
             raise ExtractError(f"models[{m.name!r}].pretrained: checkpoint {m.pretrained} not found")
         return check_pretrained(m.pretrained, cfg, f"models[{m.name!r}].pretrained")
     return {}
+
+
+def _check_templates(key: str, spec: str) -> None:
+    try:
+        load_templates(spec)
+    except ExtractError as e:
+        raise ExtractError(f"{key}: {e}") from None
 
 
 # --------------------------------------------------------------------------- datasets

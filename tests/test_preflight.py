@@ -77,6 +77,8 @@ def world(tmp_path):
     (store / "results" / "summary.parquet").write_bytes(b"published results")
     cfg = tmp_path / "run.toml"
     cfg.write_text(CONFIG.format(assets=ASSETS))
+    (tmp_path / "t.txt").write_text("a photo of a cat\n")
+    (tmp_path / "empty.txt").write_text("# nothing\n")
     return tmp_path
 
 
@@ -141,6 +143,15 @@ CASES = {
     "unknown finetuned dataset": ('pretrained = ', 'finetuned = { petz = "ft.safetensors" }\npretrained = ',
                                   ("models['tiny'].finetuned", "did you mean 'pets'")),
     "not TOML": ("[analysis]", "[analysis", ("not valid TOML",)),
+    "templates without a slot": ('name = "tiny"', 'name = "tiny"\ntemplates = "t.txt"',
+                                 ("models['tiny'].templates", "t.txt", "template 1", "exactly one '{}'")),
+    "empty templates file": ('name = "tiny"', 'name = "tiny"\ntemplates = "empty.txt"',
+                             ("models['tiny'].templates", "empty.txt", "holds no templates")),
+    "dataset templates missing": ('root = "images"', 'root = "images"\ntemplates = "none.txt"',
+                                  ("datasets['pets'].templates", "none.txt", "not found")),
+    "per_class zero": ("per_class = 2", "per_class = 0", ("datasets['pets'].splits.val.per_class = 0", "must be >= 1")),
+    "duplicate model": ("[[datasets]]", '[[models]]\nname = "tiny"\narch = "x"\n[[datasets]]',
+                        ("model names must be unique",)),
     "split with two ways": ("per_class = 2", "per_class = 2, rest = true", ("datasets['pets'].splits.val", "exactly one")),
 }
 
