@@ -17,6 +17,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from fixtures_tiny_clip import tiny_clip_fixture  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,3 +79,48 @@ def test_every_written_file_takes_the_umask(tmp_path, umask):
     assert not wrong, f"folders not {oct(want_dir)}: {json.dumps(wrong, indent=1)}"
     # No temporary file left behind by the atomic writers.
     assert not [k for k in files if k.endswith(".tmp")]
+
+
+RUN_ALL_STAGES = """
+import os, sys
+os.umask(int(sys.argv[1], 8))
+from gla.pipeline.cli import main
+sys.exit(main(["run", "run.toml", "--no-progress"]))
+"""
+
+
+@pytest.mark.torch
+def test_gla_run_with_extraction_takes_the_umask(tmp_path, tiny_clip):  # noqa: F811
+    """Extraction's own files too (parts, manifests, zero-shot head cache, markers)."""
+    pytest.importorskip("open_clip")
+    (tmp_path / "run.toml").write_text(f"""
+store = "S"
+[compute]
+workers = 0
+[extract]
+batch_size = 4
+num_workers = 0
+[[models]]
+name = "tiny"
+arch = "{tiny_clip.arch}"
+model_config = "{tiny_clip.config}"
+pretrained = "{tiny_clip.checkpoint}"
+finetuned = {{ imgs = "{tiny_clip.finetuned}" }}
+[[datasets]]
+name = "imgs"
+kind = "imagefolder"
+root = "{tiny_clip.images}"
+[datasets.splits]
+val = {{ per_class = 2 }}
+test = {{ rest = true }}
+""")
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(RUN_ALL_STAGES), "022"], cwd=tmp_path,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    store = tmp_path / "S"
+    files = {str(p.relative_to(store)): stat.S_IMODE(p.stat().st_mode) for p in store.rglob("*") if p.is_file()}
+    assert any(k.startswith("logits/tiny/imgs/part-") for k in files), sorted(files)
+    assert any(k.startswith("cache/heads/") for k in files), sorted(files)
+    assert any(k.endswith("report/index.html") for k in files), sorted(files)
+    wrong = {k: oct(v) for k, v in files.items() if v != 0o644}
+    assert not wrong, f"files not 0o644: {json.dumps(wrong, indent=1)}"

@@ -238,3 +238,26 @@ def cell_figures(view: CellView) -> dict[str, Figure]:
         if fig is not None:
             out[name] = fig
     return out
+
+
+def kshot_curves(table: pl.DataFrame) -> Figure | None:
+    """Accuracy against the number of shots (log₂ axis), one curve per method, one panel
+    per dataset side by side (the k-shot sweep, ``results/kshot.parquet``)."""
+    if table is None or table.is_empty():
+        return None
+    datasets = sorted(set(table.get_column("dataset").to_list()))
+    fig = new_figure(4.2 * len(datasets) + 1.6, 3.4)
+    axes = fig.subplots(1, len(datasets), squeeze=False)[0]
+    for ax, ds in zip(axes, datasets, strict=True):
+        sub = table.filter(pl.col("dataset") == ds)
+        for method in dict.fromkeys(sub.get_column("method").to_list()):
+            g = sub.filter(pl.col("method") == method).sort("shots")
+            ax.plot(g["shots"].to_list(), [_pct(v) for v in g["accuracy"].to_list()], marker="o",
+                    label=method, linewidth=2.2 if method == "gla" else 1.2)
+        ax.set_xscale("log", base=2)
+        shots = sorted(set(sub.get_column("shots").to_list()))
+        ax.set_xticks(shots, [str(k) for k in shots])
+        _percent_axis(ax)
+        _titles(ax, f"{ds}: few-shot GLA", "training images per class (k)", "accuracy (%)")
+    _legend_outside(axes[-1])
+    return fig
