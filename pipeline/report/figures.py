@@ -216,6 +216,27 @@ def reliability(view: CellView) -> Figure | None:
     return fig
 
 
+def kshot_curve(view: CellView) -> Figure | None:
+    """Accuracy against training shots per class (log x), one line per method."""
+    ks = view.get("kshot")
+    if ks is None:
+        return None
+    fig = new_figure(5.4, 3.0)
+    ax = fig.add_subplot()
+    for m in style.ordered_methods(ks.get_column("method").unique().to_list()):
+        rows = ks.filter(pl.col("method") == m).sort("shots")
+        ax.plot(rows["shots"].to_numpy(), 100 * rows["accuracy"].to_numpy(), marker="o", ms=3, lw=1.1,
+                color=style.color(m), label=style.label(m), clip_on=False)
+    shots = sorted(set(ks.get_column("shots").to_list()))
+    ax.set_xscale("log")
+    ax.set_xticks(shots, [str(k) for k in shots])
+    ax.minorticks_off()
+    _percent_axis(ax)
+    _titles(ax, "few-shot: accuracy against shots per class", "training images per class (log scale)", "accuracy (%)")
+    _legend_outside(ax)
+    return fig
+
+
 # name → (function, caption). A function returns None when its table or column is absent.
 CELL_FIGURES = {
     "groups": (group_bars, "Accuracy on head / medium / tail classes (thirds by π̂p) for each method; "
@@ -227,6 +248,8 @@ CELL_FIGURES = {
                "concentric marks and are named “(= …)” in the legend."),
     "reliability": (reliability, "Reliability diagram: accuracy against mean confidence per bin; "
                     "the dashed line is perfect calibration."),
+    "kshot": (kshot_curve, "Few-shot sweep: each method with the k-shot fine-tuned model (temperatures on), "
+              "against the number of training images per class."),
 }
 
 

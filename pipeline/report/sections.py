@@ -136,5 +136,16 @@ def distribution_shift(data: ReportData) -> list[str]:
             table(wide.sort(index), cols)]
 
 
-CELL_SECTIONS = (label_shift, label_issues)
+def kshot(view: CellView) -> list[str]:
+    """The k-shot sweep: accuracy per shot count and method (the figure plots it)."""
+    ks = view.get("kshot")
+    if ks is None:
+        return []
+    wide = ks.pivot(on="method", index="shots", values="accuracy", aggregate_function="first").sort("shots")
+    ms = ordered_methods(ks.get_column("method").unique().to_list())
+    cols = [("shots", "shots per class", "int")] + [(m, m, "pct") for m in ms]
+    return ["<h4>Few-shot sweep: accuracy (%) by training images per class</h4>", table(wide, cols)]
+
+
+CELL_SECTIONS = (label_shift, label_issues, kshot)
 MATRIX_SECTIONS = (distribution_shift,)
