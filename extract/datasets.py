@@ -34,6 +34,7 @@ import csv
 import glob
 import hashlib
 import io
+import json
 import os
 import tarfile
 from collections.abc import Callable
@@ -42,8 +43,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gla.extract import hf_datasets
 from gla.extract.corruptions import CorruptedReader
-from gla.extract.errors import ExtractError
+from gla.extract.errors import ExtractError, did_you_mean, unknown_name
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".pgm", ".gif", ".tif", ".tiff"}
 
@@ -109,6 +111,8 @@ class Pool:
     refs: list[Any]
     class_names: list[str]
     split_column: list[str] | None = None  # manifest's own split column
+    named: bool = True  # classes have real names (folders, label strings), not indices
+    reader: Any = None  # the kind's image reader; None: image files (FileReader)
 
 
 @dataclass
@@ -141,25 +145,84 @@ class Source:
 # ---------------------------------------------------------------------------- class names
 
 
-def _apply_class_names(where: str, found: list[str], configured: list[str], labels: np.ndarray,
-                       by_name: bool) -> tuple[list[str], np.ndarray]:
-    """Reconcile the dataset's classes with a configured list.
+def _mismatch(where: str, found: list[str], given: list[str], what: str) -> str:
+    """One line naming the configured names that are not classes of the dataset, and back."""
+    missing = [n for n in given if n not in set(found)]
+    unnamed = [n for n in found if n not in set(given)]
+    parts = []
+    if missing:
+        first = missing[0]
+        parts.append(f"{len(missing)} not among its classes: {first!r}{did_you_mean(first, unnamed or found)}"
+                     + (f", {', '.join(map(repr, missing[1:3]))}" if len(missing) > 1 else "")
+                     + (", ..." if len(missing) > 3 else ""))
+    if unnamed:
+        parts.append(f"{len(unnamed)} of its classes not named: {', '.join(map(repr, unnamed[:3]))}"
+                     + (", ..." if len(unnamed) > 3 else ""))
+    hint = '' if what == "mapping" else ' (to rename, map each folder: class_names = { folder = "name", ... })'
+    return f"{where}: class_names {what} does not match the dataset's classes: {'; '.join(parts)}{hint}"
 
-    by_name: the dataset's names are real names (imagefolder): the same set in another
-    order reorders the labels; a different set of the same size renames in order.
+
+def _apply_class_names(where: str, found: list[str], spec: dict[str, Any], labels: np.ndarray,
+                       named: bool) -> tuple[list[str], np.ndarray]:
+    """Reconcile the dataset's classes with the configured names (label order = config order).
+
+    named: the dataset's classes have real names (folders, string labels, a built-in set).
+    Then a list must hold exactly those names (any order: the labels are reordered), and a
+    ``{folder = "name"}`` mapping (``class_folders`` → ``class_names``) must name every one
+    of them; a list that matches only some names is refused, never applied by position.
+    Unnamed classes (class indices) take a list of the same length, by index.
     """
+    configured = list(spec.get("class_names") or [])
+    folders = list(spec.get("class_folders") or [])
     if not configured:
         return found, labels
-    if len(configured) != len(found):
-        raise ExtractError(
-            f"{where}: class_names has {len(configured)} names but the dataset has {len(found)} classes"
-        )
     if len(set(configured)) != len(configured):
-        raise ExtractError(f"{where}: class_names has repeated names")
-    if by_name and set(configured) == set(found) and configured != found:
-        remap = np.array([configured.index(n) for n in found], dtype=np.int64)
+        dup = next(n for n in configured if configured.count(n) > 1)
+        raise ExtractError(f"{where}: class_names has the name {dup!r} twice")
+    if folders and not named:
+        raise ExtractError(f"{where}: a class_names mapping needs named classes (folders or label "
+                           "names); this dataset has class indices: give class_names as a list")
+    if not named:
+        if len(configured) != len(found):
+            raise ExtractError(
+                f"{where}: class_names has {len(configured)} names but the dataset has {len(found)} classes"
+            )
+        return configured, labels
+    keys = folders or configured
+    if set(keys) != set(found) or len(keys) != len(found):
+        raise ExtractError(_mismatch(where, found, keys, "mapping" if folders else "list"))
+    position = {n: i for i, n in enumerate(keys)}
+    remap = np.array([position[n] for n in found], dtype=np.int64)
+    if labels.size:
         labels = np.where(labels >= 0, remap[np.maximum(labels, 0)], -1)
-    return list(configured), labels
+    return configured, labels
+
+
+# ---------------------------------------------------------------------------- inside the root
+
+
+def _real_inside(base_real: str, real: str) -> bool:
+    return real == base_real or real.startswith(base_real.rstrip(os.sep) + os.sep)
+
+
+def check_inside_root(where: str, base: str | os.PathLike, paths: list[str], what: str) -> None:
+    """Every path must resolve inside ``base`` (symlinks followed); one line names the first
+    that does not. Parent folders are resolved once each, so a long manifest stays cheap."""
+    base_real = os.path.realpath(base)
+    parents: dict[str, str] = {}
+    for i, p in enumerate(paths):
+        full = os.path.normpath(os.path.join(base_real, p))
+        parent, name = os.path.split(full)
+        if parent not in parents:
+            parents[parent] = os.path.realpath(parent)
+        real = os.path.join(parents[parent], name)
+        if os.path.islink(real):
+            real = os.path.realpath(real)
+        if not _real_inside(base_real, real):
+            raise ExtractError(
+                f"{where}: {what} {i + 1} ({p}) resolves outside the dataset root {base_real} "
+                "(set allow_outside_root = true on the dataset to allow it)"
+            )
 
 
 # ---------------------------------------------------------------------------- kinds
@@ -226,7 +289,8 @@ def _manifest(spec: dict[str, Any], root: str) -> Pool:
             raise ExtractError(f"{where}: manifest {path} has no column {col!r} (needs path, label)")
     paths = [str(p) for p in cols["path"]]
     raw = cols["label"]
-    configured = list(spec.get("class_names") or [])
+    # string labels are matched against the mapping's keys when there is one
+    configured = list(spec.get("class_folders") or spec.get("class_names") or [])
 
     def as_int(v: Any) -> int | None:
         if v is None or v == "":
@@ -249,8 +313,9 @@ def _manifest(spec: dict[str, Any], root: str) -> Pool:
             raise ExtractError(
                 f"{where}: manifest {path} column 'label' has values outside 0..{len(configured) - 1}"
             )
-        class_names = configured
+        class_names, named = configured, False
     else:
+        named = True
         names = ["" if v is None else str(v) for v in raw]
         class_names = configured or sorted({n for n in names if n})
         index = {n: i for i, n in enumerate(class_names)}
@@ -261,12 +326,14 @@ def _manifest(spec: dict[str, Any], root: str) -> Pool:
             )
         labels = np.asarray([index[n] if n else -1 for n in names], dtype=np.int64)
     base = path.parent
+    if not spec.get("allow_outside_root"):
+        check_inside_root(where, base, paths, f"manifest {path} row")
     refs = [p if os.path.isabs(p) else str(base / p) for p in paths]
     ids = [str(v) for v in cols["id"]] if "id" in cols else paths
     if len(set(ids)) != len(ids):
         raise ExtractError(f"{where}: manifest {path} lists the same {'id' if 'id' in cols else 'path'} twice")
     split_col = [str(s) for s in cols["split"]] if "split" in cols else None
-    return Pool(ids, labels, refs, class_names, split_col)
+    return Pool(ids, labels, refs, class_names, split_col, named=named)
 
 
 def _webdataset(spec: dict[str, Any], root: str) -> Pool:
@@ -275,6 +342,9 @@ def _webdataset(spec: dict[str, Any], root: str) -> Pool:
     shards = [s for s in shards if os.path.isfile(s)]
     if not shards:
         raise ExtractError(f"{where}: no tar shards match {root}")
+    if not spec.get("allow_outside_root"):
+        base = glob_base(root)
+        check_inside_root(where, base, [os.path.relpath(s, base) for s in shards], "shard")
     configured = list(spec.get("class_names") or [])
     if not configured:
         raise ExtractError(f"{where}: webdataset shards carry class indices: give class_names in the config")
@@ -317,7 +387,20 @@ def _webdataset(spec: dict[str, Any], root: str) -> Pool:
             ids.append(f"{name}/{key}")
             labels.append(y)
             refs.append(s["img"])
-    return Pool(ids, np.asarray(labels, dtype=np.int64), refs, configured)
+    return Pool(ids, np.asarray(labels, dtype=np.int64), refs, configured, named=False, reader=TarReader())
+
+
+def glob_base(pattern: str) -> str:
+    """The folder a glob pattern lists: its components before the first wildcard."""
+    parts = Path(pattern).parts
+    keep = []
+    for part in parts:
+        if any(ch in part for ch in "*?["):
+            break
+        keep.append(part)
+    if len(keep) == len(parts):  # a plain file path: its folder
+        keep = keep[:-1]
+    return str(Path(*keep)) if keep else "."
 
 
 def _builtin(loader_name: str, default_pool: str) -> Callable[[dict[str, Any], str], Pool]:
@@ -334,24 +417,126 @@ def _builtin(loader_name: str, default_pool: str) -> Callable[[dict[str, Any], s
             raise ExtractError(f"datasets[{spec['name']!r}]: {e}") from None
         pool_ids = [f"{pool}-{i:05d}" for i in range(len(labels))]
         p = Pool(pool_ids, np.asarray(labels, dtype=np.int64), list(range(len(labels))), list(names))
-        p.images = images  # type: ignore[attr-defined]
+        p.reader = ArrayReader(images, f"{loader_name}:{pool}")
         return p
 
     return build
 
 
-KINDS: dict[str, Callable[[dict[str, Any], str], Pool]] = {
-    "imagefolder": _imagefolder,
-    "manifest": _manifest,
-    "webdataset": _webdataset,
-    "fashion-mnist": _builtin("fashion-mnist", "test"),
-    "animal-mnist": _builtin("animal-mnist", "test"),
+def _huggingface(spec: dict[str, Any], root: str) -> Pool:
+    where = f"datasets[{spec['name']!r}]"
+    listing = hf_datasets.list_rows(
+        where, root, spec.get("pool") or "", spec.get("image_column") or "image",
+        spec.get("label_column") or "label", list(spec.get("class_folders") or spec.get("class_names") or []),
+    )
+    return Pool(listing.sample_ids, listing.labels, listing.refs, listing.class_names,
+                named=listing.named, reader=hf_datasets.ArrowImageReader(spec.get("image_column") or "image"))
+
+
+# ---------------------------------------------------------------------------- fingerprints
+
+
+def _stat(path: str, name: str) -> tuple[str, int, int] | tuple[str, str]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (name, "missing")
+    return (name, st.st_size, st.st_mtime_ns)
+
+
+def _walk_stats(root: str, exts: set[str] | None) -> list[Any]:
+    """(relative path, size, mtime_ns) of every non-hidden file under root, recursively."""
+    if not os.path.isdir(root):
+        return [_stat(root, os.path.basename(root))]
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for f in filenames:
+            if f.startswith(".") or (exts is not None and os.path.splitext(f)[1].lower() not in exts):
+                continue
+            full = os.path.join(dirpath, f)
+            out.append(_stat(full, os.path.relpath(full, root)))
+    return sorted(out)
+
+
+def _files_imagefolder(spec: dict[str, Any], root: str) -> list[Any]:
+    return _walk_stats(root, IMAGE_EXTS)
+
+
+def _files_manifest(spec: dict[str, Any], root: str) -> list[Any]:
+    out = [_stat(root, os.path.basename(root))]
+    try:
+        paths = [str(p) for p in _read_manifest_rows(Path(root), "manifest").get("path", [])]
+    except ExtractError:
+        return out
+    base = os.path.dirname(root)
+    return out + [_stat(os.path.join(base, p), p) for p in paths]
+
+
+def _files_webdataset(spec: dict[str, Any], root: str) -> list[Any]:
+    shards = sorted(glob.glob(root)) if any(ch in root for ch in "*?[") else [root]
+    return [_stat(s, os.path.relpath(s, glob_base(root))) for s in shards]
+
+
+def _files_builtin(kind: str) -> Callable[[dict[str, Any], str], list[Any]]:
+    def files(spec: dict[str, Any], root: str) -> list[Any]:
+        from gla.extract import sources
+
+        try:
+            folder = sources.fashion_mnist_dir(root or None) if kind == "fashion-mnist" else sources.animal_mnist_dir()
+        except sources.SourceError:
+            return ["missing"]
+        # published data: sizes only, so a copy on another machine keeps the cell key
+        return [(name, size) for name, size, *_ in _walk_stats(str(folder), None)]
+
+    return files
+
+
+def _files_huggingface(spec: dict[str, Any], root: str) -> list[Any]:
+    if os.path.isdir(root):
+        return _walk_stats(root, None)
+    return _files_webdataset(spec, root)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A dataset kind: how to list it, which files its listing reads (the fingerprint),
+    and whether it draws splits from a ``root``."""
+
+    build: Callable[[dict[str, Any], str], Pool]
+    files: Callable[[dict[str, Any], str], list[Any]]
+    needs_root: bool = True
+
+
+KINDS: dict[str, Kind] = {
+    "imagefolder": Kind(_imagefolder, _files_imagefolder),
+    "manifest": Kind(_manifest, _files_manifest),
+    "webdataset": Kind(_webdataset, _files_webdataset),
+    "huggingface": Kind(_huggingface, _files_huggingface),
+    "fashion-mnist": Kind(_builtin("fashion-mnist", "test"), _files_builtin("fashion-mnist"), needs_root=False),
+    "animal-mnist": Kind(_builtin("animal-mnist", "test"), _files_builtin("animal-mnist"), needs_root=False),
 }
-READERS = {
-    "imagefolder": FileReader,
-    "manifest": FileReader,
-    "webdataset": TarReader,
-}
+
+
+def dataset_roots(spec: dict[str, Any]) -> list[str]:
+    """The dataset's root and every split's own root/file, in config order."""
+    roots = [spec.get("root") or ""]
+    for s in (spec.get("splits") or {}).values():
+        roots.append((s or {}).get("root") or (s or {}).get("file") or "")
+    return roots
+
+
+def dataset_fingerprint(spec: dict[str, Any]) -> str:
+    """A cheap fingerprint of the files a dataset reads: a recursive listing with sizes and
+    mtimes (imagefolder, Hugging Face folders), the manifest and every file it names, the
+    webdataset shards matched now. An added shard, an image added in a nested folder or
+    one overwritten in place changes it. No image is opened."""
+    kind = KINDS.get(spec.get("kind") or "")
+    if kind is None:
+        return ""
+    roots = [r for r in dataset_roots(spec) if r] or ([] if kind.needs_root else [""])
+    doc = [kind.files(spec, r) for r in roots]
+    return hashlib.sha256(json.dumps(doc, default=str).encode()).hexdigest()[:24]
 
 
 # ---------------------------------------------------------------------------- splits
@@ -433,71 +618,83 @@ def _subset(pool: Pool, name: str, sel: np.ndarray) -> SplitData:
                      [pool.refs[i] for i in sel])
 
 
-def build_source(spec: dict[str, Any]) -> Source:
-    """List a dataset (no image decoding): class names and labelled splits in dataset order."""
-    name = spec.get("name") or "dataset"
-    kind = spec.get("kind") or ""
-    if kind not in KINDS:
-        raise ExtractError(f"datasets[{name!r}].kind = {kind!r}: expected one of {', '.join(KINDS)}")
-    build = KINDS[kind]
-    splits_cfg: dict[str, dict[str, Any]] = {
-        k: {kk: vv for kk, vv in (v or {}).items() if vv not in (None, "", False)}
-        for k, v in (spec.get("splits") or {}).items()
-    }
-    explicit = {k: v for k, v in splits_cfg.items() if v.get("root") or v.get("file")}
-    drawn = {k: v for k, v in splits_cfg.items() if k not in explicit}
-    configured = list(spec.get("class_names") or [])
-    by_name = kind == "imagefolder"
-    where = f"datasets[{name!r}]"
-
-    pool = None
-    if drawn or not splits_cfg:
-        if not spec.get("root") and kind in ("imagefolder", "manifest", "webdataset"):
-            raise ExtractError(f"{where}: root is empty (the {kind} to draw splits from)")
-        pool = build(spec, spec.get("root") or "")
-        found = pool.class_names
-        pool.class_names, pool.labels = _apply_class_names(where, found, configured, pool.labels, by_name)
-        class_names = pool.class_names
-    else:
-        class_names = []
-
-    splits: dict[str, SplitData] = {}
-    images = getattr(pool, "images", None)
-    if pool is not None:
-        idx = _limit(pool, spec.get("limit_per_class"))
-        if not splits_cfg:
-            if pool.split_column is not None:
-                col = np.asarray(pool.split_column, dtype=object)
-                for s in dict.fromkeys(col[idx].tolist()):
-                    splits[s] = _subset(pool, s, idx[col[idx] == s])
-            else:
-                splits["test"] = _subset(pool, "test", idx)
-        else:
-            for s, sel in _draw(spec, pool, idx, drawn, len(class_names)).items():
-                splits[s] = _subset(pool, s, sel)
-    for s, cfg in explicit.items():
-        sub = build({**spec, "class_names": configured or class_names}, cfg.get("root") or cfg.get("file"))
-        sub.class_names, sub.labels = _apply_class_names(
-            f"{where}.splits.{s}", sub.class_names, configured or class_names, sub.labels, by_name)
-        if class_names and sub.class_names != class_names:
-            raise ExtractError(f"{where}: split {s!r} has classes {sub.class_names[:3]}... unlike the pool's")
-        class_names = class_names or sub.class_names
-        if getattr(sub, "images", None) is not None:
-            raise ExtractError(f"{where}: split {s!r}: root/file splits are not supported for kind {kind}")
-        splits[s] = _subset(sub, s, _limit(sub, spec.get("limit_per_class")))
-    splits, class_names = _keep_classes(splits, class_names, spec.get("classes"), where)
-    # keep the config's split order
-    order = list(splits_cfg) or list(splits)
-    splits = {s: splits[s] for s in order if s in splits}
+def _check_unique_ids(where: str, splits: dict[str, SplitData]) -> None:
+    """Sample ids are unique in the whole cell, across splits (per-split roots with the
+    same layout would give the same relative ids and clash in the store)."""
+    owner: dict[str, str] = {}
     for s in splits.values():
         if len(set(s.sample_ids)) != len(s.sample_ids):
             raise ExtractError(f"{where}: split {s.name!r} has repeated sample ids")
-    reader = ArrayReader(images, f"{kind}:{spec.get('pool') or 'test'}") if images is not None else READERS[kind]()
+        for sid in s.sample_ids:
+            first = owner.setdefault(sid, s.name)
+            if first != s.name:
+                raise ExtractError(f"{where}: splits {first!r} and {s.name!r} both have the sample id "
+                                   f"{sid!r} (sample ids must be unique in the cell)")
+
+
+def _split_configs(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        k: {kk: vv for kk, vv in (v or {}).items() if vv not in (None, "", False)}
+        for k, v in (spec.get("splits") or {}).items()
+    }
+
+
+def _pool_splits(spec: dict[str, Any], pool: Pool, splits_cfg: dict, drawn: dict) -> dict[str, SplitData]:
+    idx = _limit(pool, spec.get("limit_per_class"))
+    if splits_cfg:
+        return {s: _subset(pool, s, sel) for s, sel in _draw(spec, pool, idx, drawn, len(pool.class_names)).items()}
+    if pool.split_column is None:
+        return {"test": _subset(pool, "test", idx)}
+    col = np.asarray(pool.split_column, dtype=object)
+    return {s: _subset(pool, s, idx[col[idx] == s]) for s in dict.fromkeys(col[idx].tolist())}
+
+
+def build_source(spec: dict[str, Any]) -> Source:
+    """List a dataset (no image decoding): class names and labelled splits in dataset order."""
+    name = spec.get("name") or "dataset"
+    kind_name = spec.get("kind") or ""
+    where = f"datasets[{name!r}]"
+    if kind_name not in KINDS:
+        raise ExtractError(f"{where}.kind: {unknown_name('dataset kind', kind_name, KINDS)}")
+    kind = KINDS[kind_name]
+    splits_cfg = _split_configs(spec)
+    explicit = {k: v for k, v in splits_cfg.items() if v.get("root") or v.get("file")}
+    drawn = {k: v for k, v in splits_cfg.items() if k not in explicit}
+    # what the kind matches its class names against: the mapping's keys, else the list
+    source_names = list(spec.get("class_folders") or spec.get("class_names") or [])
+
+    splits: dict[str, SplitData] = {}
+    class_names: list[str] = []
+    reader = None
+    if drawn or not splits_cfg:
+        if not spec.get("root") and kind.needs_root:
+            raise ExtractError(f"{where}: root is empty (the {kind_name} to draw splits from)")
+        pool = kind.build(spec, spec.get("root") or "")
+        source_names = source_names or pool.class_names
+        pool.class_names, pool.labels = _apply_class_names(where, pool.class_names, spec, pool.labels, pool.named)
+        class_names, reader = pool.class_names, pool.reader
+        splits.update(_pool_splits(spec, pool, splits_cfg, drawn))
+    for s, cfg in explicit.items():
+        if not kind.needs_root:
+            raise ExtractError(f"{where}: split {s!r}: root/file splits are not supported for kind {kind_name}")
+        sub = kind.build({**spec, "class_names": source_names}, cfg.get("root") or cfg.get("file"))
+        source_names = source_names or sub.class_names
+        sub.class_names, sub.labels = _apply_class_names(f"{where}.splits.{s}", sub.class_names, spec,
+                                                         sub.labels, sub.named)
+        if class_names and sub.class_names != class_names:
+            raise ExtractError(f"{where}: split {s!r} has classes {sub.class_names[:3]}... unlike the pool's")
+        class_names, reader = class_names or sub.class_names, reader or sub.reader
+        splits[s] = _subset(sub, s, _limit(sub, spec.get("limit_per_class")))
+    splits, class_names = _keep_classes(splits, class_names, spec.get("classes"), where)
+    order = list(splits_cfg) or list(splits)  # keep the config's split order
+    splits = {s: splits[s] for s in order if s in splits}
+    _check_unique_ids(where, splits)
+    reader = reader or FileReader()
     if spec.get("corruption"):
         reader = CorruptedReader(reader, spec["corruption"], int(spec.get("severity") or 3))
     identity = {
         "name": name,
-        "kind": kind,
+        "kind": kind_name,
         "pool": spec.get("pool") or "",
         "seed": int(spec.get("seed") or 0),
         "limit_per_class": spec.get("limit_per_class"),
@@ -506,5 +703,6 @@ def build_source(spec: dict[str, Any]) -> Source:
         **({"corruption": spec["corruption"], "severity": int(spec.get("severity") or 3)}
            if spec.get("corruption") else {}),
         "splits": {s: {"rows": len(d), "digest": d.digest()} for s, d in splits.items()},
+        "files": dataset_fingerprint(spec),
     }
-    return Source(name, kind, class_names, splits, reader, identity)
+    return Source(name, kind_name, class_names, splits, reader, identity)

@@ -24,11 +24,20 @@ COMMANDS = {
     "run": ("gla.pipeline.commands.run_cmd", "run every stage for every cell of a config, incrementally"),
     "models": ("gla.pipeline.commands.models_cmd", "list the architectures and pretrained tags open_clip knows"),
     "demo": ("gla.pipeline.commands.demo_cmd", "the embedded default, end to end"),
+    "check": ("gla.pipeline.commands.check_cmd", "validate a config without running anything (pre-flight checks)"),
+    "init": ("gla.pipeline.commands.init_cmd", "write a commented starter config"),
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors in one line on stderr, exit code 2 (argparse prints the usage too)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="gla",
         description="Audit and de-bias CLIP-style models with Generalized Logit Adjustment, "
         "from cached logits.",
@@ -37,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_parser=p)
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
@@ -51,9 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "_missing", None):
-        parser.error(f"command {args.command!r} is not available in this build")
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # named by the sub-command's parser: "gla run: error: ..."
+            getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+        if getattr(args, "_missing", None):
+            parser.error(f"command {args.command!r} is not available in this build")
+    except SystemExit as e:  # usage errors (one line) and --help
+        return e.code if isinstance(e.code, int) else 2
     try:
         return int(args._run(args) or 0)
     except UserError as e:

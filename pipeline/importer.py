@@ -494,6 +494,37 @@ def _read_counts_csv(path: Path) -> dict[int, int]:
     return out
 
 
+def read_counts(counts: str | os.PathLike, num_classes: int | None = None,
+                context: str = "") -> tuple[np.ndarray, str]:
+    """Training counts from CSV (class_index,count) or .npy/.npz/.parquet: (counts, where).
+
+    A CSV's missing classes count 0; ``num_classes`` (when known) bounds its class indices.
+    """
+    path, key = _split_spec(counts)
+    where = str(path)
+    if path.suffix.lower() in (".csv", ".txt") and key is None:
+        table = _read_counts_csv(path)
+        c = num_classes if num_classes is not None else (max(table) + 1 if table else 0)
+        bad = [k for k in table if k < 0 or k >= c]
+        if bad:
+            raise UserError(f"{path}: column class_index has {bad[0]}, out of range [0, {c - 1}]"
+                            + (context if num_classes is not None else ""))
+        arr = np.zeros(c, dtype=np.int64)
+        for k, v in table.items():
+            arr[k] = v
+        where = f"{path}: column count"
+    else:
+        raw, where = load_array(counts, "counts", 1)
+        arr = _as_int64(raw, where, "counts")
+    if (arr < 0).any():
+        raise UserError(f"{where}: counts must be >= 0 (class {int(np.flatnonzero(arr < 0)[0])})")
+    if len(arr) < 2:
+        raise UserError(f"{where}: need counts for at least 2 classes, got {len(arr)}")
+    if arr.sum() == 0:
+        raise UserError(f"{where}: all counts are zero")
+    return arr, where
+
+
 def import_counts(
     store: Store | str | os.PathLike,
     dataset: str,
@@ -513,30 +544,7 @@ def import_counts(
             info = store.cell_info(m, d)
             known_c, known_names = info.num_classes, info.class_names
             break
-    path, key = _split_spec(counts)
-    where = str(path)
-    if path.suffix.lower() in (".csv", ".txt") and key is None:
-        table = _read_counts_csv(path)
-        c = known_c if known_c is not None else (max(table) + 1 if table else 0)
-        bad = [k for k in table if k < 0 or k >= c]
-        if bad:
-            raise UserError(
-                f"{path}: column class_index has {bad[0]}, out of range [0, {c - 1}]"
-                + (f" (the cells of dataset {dataset} have {c} classes)" if known_c else "")
-            )
-        arr = np.zeros(c, dtype=np.int64)
-        for k, v in table.items():
-            arr[k] = v
-        where = f"{path}: column count"
-    else:
-        raw, where = load_array(counts, "counts", 1)
-        arr = _as_int64(raw, where, "counts")
-    if (arr < 0).any():
-        raise UserError(f"{where}: counts must be >= 0 (class {int(np.flatnonzero(arr < 0)[0])})")
-    if len(arr) < 2:
-        raise UserError(f"{where}: need counts for at least 2 classes, got {len(arr)}")
-    if arr.sum() == 0:
-        raise UserError(f"{where}: all counts are zero")
+    arr, where = read_counts(counts, known_c, f" (the cells of dataset {dataset} have {known_c} classes)")
     if known_c is not None and len(arr) != known_c:
         raise UserError(
             f"{where}: {len(arr)} counts but the cells of dataset {dataset} have {known_c} classes"

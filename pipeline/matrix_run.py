@@ -32,6 +32,7 @@ from typing import Any
 
 from gla.extract import cellformat as cf
 from gla.extract import records
+from gla.extract.datasets import dataset_fingerprint
 from gla.extract.errors import ExtractError
 from gla.extract.models import check_models, parse_pretrained
 from gla.extract.records import IntegrityError
@@ -117,7 +118,8 @@ def _stat_sig(path: str) -> list[Any]:
 
 def extract_fingerprint(store: Path, model: dict, dataset: dict, options: dict) -> str | None:
     """What a cell's extraction depends on, as seen from outside extract: the specs, the
-    stat signature of every file they name (and of $GLA_DATA_DIR for built-in sets), the
+    stat signature of every file they name, the dataset's fingerprint (every file it
+    reads; and $GLA_DATA_DIR for built-in sets), the
     installed extract code and the cell's sealed manifests. None if the cell has no
     sealed split."""
     cell = cf.cell_dir(store, model["name"], dataset["name"])
@@ -131,15 +133,15 @@ def extract_fingerprint(store: Path, model: dict, dataset: dict, options: dict) 
     files = [weights.value if weights.kind == "file" else "", model.get("model_config", ""), model.get("templates", "")]
     files += [model.get("finetuned", {}).get(dataset["name"], "")]
     files += list((model.get("kshot") or {}).get(dataset["name"], {}).values())
-    files += [dataset.get("root", "")]
-    for s in (dataset.get("splits") or {}).values():
-        files += [s.get("root", ""), s.get("file", "")]
     data_dir = os.environ.get("GLA_DATA_DIR", "")
     manifests = {s: (cf.read_manifest(cell, s) or {}).get("write_id") for s in splits}
     code_sig = records.code_version(Path(__file__).resolve().parent.parent / "extract")
     doc = {
         "model": model, "dataset": dataset, "options": options,
         "files": [_stat_sig(f) for f in files if f],
+        # every image, manifest row and shard, recursively (sizes + mtimes): a nested
+        # addition or an in-place overwrite is seen here, not only a top-level change
+        "dataset_files": dataset_fingerprint(dataset),
         "data_dir": [data_dir, *(_stat_sig(data_dir)[1:] if data_dir else [])],
         "manifests": manifests, "code": code_sig,
         "expected_splits": sorted((dataset.get("splits") or {}).keys()),
@@ -305,7 +307,7 @@ def _stage_extract(config: Config, pairs: list[Pair], store: Path, force: bool, 
     opts = config.extract.model_dump()
     tasks = []
     for m, d in pairs:
-        md, dd = model_dict(m), d.model_dump()
+        md, dd = model_dict(m, d), d.model_dump()
         fp = extract_fingerprint(store, md, dd, opts)
         if not force and fp is not None and _extract_stamp(store, m.name, d.name).is_current(fp):
             summary.extract_skipped.append((m.name, d.name))

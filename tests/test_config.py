@@ -59,7 +59,7 @@ def test_overrides_and_only(tmp_path):
         ({"extract.precision": "fp64"}, "extract.precision"),
         ({"analysis.temperature": "hot"}, "analysis.temperature"),
         ({"compute.threads": 3}, "compute.threads"),
-        ({"datasets": [{"name": "d", "kind": "k", "splits": {"val": {"per_class": 2, "rest": True}}}]},
+        ({"datasets": [{"name": "d", "kind": "imagefolder", "splits": {"val": {"per_class": 2, "rest": True}}}]},
          "datasets['d'].splits.val"),
         ({"models": [{"name": "a/b", "arch": "x"}]}, "models['a/b'].name"),
     ],
@@ -84,3 +84,34 @@ def test_only_takes_patterns_and_repeated_clauses():
     assert f.keeps("vitb32", "places") and not f.keeps("vitb32", "inat")
     assert f.keeps("rn50", "inat") and not f.keeps("convnext", "places")
     assert not CellFilter(None) and CellFilter(None).keeps("any", "cell")
+
+
+def test_class_names_from_a_mapping_or_a_file(tmp_path):
+    base = BASE.replace('kind = "fashion-mnist"', 'kind = "imagefolder"\nroot = "imgs"')
+    cfg = load_config(write(tmp_path, base.replace('root = "imgs"', 'root = "imgs"\nclass_names = { b = "bee", a = "ant" }')))
+    d = cfg.datasets[0]
+    assert d.class_folders == ["b", "a"] and d.class_names == ["bee", "ant"]
+    (tmp_path / "n.txt").write_text("# comment\nant\n\nbee\n")
+    (tmp_path / "n.json").write_text('{"b": "bee", "a": "ant"}')
+    (tmp_path / "n.csv").write_text("folder,name\nb,bee\na,ant\n")
+    for f, folders, names in [("n.txt", [], ["ant", "bee"]), ("n.json", ["b", "a"], ["bee", "ant"]),
+                              ("n.csv", ["b", "a"], ["bee", "ant"])]:
+        d = load_config(write(tmp_path, base.replace('root = "imgs"', f'root = "imgs"\nclass_names_file = "{f}"'))).datasets[0]
+        assert (d.class_folders, d.class_names, d.class_names_file) == (folders, names, str(tmp_path / f))
+    (tmp_path / "bad.csv").write_text("a,b\n")
+    for extra, needle in [('class_names_file = "bad.csv"', "needs the header folder,name"),
+                          ('class_names_file = "n.txt"\nclass_names = ["x"]', "not both")]:
+        with pytest.raises(UserError, match=needle) as err:
+            load_config(write(tmp_path, base.replace('root = "imgs"', f'root = "imgs"\n{extra}')))
+        assert "datasets['fashion']" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_templates_per_dataset(tmp_path):
+    (tmp_path / "t.txt").write_text("a sketch of a {}.\n")
+    cfg = load_config(write(tmp_path, BASE.replace('pool = "test"', 'pool = "test"\ntemplates = "t.txt"')))
+    m, d = cfg.models[0], cfg.datasets[0]
+    assert d.templates == str(tmp_path / "t.txt")
+    assert model_dict(m)["templates"] == "simple" and model_dict(m, d)["templates"] == d.templates
+    with pytest.raises(UserError, match=r"datasets\['fashion'\].templates: unknown template set 'openai' "
+                                        r"\(did you mean 'openai-imagenet'\?\)"):
+        load_config(write(tmp_path, BASE.replace('pool = "test"', 'pool = "test"\ntemplates = "openai"')))

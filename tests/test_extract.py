@@ -263,7 +263,8 @@ def test_corrupt_and_missing_images_raise_or_skip(tiny_clip, tmp_path):
 
 def test_bad_config_inputs_are_clear(tiny_clip, tmp_path):
     tc = tiny_clip
-    with pytest.raises(ExtractError, match="class_names has 2 names but the dataset has 3 classes"):
+    # a list naming only some folders is refused (never applied by position)
+    with pytest.raises(ExtractError, match="class_names list does not match.*2 not among its classes: 'a'"):
         extract_cell(tmp_path / "s", tc.model_spec(), folder_ds(tc.images, class_names=["a", "b"]),
                      OPTS, progress=False)
     with pytest.raises(ExtractError, match="not found"):
@@ -354,7 +355,9 @@ def test_manifest_and_webdataset_kinds_match_imagefolder(tiny_clip, tmp_path):
     rows = ["path,label,split"] + [
         f"{tc.images / i},{i.split('/')[0]},{'val' if n % 4 == 0 else 'test'}" for n, i in enumerate(ids)]
     man.write_text("\n".join(rows) + "\n")
-    ds = {"name": "man", "kind": "manifest", "root": str(man), "class_names": CLASSES}
+    # the images live outside the manifest's folder: allowed explicitly
+    ds = {"name": "man", "kind": "manifest", "root": str(man), "class_names": CLASSES,
+          "allow_outside_root": True}
     extract_cell(tmp_path / "s", tc.model_spec(), ds, OPTS, progress=False)
     got = read_cell(tmp_path / "s", dataset="man")
     assert set(got) == {"val", "test"} and got["val"].num_rows == 3
@@ -365,7 +368,8 @@ def test_manifest_and_webdataset_kinds_match_imagefolder(tiny_clip, tmp_path):
     # Parquet manifest with integer labels
     pq.write_table(pa.table({"path": [str(tc.images / i) for i in ids],
                              "label": [i // 4 for i in range(12)]}), tmp_path / "man.parquet")
-    ds = {"name": "manpq", "kind": "manifest", "root": str(tmp_path / "man.parquet"), "class_names": CLASSES}
+    ds = {"name": "manpq", "kind": "manifest", "root": str(tmp_path / "man.parquet"), "class_names": CLASSES,
+          "allow_outside_root": True}
     extract_cell(tmp_path / "s", tc.model_spec(), ds, OPTS, progress=False)
     np.testing.assert_array_equal(arr(read_cell(tmp_path / "s", dataset="manpq")["test"], "zs"), ref_zs)
 

@@ -11,14 +11,14 @@ from gla.extract.datasets import KINDS, build_source  # noqa: E402
 from gla.extract.errors import ExtractError  # noqa: E402
 
 
-def make_folder(root, counts=(6, 5, 7)):
+def make_folder(root, counts=(6, 5, 7), stem=""):
     from PIL import Image
 
     for ci, n in enumerate(counts):
         d = root / f"class{ci}"
         d.mkdir(parents=True)
         for i in range(n):
-            Image.new("RGB", (4, 4), (ci * 50, i, 0)).save(d / f"{i:02d}.png")
+            Image.new("RGB", (4, 4), (ci * 50, i, 0)).save(d / f"{stem}{i:02d}.png")
         (d / "notes.txt").write_text("not an image")
     return root
 
@@ -30,7 +30,8 @@ def ds(root, **kw):
 
 
 def test_registry_has_the_documented_kinds():
-    assert set(KINDS) == {"imagefolder", "manifest", "webdataset", "fashion-mnist", "animal-mnist"}
+    assert set(KINDS) == {"imagefolder", "manifest", "webdataset", "huggingface", "fashion-mnist",
+                          "animal-mnist"}
 
 
 def test_drawn_splits_are_balanced_disjoint_ordered_and_seeded(tmp_path):
@@ -64,14 +65,19 @@ def test_limit_class_names_and_errors(tmp_path):
     assert s.class_names == ["class2", "class0", "class1"]
     for sid, y in zip(t.sample_ids, t.labels, strict=True):
         assert sid.split("/")[0] == s.class_names[y]
-    # other names of the same count rename in folder order
-    s = build_source(ds(root, class_names=["a", "b", "c"]))
-    assert s.class_names == ["a", "b", "c"] and s.splits["test"].labels[0] == 0
-    with pytest.raises(ExtractError, match="class_names has 2 names but the dataset has 3"):
-        build_source(ds(root, class_names=["a", "b"]))
+    # other names are never applied by position: a list must name the folders
+    with pytest.raises(ExtractError, match=r"3 not among its classes: 'a'.*3 of its classes not named"):
+        build_source(ds(root, class_names=["a", "b", "c"]))
+    with pytest.raises(ExtractError, match="1 of its classes not named: 'class2'"):
+        build_source(ds(root, class_names=["class0", "class1"]))
+    # an explicit mapping renames (and orders) them
+    s = build_source(ds(root, class_folders=["class2", "class0", "class1"], class_names=["c", "a", "b"]))
+    assert s.class_names == ["c", "a", "b"]
+    for sid, y in zip(s.splits["test"].sample_ids, s.splits["test"].labels, strict=True):
+        assert {"class2": "c", "class0": "a", "class1": "b"}[sid.split("/")[0]] == s.class_names[y]
     with pytest.raises(ExtractError, match="per_class = 6 but class 'class1' has only 5"):
         build_source(ds(root, splits={"val": {"per_class": 6}}))
-    with pytest.raises(ExtractError, match="kind = 'nope'"):
+    with pytest.raises(ExtractError, match="kind: unknown dataset kind 'nope'"):
         build_source(ds(root, kind="nope"))
     with pytest.raises(ExtractError, match="is not a folder"):
         build_source(ds(tmp_path / "missing"))
@@ -79,10 +85,14 @@ def test_limit_class_names_and_errors(tmp_path):
 
 def test_explicit_split_roots(tmp_path):
     a = make_folder(tmp_path / "a", (2, 2, 2))
-    b = make_folder(tmp_path / "b", (1, 1, 1))
+    b = make_folder(tmp_path / "b", (1, 1, 1), stem="b")
     s = build_source(ds("", splits={"train": {"root": str(a)}, "test": {"root": str(b)}}))
     assert [len(s.splits[k]) for k in ("train", "test")] == [6, 3]
     assert s.class_names == ["class0", "class1", "class2"]
+    # roots with the same layout give the same relative ids: refused before any work
+    c = make_folder(tmp_path / "c", (1, 1, 1))
+    with pytest.raises(ExtractError, match="splits 'train' and 'test' both have the sample id 'class0/00.png'"):
+        build_source(ds("", splits={"train": {"root": str(a)}, "test": {"root": str(c)}}))
 
 
 def test_manifest_errors_name_file_and_column(tmp_path):

@@ -108,3 +108,4 @@ def test_kshot_columns_and_table_from_images(tiny_clip, tmp_path):
     labels = np.concatenate([t.column("label").to_numpy() for t in parts])
     assert acc_ft1 == pytest.approx(float(np.mean(ref.argmax(1) == labels)))
 
+

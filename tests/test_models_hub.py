@@ -251,6 +251,8 @@ def test_gla_run_refuses_uncached_weights_before_any_work(tmp_path):
         (tmp_path / "imgs" / c / "0.png").write_bytes(b"not decoded before the check")
     (tmp_path / "c.toml").write_text(
         'store = "S"\n[compute]\nworkers = 2\n'
+        # one split only: fitting on it is allowed, so the pre-flight checks pass
+        '[analysis]\nfit_split = "test"\nallow_fit_on_eval = true\n'
         '[[models]]\nname = "b32"\narch = "ViT-B-32"\npretrained = "laion2b_s34b_b79k"\n'
         '[[datasets]]\nname = "pics"\nkind = "imagefolder"\nroot = "imgs"\n'
         "[datasets.splits.test]\nrest = true\n"

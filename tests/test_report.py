@@ -318,13 +318,14 @@ def test_each_heatmap_has_its_own_scale_centred_at_zero(data):
     gains = gain_table(data.summary)
     limits = []
     for col, method, baseline in GAINS:
-        fig = figures.heatmap(gains, col, f"acc({method}) − acc({baseline})")
+        fig = figures.heatmap(gains, col, method, baseline)
         ax, bar = fig.axes  # the map and its own colour bar
         (im,) = ax.get_images()
         lo, hi = im.get_clim()
         assert lo == -hi
         assert hi == pytest.approx(max(0.05, 100 * gains.get_column(col).drop_nulls().abs().max()))
-        assert bar.get_ylabel() == f"acc({method}) − acc({baseline}) (accuracy points)"
+        assert bar.get_ylabel() == f"{method} − {baseline} (points)"
+        assert ax.get_title() == f"acc({method}) − acc({baseline}), accuracy points"
         limits.append(hi)
     # Only clip-a has ft logits: gla − ft covers two cells, zs_debiased − zs all three.
     assert gains.get_column("gain_gla_ft").null_count() == 1
@@ -495,7 +496,8 @@ def _visible_texts(fig):
         texts = [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
         for axis, (lo, hi) in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
             lo, hi = min(lo, hi), max(lo, hi)
-            texts += [t.label1 for t in axis.get_major_ticks() if lo <= t.get_loc() <= hi]
+            ticks = [*axis.get_major_ticks(), *axis.get_minor_ticks()]
+            texts += [t.label1 for t in ticks if lo <= t.get_loc() <= hi]
         if ax.get_legend():
             texts += [*ax.get_legend().get_texts(), ax.get_legend().get_title()]
         out += [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_visible() and t.get_text()]
@@ -513,9 +515,13 @@ def test_no_overlapping_text_in_any_figure(data):
     assert any(ba.overlaps(bb) for i, (_, ba) in enumerate(_visible_texts(control))
                for _, bb in _visible_texts(control)[i + 1:])
     gains = gain_table(data.summary)
-    figs = [figures.heatmap(gains, col, f"acc({m}) − acc({b})") for col, m, b in GAINS]
+    figs = [figures.heatmap(gains, col, m, b) for col, m, b in GAINS]
     for cell in data.cells():
         figs += figures.cell_figures(data.view(*cell)).values()
+    # A cell with four classes: log axes spanning less than a decade (minor tick labels).
+    few = _with(data, per_class=data.per_class.filter(pl.col("class_index") < 4),
+                priors=data.priors.filter(pl.col("class_index") < 4))
+    figs += figures.cell_figures(few.view("clip-a", "fashion")).values()
     for fig in figs:
         boxes = _visible_texts(fig)
         assert len(boxes) >= 5
@@ -612,3 +618,18 @@ def test_kshot_section_and_figure(data):
     assert ax.get_ylim() == (0.0, 100.0)
     assert [line.get_ydata().tolist() for line in ax.get_lines()] == [[30.0, 50.0, 70.0], [40.0, 60.0, 80.0]]
     assert "kshot" not in figures.cell_figures(data.view("clip-a", "fashion"))
+
+
+def test_methods_table_shows_the_accuracy_interval(data):
+    from gla.pipeline.report import render
+
+    summ = data.summary.with_columns((pl.col("accuracy") - 0.01).alias("accuracy_ci_low"),
+                                     (pl.col("accuracy") + 0.02).alias("accuracy_ci_high"))
+    text = render(_with(data, summary=summ), figures_for=lambda v: {})
+    rows = [r for sec, r in parse(text).tables if sec == "cell-clip-a--fashion"][0]
+    col = rows[0].index("95 % CI")
+    assert rows[0][col - 1] == "accuracy"
+    acc = {r["method"]: r["accuracy"] for r in summ.filter(
+        (pl.col("model") == "clip-a") & (pl.col("dataset") == "fashion")).iter_rows(named=True)}
+    for r in rows[1:]:
+        assert r[col] == f"[{100 * acc[r[0]] - 1:.2f}, {100 * acc[r[0]] + 2:.2f}]"

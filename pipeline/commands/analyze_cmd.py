@@ -16,10 +16,11 @@ import time
 
 from gla.analyze.priors import ESTIMATORS, parse_temperature
 from gla.pipeline import gate
-from gla.pipeline.analysis import analyze_store
+from gla.pipeline.analysis import analyze_store, select_cells
 from gla.pipeline.cell_analysis import StoreAnalysisOptions
 from gla.pipeline.errors import UserError
 from gla.pipeline.importer import load_array
+from gla.pipeline.preflight import check_store_analysis
 from gla.pipeline.runner import ComputeOptions
 from gla.pipeline.store import Store
 
@@ -163,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{store.root}: store folder not found (--store)")
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers: must be >= 0, got {args.workers}")
+    check_store_analysis(store, options, select_cells(store, args.only))
     compute = ComputeOptions.from_any(
         None, workers=args.workers, threads_per_worker=args.threads_per_worker,
         scheduler=args.scheduler or "", progress=not args.quiet, quiet=args.quiet,

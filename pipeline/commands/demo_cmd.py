@@ -11,6 +11,7 @@ the HTML report. Incremental like ``gla run``: a second call does no work.
 from __future__ import annotations
 
 import argparse
+import base64
 import sys
 from pathlib import Path
 
@@ -90,7 +91,8 @@ def _kshot(args: argparse.Namespace) -> int:
     import polars as pl
     from gla.pipeline import demo
     from gla.pipeline.matrix_run import run_config
-    from gla.pipeline.report.figures import kshot_curves, png_b64
+    from gla.pipeline.report.figures import kshot_curve, png_b64
+    from gla.pipeline.report.tables import CellView
 
     config = demo.kshot_config(args.store or "demo-store-kshot", limit_per_class=args.limit_per_class,
                                workers=args.workers)
@@ -106,13 +108,14 @@ def _kshot(args: argparse.Namespace) -> int:
     pl.Config.set_tbl_rows(50)
     print("\nFew-shot GLA (temperatures on): accuracy against training images per class")
     print(demo.kshot_curves(results))
-    fig = kshot_curves(pl.read_parquet(results / "kshot.parquet"))
-    png = Path(config.store) / "report" / "kshot.png"
-    if fig is not None:
-        import base64
-
-        png.parent.mkdir(parents=True, exist_ok=True)
-        png.write_bytes(base64.b64decode(png_b64(fig)))
-        print(f"\nFigure: {png}")
+    table = pl.read_parquet(results / "kshot.parquet")
+    for (model, dataset), rows in table.group_by("model", "dataset", maintain_order=True):
+        view = CellView(model, dataset, None, {"kshot": rows}, priors=pl.DataFrame())
+        fig = kshot_curve(view)
+        if fig is not None:
+            png = Path(config.store) / "report" / f"kshot-{dataset}.png"
+            png.parent.mkdir(parents=True, exist_ok=True)
+            png.write_bytes(base64.b64decode(png_b64(fig)))
+            print(f"Figure: {png}")
     print(f"Report: {summary.report or Path(config.store) / 'report' / 'index.html'}")
     return 0

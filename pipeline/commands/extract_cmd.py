@@ -54,6 +54,7 @@ def parse_shard(text: str | None, env: dict[str, str] | None = None) -> tuple[in
 
 def run(args: argparse.Namespace) -> int:
     from gla.pipeline.config import CellFilter, load_config, model_dict
+    from gla.pipeline.preflight import check_config
 
     config = load_config(args.config)
     only = CellFilter(args.only)
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(
             f"gla extract needs {' and '.join(missing)}: pip install 'gla-pipeline[extract]'"
         )
+    check_config(config, stages=("extract",), only=only)  # every config error before any work
     from gla.extract.errors import ExtractError
     from gla.extract.models import check_models
     from gla.extract.reembed import rezero_cell
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         except ExtractError as e:
             raise UserError(str(e)) from None
     for m, d in cells:
-        md, dd = model_dict(m), d.model_dump()
+        md, dd = model_dict(m, d), d.model_dump()
         try:
             if args.from_embeddings:
                 info = rezero_cell(config.store, md, dd, options)

@@ -60,6 +60,7 @@ def parse_overrides(items: list[str]) -> dict:
 def run(args: argparse.Namespace) -> int:
     from gla.pipeline.config import load_config
     from gla.pipeline.matrix_run import run_config
+    from gla.pipeline.preflight import check_config
 
     overrides = parse_overrides(args.set)
     if args.workers is not None:
@@ -74,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["compute.worker_timeout"] = args.worker_timeout
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())  # run_config checks them
     config = load_config(args.config, overrides)
+    check_config(config, stages=stages, only=args.only)  # every config error before any work
     spec = gate.from_args(args, config.gate)
     if spec.blocks_publish:
         raise UserError("gate blocks_publish: needs publication by run (run history), not in this build")

@@ -21,6 +21,7 @@ from gla.pipeline.report.tables import CellView
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -49,13 +50,26 @@ def _legend_outside(ax, **kw) -> None:
                   fontsize=FONT["legend"], **kw)
 
 
+def _log_axis(ax, which: str) -> None:
+    """Log scale labelled in plain decimals (0.01, 0.1, …) at majors only: minor labels
+    of a short range (2×10⁻¹ 3×10⁻¹ …) run into each other. Call once the limits are set."""
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    lo, hi = ax.get_xlim() if which == "x" else ax.get_ylim()
+    short = np.log10(max(hi, 1e-300) / max(lo, 1e-300)) < 1.5
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if short else (1.0,)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _percent_axis(ax, which: str = "y") -> None:
     (ax.set_ylim if which == "y" else ax.set_xlim)(0, 100)
 
 
-def heatmap(cells: pl.DataFrame, column: str, quantity: str, flagged: set[tuple[str, str]] = frozenset()) -> Figure:
-    """One quantity (``column``, an accuracy difference) per cell, on its own diverging
-    scale centred at 0. Cells in ``flagged`` carry a warning: outlined, value marked "!"."""
+def heatmap(cells: pl.DataFrame, column: str, method: str, baseline: str,
+            flagged: set[tuple[str, str]] = frozenset()) -> Figure:
+    """One quantity per cell, ``column`` = acc(method) − acc(baseline), on its own
+    diverging scale centred at 0. Cells in ``flagged`` carry a warning: outlined, value
+    marked "!"."""
     models = sorted(set(cells.get_column("model").to_list()))
     datasets = sorted(set(cells.get_column("dataset").to_list()))
     grid = np.full((len(models), len(datasets)), np.nan)
@@ -78,9 +92,9 @@ def heatmap(cells: pl.DataFrame, column: str, quantity: str, flagged: set[tuple[
         if flag:
             ax.add_patch(_outline(j, i))
     bar = fig.colorbar(im, ax=ax)
-    bar.set_label(f"{quantity} (accuracy points)", fontsize=FONT["label"])
+    bar.set_label(f"{method} − {baseline} (points)", fontsize=FONT["label"])
     bar.ax.tick_params(labelsize=FONT["tick"])
-    ax.set_title(quantity, fontsize=FONT["title"])
+    ax.set_title(f"acc({method}) − acc({baseline}), accuracy points", fontsize=FONT["title"])
     return fig
 
 
@@ -138,6 +152,7 @@ def class_accuracy(view: CellView) -> Figure:
             xs = np.geomspace(x[ok].min(), x[ok].max(), 20)
             ax.plot(xs, np.polyval(coef, np.log10(xs)), color=style.color(m), lw=1.2)
     ax.set_xscale("log")
+    _log_axis(ax, "x")
     _percent_axis(ax)
     _titles(ax, "per-class accuracy against π̂p", "estimated pretraining prior π̂p (log scale)", "per-class accuracy (%)")
     _legend_outside(ax)
@@ -180,6 +195,8 @@ def prior_scatter(view: CellView) -> Figure | None:
     ax.set_yscale("log")
     ax.set_xlim(a, b)
     ax.set_ylim(a, b)
+    _log_axis(ax, "x")
+    _log_axis(ax, "y")
     _titles(ax, "estimated prior π̂p against downstream share πs", "downstream training share πs (log)", "estimated π̂p (log)")
     _legend_outside(ax, title="estimator", title_fontsize=FONT["legend"])
     return fig
@@ -230,7 +247,7 @@ def kshot_curve(view: CellView) -> Figure | None:
     shots = sorted(set(ks.get_column("shots").to_list()))
     ax.set_xscale("log")
     ax.set_xticks(shots, [str(k) for k in shots])
-    ax.minorticks_off()
+    ax.xaxis.set_minor_formatter(NullFormatter())
     _percent_axis(ax)
     _titles(ax, "few-shot: accuracy against shots per class", "training images per class (log scale)", "accuracy (%)")
     _legend_outside(ax)
@@ -262,25 +279,3 @@ def cell_figures(view: CellView) -> dict[str, Figure]:
             out[name] = fig
     return out
 
-
-def kshot_curves(table: pl.DataFrame) -> Figure | None:
-    """Accuracy against the number of shots (log₂ axis), one curve per method, one panel
-    per dataset side by side (the k-shot sweep, ``results/kshot.parquet``)."""
-    if table is None or table.is_empty():
-        return None
-    datasets = sorted(set(table.get_column("dataset").to_list()))
-    fig = new_figure(4.2 * len(datasets) + 1.6, 3.4)
-    axes = fig.subplots(1, len(datasets), squeeze=False)[0]
-    for ax, ds in zip(axes, datasets, strict=True):
-        sub = table.filter(pl.col("dataset") == ds)
-        for method in dict.fromkeys(sub.get_column("method").to_list()):
-            g = sub.filter(pl.col("method") == method).sort("shots")
-            ax.plot(g["shots"].to_list(), [_pct(v) for v in g["accuracy"].to_list()], marker="o",
-                    label=method, linewidth=2.2 if method == "gla" else 1.2)
-        ax.set_xscale("log", base=2)
-        shots = sorted(set(sub.get_column("shots").to_list()))
-        ax.set_xticks(shots, [str(k) for k in shots])
-        _percent_axis(ax)
-        _titles(ax, f"{ds}: few-shot GLA", "training images per class (k)", "accuracy (%)")
-    _legend_outside(axes[-1])
-    return fig

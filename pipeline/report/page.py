@@ -93,7 +93,7 @@ def _overview(data: ReportData, views: dict[tuple[str, str], CellView],
         if gains.get_column(col).null_count() == gains.height:
             continue
         q = GAIN_LABEL[col]
-        fig = figures.heatmap(gains, col, f"acc({method}) − acc({baseline})", flagged)
+        fig = figures.heatmap(gains, col, method, baseline, flagged)
         out.append(
             f"<figure>{img(figures.png_b64(fig), f'{q} per cell heatmap')}<figcaption>{html.escape(q)} per cell "
             f"in accuracy points, on its own colour scale centred at 0 (blue: {html.escape(method)} better). "
