@@ -239,6 +239,26 @@ ROBUSTNESS = Table(
     optional=True,
 )  # fmt: skip
 
+KSHOT = Table(
+    "kshot",
+    "k-shot sweep: one row per cell × shot count × method, few-shot GLA (temperatures on)",
+    _cols(
+        *_CELL, *_EST,
+        ("shots", I64, "training images per class of the fine-tuned checkpoint (kshot@shots)"),
+        ("method", S, "zs, zs_debiased, ft, ft_la, ensemble, gla (ft = the k-shot model)"),
+        ("split", S, "eval split"),
+        ("n", I64, "labelled eval samples scored"),
+        ("accuracy", F, "top-1 accuracy"),
+        ("balanced_accuracy", F, "mean per-class accuracy"),
+        ("nll", F, "mean negative log-likelihood of softmax of the tempered, adjusted logits"),
+        ("temperature_zs", F, "confidence-matched temperature of the zs logits (fit split)"),
+        ("temperature_ft", F, "confidence-matched temperature of the k-shot logits (fit split)"),
+    ),
+    keys=("model", "dataset", "estimator", "shots", "method"),
+    required=("model", "dataset", "shots", "method", "accuracy"),
+    optional=True,
+)  # fmt: skip
+
 PREDICTIONS = Table(
     "predictions",
     "per eval sample × estimator × method: what it predicted (pairs two runs for gla diff)",
@@ -256,7 +276,7 @@ PREDICTIONS = Table(
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (SUMMARY, PER_CLASS, PRIORS, CALIBRATION, COMPARISONS, PROVENANCE, WARNINGS, PREDICTIONS,
-              ROBUSTNESS)
+              ROBUSTNESS, KSHOT)
 }
 # The tables every published result must contain (DESIGN.md's contract).
 CONTRACT = tuple(n for n, t in TABLES.items() if not t.optional)

@@ -1,10 +1,16 @@
 """The on-disk format of one logit cell: the contract between producers and readers.
 
-A cell is ``<store>/logits/<model>/<dataset>/``. It holds Parquet parts named
-``part-<split>-<NNNNN>.parquet`` and, per split, a manifest ``_split-<split>.json``
-that is written last and lists the parts of that split. Readers trust only parts a
-manifest lists, so a split being written (or an interrupted extraction) is never read
-half-done. Every file is written to a temporary name and renamed into place.
+A cell is ``<store>/logits/<model>/<dataset>/``. Its **cell record** ``_cell.json``
+(written last, replaced atomically) names, per split, the manifest of the split's current
+generation. A manifest ``_split-<split>.<gen>.json`` lists the split's parts
+``part-<split>.<gen>-<NNNNN>.parquet`` in row order, each with its row count, size, mtime
+and sha256 (``extract.records.file_record``). Readers find files through the cell record
+and manifests only, never by a name pattern, so splits whose names share a prefix never
+touch each other. A new generation of a split (a re-import, a re-extraction with other
+inputs) is written beside the current one under its own names and swapped in by the
+cell record once it is sealed: until then the old generation stays complete and
+readable, and a failed or killed write leaves it byte for byte. ``commit_cell`` then
+removes the files no record names any more.
 
 Columns: ``sample_id`` (string), ``split`` (string), ``label`` (int32, -1 unknown),
 ``zs`` and optionally ``ft`` (fixed_size_list<float32 or float16>[C]), optionally
@@ -13,7 +19,8 @@ the same cell named ``<method>@<parameter>`` (e.g. ``wiseft@0.5`` for WiSE-FT at
 also fixed_size_list[C], listed in the metadata under ``extra_logits``; readers that do
 not know them ignore them. The fixed-size list keeps a row's C logits
 contiguous, so a column converts to an (N, C) numpy array without a copy (see
-bench/bench_layout.py for the measurement that chose it over C scalar columns).
+bench/bench_layout.py for the measurement that chose it over C scalar columns). Parts
+carry Parquet page checksums (CRC32), which readers verify while decoding.
 
 The schema metadata key ``gla`` holds JSON: schema_version, class_names, model identity,
 dataset identity, templates hash. This module needs only numpy and pyarrow: the
@@ -26,6 +33,7 @@ import hashlib
 import json
 import os
 import re
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,8 +42,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from gla.extract import records
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: generations, cell record, part checksums
+CELL_RECORD = "_cell.json"
 META_KEY = b"gla"
 LOGIT_COLUMNS = ("zs", "ft")
 EXTRA_MARK = "@"  # an extra logit column is named <method>@<parameter>
@@ -63,14 +73,13 @@ def cell_dir(store: str | os.PathLike, model: str, dataset: str) -> Path:
     return Path(store) / "logits" / check_name(model, "model") / check_name(dataset, "dataset")
 
 
-def part_name(split: str, index: int, tag: str = "") -> str:
-    """``part-<split>-<NNNNN>.parquet``; with ``tag``, ``part-<split>-<tag>-<NNNNN>.parquet``."""
-    middle = f"{tag}-" if tag else ""
-    return f"part-{check_name(split, 'split')}-{middle}{index:05d}.parquet"
+def part_name(split: str, index: int, gen: str) -> str:
+    """``part-<split>.<gen>-<NNNNN>.parquet`` (unique per split and generation)."""
+    return f"part-{check_name(split, 'split')}.{gen}-{index:05d}.parquet"
 
 
-def manifest_path(cell: str | os.PathLike, split: str) -> Path:
-    return Path(cell) / f"_split-{check_name(split, 'split')}.json"
+def manifest_name(split: str, gen: str) -> str:
+    return f"_split-{check_name(split, 'split')}.{gen}.json"
 
 
 def _logit_array(x: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
@@ -133,37 +142,13 @@ def table_metadata(schema: pa.Schema) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
-def _temp_beside(path: Path) -> tuple[int, str]:
-    """A new temporary file next to ``path``, open for writing, created with mode 0666 so
-    that the kernel applies the user's umask (group-readable on a shared store under
-    umask 022; ``tempfile.mkstemp`` would make it 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        tmp = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
-        except FileExistsError:  # pragma: no cover - 48 random bits
-            continue
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = _temp_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+atomic_write_bytes = records.atomic_write_bytes
 
 
 def atomic_write_table(path: str | os.PathLike, table: pa.Table, **kwargs: Any) -> None:
     """Write Parquet to a temporary file in the same folder, then rename into place."""
     path = Path(path)
-    fd, tmp = _temp_beside(path)
+    fd, tmp = records._temp_beside(path)
     os.close(fd)
     try:
         pq.write_table(table, tmp, **kwargs)
@@ -186,32 +171,43 @@ def row_group_rows(table: pa.Table, target_bytes: int = ROW_GROUP_BYTES) -> int:
     return max(1024, int(target_bytes // max(per_row, 1)))
 
 
+def new_generation() -> str:
+    """A fresh generation tag (12 hex digits); extraction uses its cell key's first 12."""
+    return uuid.uuid4().hex[:12]
+
+
 def write_part(
     cell: str | os.PathLike,
     split: str,
     index: int,
     table: pa.Table,
+    gen: str,
     row_group_size: int | None = None,
-    tag: str = "",
 ) -> Path:
-    path = Path(cell) / part_name(split, index, tag)
+    """One part of generation ``gen`` of a split (not yet listed by any manifest)."""
+    path = Path(cell) / part_name(split, index, gen)
     # No dictionary for float lists: it only costs time on logits.
     atomic_write_table(
         path,
         table,
         row_group_size=row_group_size or row_group_rows(table),
         use_dictionary=["sample_id", "split"],
+        write_page_checksum=True,
     )
+    records.fault_point("part-written")
     return path
 
 
-def write_manifest(
+def seal_split(
     cell: str | os.PathLike,
     split: str,
     parts: Sequence[str | os.PathLike],
+    gen: str,
     extra: dict[str, Any] | None = None,
-) -> Path:
-    """Seal a split: list its parts (in row order) with their row counts.
+) -> str:
+    """Seal generation ``gen`` of a split: its manifest lists the parts (in row order) with
+    row count, size, mtime and sha256. Returns the manifest's file name. The split is not
+    current until ``commit_cell`` names this manifest.
 
     The manifest carries a fresh ``write_id``, so any rewrite of a split changes the
     content key that incremental runs derive from the manifests. ``extra`` adds keys
@@ -220,50 +216,133 @@ def write_manifest(
     cell = Path(cell)
     entries = []
     for p in parts:
-        p = Path(p)
-        entries.append({"file": p.name, "rows": pq.ParquetFile(cell / p.name).metadata.num_rows})
+        f = cell / Path(p).name
+        entries.append(records.file_record(f, rows=pq.ParquetFile(f).metadata.num_rows))
     doc = {
         "schema_version": SCHEMA_VERSION,
         "split": split,
+        "generation": gen,
         "parts": entries,
         "rows": sum(e["rows"] for e in entries),
         "write_id": uuid.uuid4().hex,
     }
     doc = {**(extra or {}), **doc}
-    path = manifest_path(cell, split)
-    atomic_write_bytes(path, json.dumps(doc, indent=1, sort_keys=True).encode())
+    name = manifest_name(split, gen)
+    records.write_json(cell / name, doc)
+    records.fault_point("split-sealed")
+    return name
+
+
+def read_cell_record(cell: str | os.PathLike) -> dict[str, Any] | None:
+    """The cell record (None for a cell folder without one); ``IntegrityError`` if corrupt."""
+    path = Path(cell) / CELL_RECORD
+    doc = records.read_json(path)
+    if doc is not None and not isinstance(doc.get("splits"), dict):
+        raise records.IntegrityError(f"{path}: unreadable cell record (no splits)")
+    return doc
+
+
+def _listed_files(cell: Path, record: dict[str, Any]) -> set[str]:
+    """Every file a cell record names: its manifests, their parts and skip lists."""
+    names = {CELL_RECORD}
+    for mname in record.get("splits", {}).values():
+        names.add(mname)
+        doc = records.read_json(cell / mname) or {}
+        names.update(str(e.get("file")) for e in doc.get("parts", []))
+        if doc.get("skipped_file"):
+            names.add(str(doc["skipped_file"]))
+    return names
+
+
+def _is_cell_file(name: str) -> bool:
+    return name.endswith((".parquet", ".json")) and name.startswith(("part-", "_split-", "_skipped-", ".skipped-"))
+
+
+def commit_cell(
+    cell: str | os.PathLike,
+    splits: dict[str, str],
+    *,
+    replace: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Swap sealed generations in: the cell record names ``splits`` (split -> manifest file
+    name), merged into the current record unless ``replace``. Written last; then files
+    that no record names any more (the previous generations, leftovers of killed writes)
+    are removed."""
+    cell = Path(cell)
+    old = read_cell_record(cell) or {"splits": {}}
+    current = {} if replace else dict(old.get("splits", {}))
+    current.update(splits)
+    kept = {} if replace else {k: v for k, v in old.items() if k not in ("splits", "committed_at")}
+    doc = {**kept, **(extra or {}), "schema_version": SCHEMA_VERSION,
+           "splits": dict(sorted(current.items())), "committed_at": time.time()}
+    path = cell / CELL_RECORD
+    records.write_json(path, doc)
+    records.fault_point("cell-committed")
+    keep = _listed_files(cell, doc)
+    for f in cell.iterdir():
+        if _is_cell_file(f.name) and f.name not in keep:
+            f.unlink(missing_ok=True)
     return path
 
 
 def write_split(
-    cell: str | os.PathLike, split: str, tables: Sequence[pa.Table]
+    cell: str | os.PathLike, split: str, tables: Sequence[pa.Table], extra: dict[str, Any] | None = None
 ) -> Path:
-    """Replace a whole split: write its parts, seal it, then drop parts no longer listed.
+    """Replace a whole split: write a new generation of it, seal it, swap it in.
 
-    When the split exists already, the new parts get names of their own (a fresh tag), so
-    until the new manifest is in place the old one still lists intact old parts: a crash
-    at any point leaves the split either as it was or as it is meant to be.
+    The new parts get names of their own, so until the cell record names the new
+    manifest the old one still lists intact old parts: a crash at any point leaves the
+    split either as it was or as it is meant to be. Other splits are not touched.
     """
     cell = Path(cell)
-    tag = uuid.uuid4().hex[:8] if manifest_path(cell, split).exists() else ""
-    written = [write_part(cell, split, i, t, tag=tag).name for i, t in enumerate(tables)]
-    manifest = write_manifest(cell, split, written)
-    keep = set(written)
-    for old in cell.glob(f"part-{split}-*.parquet"):
-        if old.name not in keep:
-            old.unlink(missing_ok=True)
-    return manifest
+    gen = new_generation()
+    written = [write_part(cell, split, i, t, gen).name for i, t in enumerate(tables)]
+    name = seal_split(cell, split, written, gen, extra)
+    commit_cell(cell, {split: name})
+    return cell / name
+
+
+def manifest_file(cell: str | os.PathLike, split: str) -> Path | None:
+    """The current manifest of a split (from the cell record), or None."""
+    rec = read_cell_record(cell)
+    name = (rec or {}).get("splits", {}).get(split)
+    return Path(cell) / name if name else None
 
 
 def read_manifest(cell: str | os.PathLike, split: str) -> dict[str, Any] | None:
-    path = manifest_path(cell, split)
-    if not path.exists():
+    """The current manifest of a split, or None; ``IntegrityError`` if it is unreadable."""
+    path = manifest_file(cell, split)
+    if path is None:
         return None
-    return json.loads(path.read_text())
+    doc = records.read_json(path)
+    if doc is None:
+        raise records.IntegrityError(f"{path}: missing, but {Path(cell) / CELL_RECORD} names it")
+    if not isinstance(doc.get("parts"), list):
+        raise records.IntegrityError(f"{path}: unreadable manifest (no parts)")
+    return doc
+
+
+def damaged_parts(cell: str | os.PathLike, *, full: bool = False) -> list[Path]:
+    """Parts of the current generation that do not match their seal (missing, other size,
+    or touched and with another sha256; every part's sha256 with ``full``)."""
+    cell = Path(cell)
+    bad = []
+    for split in sealed_splits(cell):
+        mpath = manifest_file(cell, split)
+        for e in (read_manifest(cell, split) or {}).get("parts", []):
+            try:
+                records.check_file(cell / str(e["file"]), e, mpath, full=full)
+            except records.IntegrityError:
+                bad.append(cell / str(e["file"]))
+    return bad
 
 
 def sealed_splits(cell: str | os.PathLike) -> list[str]:
-    return sorted(p.name[len("_split-") : -len(".json")] for p in Path(cell).glob("_split-*.json"))
+    """The splits the cell record names (none for a folder without a record)."""
+    if not Path(cell).is_dir():
+        return []
+    return sorted((read_cell_record(cell) or {}).get("splits", {}))
 
 
 def text_hash(items: Sequence[str]) -> str:
@@ -275,9 +354,4 @@ def text_hash(items: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+file_sha256 = records.sha256

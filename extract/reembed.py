@@ -18,7 +18,6 @@ extraction from images by the float16 rounding of the stored embedding
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
@@ -39,19 +38,14 @@ def rezero_cell(
 ) -> dict[str, Any]:
     """Recompute a sealed cell's zs from its image embeddings; returns a summary dict."""
     from gla.extract.models import load_model
-    from gla.extract.run import cell_key
+    from gla.extract.run import cell_key, generation
     from gla.extract.templates import load_templates, templates_hash
     from gla.extract.zeroshot import logit_params, zeroshot_head, zs_from_embeddings
 
     cell = cf.cell_dir(store, model["name"], dataset["name"])
-    manifests = {s: cf.read_manifest(cell, s) for s in cf.sealed_splits(cell)} if cell.is_dir() else {}
-    # A split a killed run left unsealed mid-rewrite: its old manifest was kept aside.
-    for j in sorted(cell.glob(".rezero-*.json")) if cell.is_dir() else []:
-        split = j.name[len(".rezero-") : -len(".json")]
-        if split in manifests:
-            j.unlink(missing_ok=True)  # sealed again meanwhile (e.g. by `gla extract`)
-        else:
-            manifests[split] = json.loads(j.read_text())
+    # The current generation stays whole until the new one is swapped in, so a killed
+    # run just starts over from it.
+    manifests = {s: cf.read_manifest(cell, s) for s in cf.sealed_splits(cell)}
     splits = sorted(manifests)
     if not splits:
         raise ExtractError(f"cell {cell} has no sealed split: run `gla extract` first")
@@ -101,6 +95,8 @@ def rezero_cell(
                 "n_templates": len(templates), "components": components, "cell_key": key,
                 "zs_from": "image_emb"}
     dtype = "float32"
+    gen = generation(key)
+    sealed: dict[str, str] = {}
     for split, m in manifests.items():
         tables = []
         for entry in m["parts"]:
@@ -114,14 +110,9 @@ def rezero_cell(
                 t.column("sample_id").to_pylist(), split, t.column("label").to_numpy(), zs, ft,
                 emb, metadata=new_meta, dtype=dtype))
             summary["rows"] += t.num_rows
-        # Unseal first: readers never see a mix of old and new parts. The old manifest
-        # stays aside until the split is sealed again, so a killed run resumes.
-        journal = cell / f".rezero-{split}.json"
-        cf.atomic_write_bytes(journal, json.dumps(m).encode())
-        cf.manifest_path(cell, split).unlink(missing_ok=True)
-        names = [cf.write_part(cell, split, i, t).name for i, t in enumerate(tables)]
-        cf.write_manifest(cell, split, names, extra={"cell_key": key})
-        journal.unlink()
+        names = [cf.write_part(cell, split, i, t, gen).name for i, t in enumerate(tables)]
+        sealed[split] = cf.seal_split(cell, split, names, gen, extra={"cell_key": key})
+    cf.commit_cell(cell, sealed, replace=True, extra={"cell_key": key})
     summary["status"] = "written"
     log.info("%s: zs recomputed from image embeddings for %d rows", cell, summary["rows"])
     return summary

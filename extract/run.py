@@ -21,6 +21,7 @@ the first with an :class:`ExtractError` naming the file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 from gla.extract import cellformat as cf
+from gla.extract import records
 from gla.extract.datasets import Source, build_source
 from gla.extract.errors import ExtractError
 from gla.extract.finetuned import finetuned_identity, load_finetuned, wiseft_column, wiseft_model
@@ -45,6 +47,7 @@ from gla.extract.models import (
     resolve_device,
 )
 from gla.extract.prompts import prompt_only_change
+from gla.extract.records import IntegrityError
 from gla.extract.templates import load_templates, templates_hash
 from gla.extract.zeroshot import logit_params, zeroshot_head
 
@@ -89,7 +92,16 @@ def cell_components(model: dict[str, Any], source: Source, templates_hash: str,
     alphas = wiseft_alphas(model, source.name)
     if alphas:  # only when asked, so the key of every other cell stays as it was
         comp["wiseft_alphas"] = alphas
+    shots = kshot_checkpoints(model, source.name)
+    if shots:
+        comp["kshot"] = {str(k): finetuned_identity(p) for k, p in shots.items()}
     return comp
+
+
+def kshot_checkpoints(model: dict[str, Any], dataset: str) -> dict[int, str]:
+    """Fine-tuned checkpoints of the cell by shot count (``kshot@k`` columns), sorted."""
+    shots = (model.get("kshot") or {}).get(dataset) or {}
+    return {int(k): str(shots[k]) for k in sorted(shots, key=int)}
 
 
 def wiseft_alphas(model: dict[str, Any], dataset: str) -> list[float]:
@@ -120,65 +132,85 @@ def _part_key(path: Path) -> str | None:
     return meta.get("cell_key")
 
 
-def _skip_sidecar(cell: Path, split: str, index: int) -> Path:
-    return cell / f".skipped-{split}-{index:05d}.json"
+def generation(key: str) -> str:
+    """The generation tag of a cell key: the same inputs always write the same names, so
+    sharded and resumed runs meet on the same files."""
+    return key[:12]
+
+
+def _skip_sidecar(cell: Path, split: str, index: int, gen: str) -> Path:
+    return cell / f".skipped-{split}.{gen}-{index:05d}.json"
 
 
 def is_complete(cell: Path, splits: list[str], key: str) -> bool:
-    for s in splits:
-        m = cf.read_manifest(cell, s)
-        if m is None or m.get("cell_key") != key:
-            return False
+    """The cell record is of ``key``, names exactly ``splits``, and every part is intact."""
+    try:
+        rec = cf.read_cell_record(cell)
+    except IntegrityError:
+        return False
+    if rec is None or rec.get("cell_key") != key or sorted(rec["splits"]) != sorted(splits):
+        return False
+    return not cf.damaged_parts(cell)
+
+
+def _sealed_with(cell: Path, split: str, gen: str, key: str) -> bool:
+    try:
+        doc = records.read_json(cell / cf.manifest_name(split, gen))
+    except IntegrityError:
+        return False
+    return doc is not None and doc.get("cell_key") == key
+
+
+def _seal_split(cell: Path, split: str, mine: list[PartPlan], gen: str, key: str) -> bool:
+    """Seal one split of generation ``gen`` if all its parts are present with ``key``."""
+    names = [cf.part_name(split, p.index, gen) for p in mine]
+    if not all(_part_key(cell / n) == key for n in names):
+        return False
+    skipped = []
+    for p in mine:
+        side = _skip_sidecar(cell, split, p.index, gen)
+        if side.is_file():
+            doc = json.loads(side.read_text())
+            if doc.get("cell_key") == key:
+                skipped.extend(doc["skipped"])
+    extra: dict[str, Any] = {"cell_key": key}
+    if skipped:
+        extra["skipped_file"] = f"_skipped-{split}.{gen}.json"
+        records.write_json(cell / extra["skipped_file"], {"split": split, "cell_key": key, "skipped": skipped})
+    cf.seal_split(cell, split, names, gen, extra=extra)
     return True
 
 
 def _seal_if_done(cell: Path, source: Source, plans: list[PartPlan], key: str) -> list[str]:
-    """Seal every split whose parts are all present with ``key``; returns the sealed ones."""
+    """Seal every split whose parts are all present with ``key``; once every split of the
+    generation is sealed, swap the generation in (the cell record, written last).
+    Returns the sealed splits."""
+    gen = generation(key)
     sealed = []
     for split in source.splits:
-        mine = [p for p in plans if p.split == split]
-        m = cf.read_manifest(cell, split)
-        if m is not None and m.get("cell_key") == key:
-            continue
-        names = [cf.part_name(split, p.index) for p in mine]
-        if not all(_part_key(cell / n) == key for n in names):
-            continue
-        skipped = []
-        for p in mine:
-            side = _skip_sidecar(cell, split, p.index)
-            if side.is_file():
-                doc = json.loads(side.read_text())
-                if doc.get("cell_key") == key:
-                    skipped.extend(doc["skipped"])
-        skip_path = cell / f"_skipped-{split}.json"
-        if skipped:
-            cf.atomic_write_bytes(
-                skip_path,
-                json.dumps({"split": split, "cell_key": key, "skipped": skipped}, indent=1).encode(),
-            )
-        else:
-            skip_path.unlink(missing_ok=True)
-        cf.write_manifest(cell, split, names, extra={"cell_key": key})
-        keep = set(names)
-        for old in cell.glob(f"part-{split}-*.parquet"):
-            if old.name not in keep:
-                old.unlink(missing_ok=True)
-        for side in cell.glob(f".skipped-{split}-*.json"):
-            side.unlink(missing_ok=True)
-        sealed.append(split)
+        if _sealed_with(cell, split, gen, key) or _seal_split(
+            cell, split, [p for p in plans if p.split == split], gen, key
+        ):
+            sealed.append(split)
+    if len(sealed) == len(source.splits):
+        rec = None
+        with contextlib.suppress(IntegrityError):
+            rec = cf.read_cell_record(cell)
+        want = {s: cf.manifest_name(s, gen) for s in source.splits}
+        if rec is None or rec.get("cell_key") != key or rec.get("splits") != want:
+            cf.commit_cell(cell, want, replace=True, extra={"cell_key": key})
     return sealed
 
 
-def _drop_stale(cell: Path, source: Source, key: str) -> None:
-    """Unseal splits whose manifest has another key, and splits no longer in the config."""
-    for s in cf.sealed_splits(cell):
-        m = cf.read_manifest(cell, s) or {}
-        if s not in source.splits or m.get("cell_key") != key:
-            cf.manifest_path(cell, s).unlink(missing_ok=True)
-            if s not in source.splits:
-                for old in cell.glob(f"part-{s}-*.parquet"):
-                    old.unlink(missing_ok=True)
-                (cell / f"_skipped-{s}.json").unlink(missing_ok=True)
+def _drop_damaged(cell: Path, key: str) -> None:
+    """Parts of this generation that fail their seal are removed, so they are recomputed
+    (rebuilding from the images is always safe)."""
+    with contextlib.suppress(IntegrityError):
+        rec = cf.read_cell_record(cell)
+        if rec is not None and rec.get("cell_key") == key:
+            for f in cf.damaged_parts(cell):
+                log.warning("%s: does not match its seal; recomputing it", f)
+                f.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------- data loading
@@ -370,10 +402,11 @@ def extract_cell(
         return summary
 
     cell.mkdir(parents=True, exist_ok=True)
-    _drop_stale(cell, source, key)
+    _drop_damaged(cell, key)  # the previous generation is never touched before the swap
     plans = plan_parts(source, int(opts["shard_rows"]))
     mine = [p for i, p in enumerate(plans) if i % count == index]
-    todo = [p for p in mine if _part_key(cell / cf.part_name(p.split, p.index)) != key]
+    gen = generation(key)
+    todo = [p for p in mine if _part_key(cell / cf.part_name(p.split, p.index, gen)) != key]
 
     if todo:
         _run_parts(store, cell, model, dataset_name, source, templates, t_hash, components, key,
@@ -439,9 +472,28 @@ def _load_encoders(store: str | os.PathLike, model: dict[str, Any], dataset_name
     if "wiseft_alphas" in components:
         metadata["wiseft_alphas"] = components["wiseft_alphas"]
     head = torch.from_numpy(head_np).to(device)
-    return _Encoders(loaded, device, head, scale, bias, ft_model,
-                     _extra_encoders(loaded, ft_model, head, scale, bias, model, dataset_name),
-                     metadata)
+    extra = _extra_encoders(loaded, ft_model, head, scale, bias, model, dataset_name)
+    for k, path in kshot_checkpoints(model, dataset_name).items():
+        extra[kshot_column(k)] = _on_features(
+            load_finetuned(path, loaded.model, loaded.arch, len(class_names))[0], loaded.model)
+    if "kshot" in components:
+        metadata["kshot"] = components["kshot"]
+    return _Encoders(loaded, device, head, scale, bias, ft_model, extra, metadata)
+
+
+def kshot_column(shots: int) -> str:
+    return f"kshot@{int(shots)}"
+
+
+def _on_features(ft: Any, clip_model: Any) -> Any:
+    """Mark a fine-tuned classifier whose image tower is the pretrained one (a head
+    trained on frozen features, as k-shot heads often are): it is then fed the pretrained
+    features of the batch instead of running the tower again."""
+    import torch
+
+    own, pre = ft.visual.state_dict(), clip_model.visual.state_dict()
+    ft.on_features = all(torch.equal(v, pre[k].to(v.device, v.dtype)) for k, v in own.items())
+    return ft
 
 
 def _extra_encoders(loaded: Any, ft_model: Any, head: Any, scale: float, bias: float,
@@ -513,17 +565,27 @@ class _PartWriter:
             emb[ok] if emb is not None else None,
             metadata=self.enc.metadata, extra=extra,
         )
-        side = _skip_sidecar(self.cell, p.split, p.index)
+        gen = generation(self.key)
+        side = _skip_sidecar(self.cell, p.split, p.index, gen)
         if skipped:
             cf.atomic_write_bytes(side, json.dumps({"cell_key": self.key, "skipped": skipped}).encode())
             self.summary["skipped_images"] += len(skipped)
         else:
             side.unlink(missing_ok=True)
-        cf.write_part(self.cell, p.split, p.index, table)
+        cf.write_part(self.cell, p.split, p.index, table, gen)
         self.summary["parts_written"] += 1
         for v in self.buf.values():
             v.clear()
         self.seconds += time.perf_counter() - tw
+
+
+def _extra_logits(m: Any, x: Any, feats: Any) -> np.ndarray:
+    if getattr(m, "on_features", False):  # the pretrained tower's features, no second pass
+        import torch.nn.functional as F
+
+        f = F.normalize(feats.float(), dim=-1) if m.normalize else feats.float()
+        return m.head(f).float().cpu().numpy()
+    return m(x).float().cpu().numpy()
 
 
 def _encode(enc: _Encoders, x: Any, pin: bool, want_emb: bool) -> tuple[Any, ...]:
@@ -535,7 +597,7 @@ def _encode(enc: _Encoders, x: Any, pin: bool, want_emb: bool) -> tuple[Any, ...
     with autocast(enc.device, enc.loaded.precision):
         feats = enc.loaded.model.encode_image(x)
         ft = enc.ft_model(x).float() if enc.ft_model is not None else None
-        extra = {name: m(x).float().cpu().numpy() for name, m in enc.extra_models.items()}
+        extra = {name: _extra_logits(m, x, feats) for name, m in enc.extra_models.items()}
     f = F.normalize(feats.float(), dim=-1)  # the head in float32
     zs = enc.scale * (f @ enc.head.T) + enc.bias
     return (zs.float().cpu().numpy(), None if ft is None else ft.cpu().numpy(),

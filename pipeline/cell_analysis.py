@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from gla.analyze import predictions
+from gla.analyze import kshot, predictions
 from gla.analyze.cell import AnalysisOptions, FittedPriors, build_tables, evaluate, fit_priors
 from gla.analyze.priors import LABEL_FREE, parse_temperature
 from gla.analyze.stats import Tally
@@ -439,6 +439,9 @@ def analyze_cell(
         model, dataset, options.eval_split, list(info.class_names), fitted, tallies, class_counts=counts
     )
     tables["predictions"] = kept.table(model, dataset, fitted.primary)
+    shots = {k: col for col in eval_info.extra_logits if (k := kshot.shots_of(col)) is not None}
+    if shots:
+        tables["kshot"] = _kshot_sweep(store, info, options, fit_info, eval_info, shots, fitted.primary)
     clock.mark()
     return CellResult(model, dataset, tables, key,
                       _diagnostics(fit_info, info, n_eval, n_unknown, fitted, clock))
@@ -488,3 +491,24 @@ def _analyze_shifted(store: Store, info: CellInfo, options: StoreAnalysisOptions
             "classes": info.num_classes, "has_ft": info.has_ft,
             "evaluated_with": {"source": shift.source, "source_classes": m.tolist()}}
     return CellResult(model, dataset, tables, key, diag)
+
+
+def _kshot_sweep(store: Store, info: CellInfo, options: StoreAnalysisOptions, fit_info: SplitInfo,
+                 eval_info: SplitInfo, shots: dict[int, str], estimator: str) -> pl.DataFrame:
+    """Few-shot GLA for every ``kshot@k`` column (``analyze.kshot``): temperatures and π_p
+    from the labelled fit split, then one more pass over the eval split."""
+    model, dataset = info.model, info.dataset
+    fit = store.read_split(model, dataset, options.fit_split, columns=("label", "zs", *shots.values()),
+                           info=fit_info)
+    if (fit.labels < 0).any():
+        raise UserError(f"{fit_info.files[0]}: column label is -1 (unknown); the k-shot sweep's "
+                        "temperatures need a labelled fit split")
+    try:
+        fitted = kshot.fit_kshot(fit.zs, fit.labels, {k: fit.extra[c] for k, c in shots.items()}, estimator)
+    except ValueError as e:
+        raise UserError(f"{fit_info.files[0]}: k-shot fit failed: {e}") from None
+    batches = store.iter_split(model, dataset, options.eval_split, columns=("label", "zs", *shots.values()),
+                               batch_rows=options.batch_rows, info=eval_info)
+    chunks = ((b.zs, {k: b.extra[c] for k, c in shots.items()}, b.labels) for b in batches)
+    tallies = kshot.evaluate_kshot(chunks, fitted)
+    return kshot.kshot_table(model, dataset, options.eval_split, fitted, tallies)

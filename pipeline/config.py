@@ -78,6 +78,10 @@ class ModelSpec(_Strict):
     pretrained: str = ""
     templates: str = "simple"
     finetuned: dict[str, str] = Field(default_factory=dict)
+    kshot: dict[str, dict[int, str]] = Field(
+        default_factory=dict,
+        description="k-shot fine-tuned checkpoints: dataset -> {shots: checkpoint}; kshot@k logits, few-shot GLA",
+    )
     wiseft_alphas: list[float] = Field(
         default_factory=list, description="WiSE-FT mixing weights α in [0, 1]: wiseft@α logits per fine-tuned cell"
     )
@@ -164,7 +168,7 @@ class Config(_Strict):
                 raise ValueError(f"{kind} names must be unique, repeated: {', '.join(dup)}")
         known = {d.name for d in self.datasets}
         for m in self.models:
-            for ds in m.finetuned:
+            for ds in [*m.finetuned, *m.kshot]:
                 if ds not in known:
                     raise ValueError(f"models '{m.name}' finetuned names unknown dataset '{ds}'")
         by_name = {d.name: d for d in self.datasets}
@@ -287,6 +291,7 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
         if m.templates not in ("simple", "openai-imagenet"):
             m.templates = _resolve(m.templates, base)
         m.finetuned = {k: _resolve(v, base) for k, v in m.finetuned.items()}
+        m.kshot = {ds: {k: _resolve(v, base) for k, v in shots.items()} for ds, shots in m.kshot.items()}
         for d in config.datasets:  # a shifted set is scored with its source's fine-tuned model
             if d.evaluate_with in m.finetuned and d.name not in m.finetuned:
                 m.finetuned[d.name] = m.finetuned[d.evaluate_with]

@@ -87,3 +87,33 @@ def _method_order() -> pl.DataFrame:
     from gla.analyze.adjust import METHODS
 
     return pl.DataFrame({"method": list(METHODS), "_o": range(len(METHODS))})
+
+
+def kshot_config(store: str | Path, *, limit_per_class: int | None = None, workers: int | None = None) -> Config:
+    """The k-shot sweep of ``gla demo --kshot``: the two downstream datasets, with k-shot
+    heads (k = 1, 2, 4, 8, 16) built deterministically into ``<store>/kshot-heads``."""
+    from gla.extract.demo.kshot import build_kshot_heads
+
+    config = demo_config(store, limit_per_class=limit_per_class, workers=workers)
+    keep = [d for d in config.datasets if not d.evaluate_with]
+    heads = build_kshot_heads(Path(config.store) / "kshot-heads")
+    for m in config.models:
+        m.wiseft_alphas = []
+        m.finetuned = {d.name: m.finetuned[d.name] for d in keep if d.name in m.finetuned}
+        m.kshot = {d.name: dict(heads[d.name]) for d in keep}
+    config.datasets = keep
+    return config
+
+
+def kshot_curves(results: Path) -> pl.DataFrame:
+    """dataset, method and accuracy at each shot count (one column per k)."""
+    path = results / "kshot.parquet"
+    if not path.exists():
+        return pl.DataFrame()
+    k = pl.read_parquet(path)
+    if k.is_empty():
+        return k
+    wide = k.sort("shots").pivot(on="shots", index=["dataset", "method"], values="accuracy",
+                                 aggregate_function="first")
+    wide = wide.rename({c: f"k={c}" for c in wide.columns if c not in ("dataset", "method")})
+    return wide.join(_method_order(), on="method", how="left").sort("dataset", "_o").drop("_o")

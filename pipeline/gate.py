@@ -80,8 +80,9 @@ def evaluate(spec: GateSpec, previous: dict[str, pl.DataFrame] | None,
     return gates.check(list(spec.rules), new["summary"], tests, spec.alpha)
 
 
-def report(checks: pl.DataFrame, spec: GateSpec, published: bool, out=None) -> int:
-    """Print the failures on stderr; the exit code (0 or EXIT_GATE)."""
+def report(checks: pl.DataFrame, spec: GateSpec, published: bool | None, out=None) -> int:
+    """Print the failures on stderr; the exit code (0 or EXIT_GATE). ``published`` None:
+    nothing was being published (gla diff)."""
     out = out or sys.stderr
     lines = gates.failures_text(checks)
     n = checks.height
@@ -90,8 +91,9 @@ def report(checks: pl.DataFrame, spec: GateSpec, published: bool, out=None) -> i
         return 0
     for line in lines:
         print(line, file=out)
-    what = "results were published" if published else "results were NOT published (--gate-blocks-publish)"
-    print(f"gate: {len(lines)} of {n} check(s) failed; {what}", file=out)
+    what = ("" if published is None else "; results were published" if published
+            else "; results were NOT published (--gate-blocks-publish)")
+    print(f"gate: {len(lines)} of {n} check(s) failed{what}", file=out)
     return EXIT_GATE
 
 

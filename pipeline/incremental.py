@@ -40,6 +40,8 @@ from typing import Any
 import polars as pl
 import pyarrow.parquet as pq
 from gla.extract import cellformat as cf
+from gla.extract import records
+from gla.extract.records import IntegrityError
 from gla.pipeline import results
 from gla.pipeline.cell_analysis import CellResult, StoreAnalysisOptions, analyze_cell
 from gla.pipeline.errors import UserError
@@ -64,12 +66,8 @@ Log = Callable[[str], None]
 def code_version() -> str:
     """Hash of the code the cached outputs depend on (changes invalidate every cache)."""
     root = Path(__file__).resolve().parent.parent
-    h = hashlib.sha256(f"cache={CACHE_VERSION};schema={cf.SCHEMA_VERSION}".encode())
-    files = sorted((root / "analyze").glob("*.py")) + [root / f for f in _CODE_FILES]
-    for f in files:
-        with contextlib.suppress(OSError):
-            h.update(f.name.encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()[:16]
+    code = records.code_version(root / "analyze", files=[root / f for f in _CODE_FILES])
+    return f"{CACHE_VERSION}.{cf.SCHEMA_VERSION}.{code}"
 
 
 def _plain(obj: Any) -> Any:
@@ -121,19 +119,26 @@ def cache_dir(store_root: str | Path, model: str, dataset: str) -> Path:
 
 
 def read_key(store_root: str | Path, model: str, dataset: str) -> dict[str, Any] | None:
-    path = cache_dir(store_root, model, dataset) / KEY_FILE
+    """A cell cache's key record; None when absent or unreadable (the cell is then
+    analysed again: rebuilding a cache is always safe)."""
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
+        return records.read_json(cache_dir(store_root, model, dataset) / KEY_FILE)
+    except IntegrityError:
         return None
-    return doc if isinstance(doc, dict) else None
 
 
 def _cache_complete(store_root: str | Path, cell: Cell, doc: dict[str, Any] | None) -> bool:
+    """Every table the key record lists matches its record (size; sha256 if touched)."""
     if not doc:
         return False
     d = cache_dir(store_root, *cell)
-    return all((d / f).exists() for f in doc.get("files", []))
+    seals = doc.get("seals") or {}
+    try:
+        for f in doc.get("files", []):
+            records.check_file(d / f, seals.get(f, {}), d / KEY_FILE)
+    except IntegrityError:
+        return False
+    return True
 
 
 def is_current(store_root: str | Path, model: str, dataset: str, key: str) -> bool:
@@ -157,8 +162,10 @@ def write_cell_cache(
     for old in d.glob("*.parquet"):  # tables this analysis no longer returns
         if old.name not in files:
             old.unlink(missing_ok=True)
-    doc = {"key": key, "model": model, "dataset": dataset, "files": files, "written": time.time(), **info}
-    cf.atomic_write_bytes(d / KEY_FILE, json.dumps(doc, indent=1, sort_keys=True).encode())
+    seals = {f: records.file_record(d / f) for f in files}
+    doc = {"key": key, "model": model, "dataset": dataset, "files": files, "seals": seals,
+           "written": time.time(), **info}
+    records.write_json(d / KEY_FILE, doc)
     return d
 
 

@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from gla.extract import cellformat as cf
+from gla.extract import records
 from gla.extract.errors import ExtractError
 from gla.extract.models import check_models, parse_pretrained
+from gla.extract.records import IntegrityError
 from gla.extract.run import extract_cell
 from gla.pipeline.cell_analysis import StoreAnalysisOptions
 from gla.pipeline.config import CellFilter, Config, DatasetSpec, ModelSpec, model_dict
@@ -119,19 +121,22 @@ def extract_fingerprint(store: Path, model: dict, dataset: dict, options: dict) 
     installed extract code and the cell's sealed manifests. None if the cell has no
     sealed split."""
     cell = cf.cell_dir(store, model["name"], dataset["name"])
-    splits = cf.sealed_splits(cell) if cell.is_dir() else []
-    if not splits:
+    try:
+        splits = cf.sealed_splits(cell)
+        if not splits or _parts_touched(cell, splits):
+            return None  # extract_cell checks the parts and rebuilds what no longer matches
+    except IntegrityError:
         return None
     weights = parse_pretrained(model.get("pretrained"))  # a tag or hub id is in `model` itself
     files = [weights.value if weights.kind == "file" else "", model.get("model_config", ""), model.get("templates", "")]
     files += [model.get("finetuned", {}).get(dataset["name"], "")]
+    files += list((model.get("kshot") or {}).get(dataset["name"], {}).values())
     files += [dataset.get("root", "")]
     for s in (dataset.get("splits") or {}).values():
         files += [s.get("root", ""), s.get("file", "")]
     data_dir = os.environ.get("GLA_DATA_DIR", "")
     manifests = {s: (cf.read_manifest(cell, s) or {}).get("write_id") for s in splits}
-    code = Path(__file__).resolve().parent.parent / "extract"
-    code_sig = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(code.glob("*.py"))]
+    code_sig = records.code_version(Path(__file__).resolve().parent.parent / "extract")
     doc = {
         "model": model, "dataset": dataset, "options": options,
         "files": [_stat_sig(f) for f in files if f],
@@ -144,8 +149,18 @@ def extract_fingerprint(store: Path, model: dict, dataset: dict, options: dict) 
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
-def _extract_marker(store: Path, model: str, dataset: str) -> Path:
-    return store / "results" / ".extract" / model / f"{dataset}.json"
+def _parts_touched(cell: Path, splits: list[str]) -> bool:
+    """The no-change fast path: any part missing, resized or touched since it was sealed."""
+    for s in splits:
+        mpath = cf.manifest_file(cell, s)
+        for e in (cf.read_manifest(cell, s) or {}).get("parts", []):
+            if records.stat_changed(cell / str(e.get("file")), e, mpath):
+                return True
+    return False
+
+
+def _extract_stamp(store: Path, model: str, dataset: str) -> records.Stamp:
+    return records.Stamp(store / "results" / ".extract" / model / f"{dataset}.json")
 
 
 @dataclass(frozen=True)
@@ -187,21 +202,17 @@ def import_train_counts(store: Path, dataset: dict) -> bool:
         raise UserError(f"datasets[{dataset['name']!r}].train_counts: file {src} not found")
     st = Store(store)
     names = list(dataset.get("class_names") or [])
-    sig = {"src": str(path), "sha": cf.file_sha256(path), "names": cf.text_hash(names)}
-    marker = store / "datasets" / dataset["name"] / ".train_counts_source.json"
-    target = st.counts_path(dataset["name"])
-    if target.exists() and marker.exists():
-        try:
-            if json.loads(marker.read_text()) == sig:
-                return False
-        except ValueError:
-            pass
+    sig = records.key_of({"src": str(path), "sha": cf.file_sha256(path), "names": cf.text_hash(names)})
+    stamp = records.Stamp(store / "datasets" / dataset["name"] / ".train_counts_source.json")
+    if st.counts_path(dataset["name"]).exists() and stamp.is_current(sig):
+        return False
     classnames = None
     if names:
-        classnames = marker.with_name(".class_names.txt")
+        classnames = stamp.path.with_name(".class_names.txt")
         cf.atomic_write_bytes(classnames, ("\n".join(names) + "\n").encode())
+    stamp.clear()
     import_counts(st, dataset["name"], path, classnames)
-    cf.atomic_write_bytes(marker, json.dumps(sig).encode())
+    stamp.write(sig)
     return True
 
 
@@ -296,14 +307,9 @@ def _stage_extract(config: Config, pairs: list[Pair], store: Path, force: bool, 
     for m, d in pairs:
         md, dd = model_dict(m), d.model_dump()
         fp = extract_fingerprint(store, md, dd, opts)
-        marker = _extract_marker(store, m.name, d.name)
-        if not force and fp is not None and marker.exists():
-            try:
-                if json.loads(marker.read_text()).get("fingerprint") == fp:
-                    summary.extract_skipped.append((m.name, d.name))
-                    continue
-            except ValueError:
-                pass
+        if not force and fp is not None and _extract_stamp(store, m.name, d.name).is_current(fp):
+            summary.extract_skipped.append((m.name, d.name))
+            continue
         tasks.append(ExtractTask(str(store), md, dd, opts))
     if not tasks:
         return
@@ -326,9 +332,6 @@ def _stage_extract(config: Config, pairs: list[Pair], store: Path, force: bool, 
         if out.get("status") in ("written", "skipped", "rezeroed"):
             fp = extract_fingerprint(store, task.model, task.dataset, task.options)
             if fp is not None:
-                cf.atomic_write_bytes(
-                    _extract_marker(store, *cell),
-                    json.dumps({"fingerprint": fp, "status": out.get("status"), "at": time.time()}).encode(),
-                )
+                _extract_stamp(store, *cell).write(fp, status=out.get("status"))
         elif out.get("status") == "partial":
             summary.failed.append(CellError(f"{cell[0]}/{cell[1]}", "extraction incomplete (partial)"))

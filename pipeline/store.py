@@ -12,6 +12,7 @@ Everything here needs only numpy and pyarrow (no torch), so an analysis worker c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,6 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from gla.extract import cellformat as cf
+from gla.extract import records
+from gla.extract.records import IntegrityError
 from gla.pipeline.errors import UserError
 
 COUNTS_FILE = "class_counts.parquet"
@@ -141,20 +144,74 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def _read_schema(path: Path) -> pa.Schema:
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path}: unreadable Parquet part ({str(e).splitlines()[0]})") from None
+
+
+def _part_batches(path: Path, rows: int, batch_rows: int, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
+    """A part's record batches, its row count checked against the manifest and its page
+    checksums verified while decoding. Buffered column streams: without them pyarrow
+    pre-reads whole column chunks of a row group (65,536 rows × C floats per logit
+    column), so memory would scale with C × row-group size rather than with batch_rows."""
+    try:
+        pf = pq.ParquetFile(path, buffer_size=STREAM_BUFFER_BYTES, pre_buffer=False,
+                            page_checksum_verification=True)
+        if pf.metadata.num_rows != rows:
+            raise UserError(f"{path}: {pf.metadata.num_rows} rows, but its manifest records {rows}")
+        yield from pf.iter_batches(batch_size=batch_rows, columns=list(columns), use_threads=True)
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path}: unreadable Parquet part ({str(e).splitlines()[0]})") from None
+
+
+def _make_store(root: str, verify: bool) -> Store:
+    return Store(root, verify=verify)
+
+
 # --------------------------------------------------------------------------- store
 
 
-class Store:
-    """A gla store rooted at ``root`` (a plain path: the object pickles cheaply)."""
+@contextlib.contextmanager
+def _integrity() -> Iterator[None]:
+    """A seal mismatch or unreadable record becomes one line (exit 2)."""
+    try:
+        yield
+    except IntegrityError as e:
+        raise UserError(str(e)) from None
 
-    def __init__(self, root: str | os.PathLike):
+
+class Store:
+    """A gla store rooted at ``root`` (a plain path: the object pickles cheaply).
+
+    Every part read is checked against its manifest record: present, same size, same row
+    count; hashed (sha256) when its mtime differs from the seal, and always with
+    ``verify=True``; its Parquet page checksums are verified while it is decoded."""
+
+    def __init__(self, root: str | os.PathLike, *, verify: bool = False):
         self.root = Path(root)
+        self.verify = verify
+        self._checked: dict[Path, tuple[int, int]] = {}  # part -> (size, mtime) verified here
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
 
     def __reduce__(self):
-        return (Store, (str(self.root),))
+        return (_make_store, (str(self.root), self.verify))
+
+    def _check_part(self, path: Path, record: dict[str, Any], manifest: Path) -> None:
+        try:
+            st = path.stat()
+            seen = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            seen = None
+        if seen is not None and self._checked.get(path) == seen:
+            return
+        with _integrity():
+            records.check_file(path, record, manifest, full=self.verify)
+        if seen is not None:
+            self._checked[path] = seen
 
     # ---- layout
     @property
@@ -186,12 +243,25 @@ class Store:
             return out
         for mdir in sorted(p for p in self.logits_dir.iterdir() if p.is_dir()):
             for ddir in sorted(p for p in mdir.iterdir() if p.is_dir()):
-                if any(ddir.glob("_split-*.json")):
+                if (ddir / cf.CELL_RECORD).is_file():
                     out.append((mdir.name, ddir.name))
         return out
 
     def splits(self, model: str, dataset: str) -> list[str]:
-        return cf.sealed_splits(self.cell_path(model, dataset))
+        with _integrity():
+            return cf.sealed_splits(self.cell_path(model, dataset))
+
+    def _manifest(self, cell: Path, split: str) -> tuple[Path, dict[str, Any]]:
+        with _integrity():
+            mpath = cf.manifest_file(cell, split)
+            doc = cf.read_manifest(cell, split) if mpath is not None else None
+        if mpath is None or doc is None:
+            present = self.splits(cell.parent.name, cell.name)
+            raise UserError(
+                f"{cell}: split {split!r} not found (splits present: "
+                f"{', '.join(present) if present else 'none'})"
+            )
+        return mpath, doc
 
     def split_info(self, model: str, dataset: str, split: str) -> SplitInfo:
         cell = self.cell_path(model, dataset)
@@ -199,28 +269,20 @@ class Store:
             cf.check_name(split, "split")
         except ValueError as e:
             raise UserError(str(e)) from None
-        mpath = cf.manifest_path(cell, split)
-        if not mpath.exists():
-            present = cf.sealed_splits(cell)
-            raise UserError(
-                f"{cell}: split {split!r} not found (splits present: "
-                f"{', '.join(present) if present else 'none'})"
-            )
+        mpath, doc = self._manifest(cell, split)
         try:
-            doc = json.loads(mpath.read_text())
-            entries = [(str(e["file"]), int(e.get("rows", 0))) for e in doc["parts"]]
+            entries = [(str(e["file"]), int(e["rows"]), e) for e in doc["parts"]]
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise UserError(f"{mpath}: unreadable manifest ({e})") from None
         files, part_rows = [], []
-        for name, rows in entries:
+        for name, rows, record in entries:
             f = cell / name
-            if not f.exists():
-                raise UserError(f"{mpath}: lists part {name} which is missing")
+            self._check_part(f, record, mpath)
             files.append(f)
             part_rows.append(rows)
         if not files:
             raise UserError(f"{mpath}: lists no parts")
-        schema = pq.read_schema(files[0])
+        schema = _read_schema(files[0])
         meta = cf.table_metadata(schema)
         if "zs" not in schema.names:
             raise UserError(f"{files[0]}: column zs is missing")
@@ -252,7 +314,7 @@ class Store:
                                 f"{_logit_width(schema.field(col).type)} but column zs has width {width}")
         logit_cols = [c for c in ("zs", "ft", *extra) if c in schema.names]
         for f in files[1:]:
-            s = pq.read_schema(f)
+            s = _read_schema(f)
             if s.names != schema.names or any(s.field(c).type != schema.field(c).type for c in logit_cols):
                 raise UserError(f"{f}: columns differ from {files[0].name} in the same split")
         dtype = str(schema.field("zs").type.value_type)
@@ -281,9 +343,9 @@ class Store:
 
     def cell_info(self, model: str, dataset: str) -> CellInfo:
         cell = self.cell_path(model, dataset)
-        names = cf.sealed_splits(cell)
+        names = self.splits(model, dataset)
         if not names:
-            raise UserError(f"{cell}: no sealed split (no _split-*.json manifest)")
+            raise UserError(f"{cell}: no sealed split (no {cf.CELL_RECORD} cell record)")
         splits = {s: self.split_info(model, dataset, s) for s in names}
         first = splits[names[0]]
         for s in names[1:]:
@@ -338,7 +400,7 @@ class Store:
         """
         info = info or self.split_info(model, dataset, split)
         cols = self._columns(info, columns)
-        n = sum(pq.ParquetFile(f).metadata.num_rows for f in info.files)
+        n = sum(info.part_rows)
         c = info.num_classes
         labels = np.empty(n, np.int32) if "label" in cols else None
         zs = np.empty((n, c), np.float32) if "zs" in cols else None
@@ -380,13 +442,9 @@ class Store:
         """
         info = info or self.split_info(model, dataset, split)
         cols = self._columns(info, columns)
-        for f in info.files:
-            # Buffered column streams: without them pyarrow pre-reads whole column chunks of a
-            # row group (65,536 rows × C floats per logit column), so memory would scale with C
-            # × row-group size rather than with batch_rows.
-            pf = pq.ParquetFile(f, buffer_size=STREAM_BUFFER_BYTES, pre_buffer=False)
+        for f, rows in zip(info.files, info.part_rows, strict=True):
             offset = 0
-            for rb in pf.iter_batches(batch_size=batch_rows, columns=cols, use_threads=True):
+            for rb in _part_batches(f, rows, batch_rows, cols):
                 n = rb.num_rows
                 yield SplitArrays(
                     labels=_labels_to_numpy(rb.column("label"), f"{f}: column label")
@@ -408,8 +466,11 @@ class Store:
 
     def read_sample_ids(self, model: str, dataset: str, split: str) -> Iterator[tuple[Path, pa.Array]]:
         """Per part file, its sample_id column, one file at a time (bounded memory)."""
-        for f in self.split_info(model, dataset, split).files:
-            yield f, pq.read_table(f, columns=["sample_id"]).column("sample_id").combine_chunks()
+        info = self.split_info(model, dataset, split)
+        for f, rows in zip(info.files, info.part_rows, strict=True):
+            batches = list(_part_batches(f, rows, 1 << 20, ["sample_id"]))
+            col = pa.chunked_array([b.column("sample_id") for b in batches], type=pa.string())
+            yield f, col.combine_chunks()
 
     # ---- class counts
     def read_class_counts(self, dataset: str) -> ClassCounts | None:
@@ -462,7 +523,8 @@ class Store:
     def split_rows(self, model: str, dataset: str) -> dict[str, int]:
         """Rows of every sealed split, from the manifests (reads no parts)."""
         cell = self.cell_path(model, dataset)
-        return {s: int((cf.read_manifest(cell, s) or {}).get("rows", 0)) for s in cf.sealed_splits(cell)}
+        with _integrity():
+            return {s: int((cf.read_manifest(cell, s) or {}).get("rows", 0)) for s in cf.sealed_splits(cell)}
 
     # ---- content key
     def content_key(self, model: str, dataset: str, _follow: bool = True) -> str:
@@ -470,14 +532,23 @@ class Store:
 
         Hash of the schema version, every sealed manifest's (split, write_id) — a rewrite
         of a split always gets a fresh write_id — and the dataset's class-counts file
-        content (a small file). Reads no logits.
+        content (a small file). Reads no logits, but stats every part (the no-change fast
+        path): a missing or resized part is an error here; a part whose mtime differs
+        from its seal enters the key with its stat, so the cell is analysed again and its
+        bytes are hashed on that read.
         """
         cell = self.cell_path(model, dataset)
         h = hashlib.sha256()
         h.update(f"schema={cf.SCHEMA_VERSION}\n".encode())
-        for split in cf.sealed_splits(cell):
-            doc = cf.read_manifest(cell, split) or {}
-            h.update(f"split={split}:{doc.get('write_id', '')}:{doc.get('rows', '')}\n".encode())
+        with _integrity():
+            for split in cf.sealed_splits(cell):
+                mpath = cf.manifest_file(cell, split)
+                doc = cf.read_manifest(cell, split) or {}
+                h.update(f"split={split}:{doc.get('write_id', '')}:{doc.get('rows', '')}\n".encode())
+                for e in doc.get("parts", []):
+                    f = cell / str(e.get("file"))
+                    if records.stat_changed(f, e, mpath):
+                        h.update(f"touched={f.name}:{f.stat().st_mtime_ns}\n".encode())
         counts = self.counts_path(dataset)
         h.update(f"counts={_file_digest(counts) if counts.exists() else '-'}\n".encode())
         shift = counts.parent / "evaluate_with.json"  # a shifted set depends on its source cell

@@ -59,6 +59,7 @@ def write_cell(
     t = cf.build_table(ids, fit_split, w.labels, w.zs, w.ft, metadata=meta, dtype=dtype)
     cf.write_split(cell, fit_split, [t])
 
+    gen = cf.new_generation()
     parts, done, k = [], 0, 0
     while done < eval_rows:
         n = min(part_rows, eval_rows - done)
@@ -72,11 +73,11 @@ def write_cell(
             metadata=meta, dtype=dtype,
         )
         del w
-        parts.append(cf.write_part(cell, eval_split, k, t, row_group_size=row_group_size).name)
+        parts.append(cf.write_part(cell, eval_split, k, t, gen, row_group_size=row_group_size).name)
         del t
         done += n
         k += 1
-    cf.write_manifest(cell, eval_split, parts)
+    cf.commit_cell(cell, {eval_split: cf.seal_split(cell, eval_split, parts, gen)})
 
     if counts:
         train = np.maximum(1, np.round(pi_s * 50 * c)).astype(np.int64)

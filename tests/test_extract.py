@@ -20,7 +20,7 @@ pytestmark = pytest.mark.torch
 from fixtures_tiny_clip import CLASSES, make_images, make_webdataset, tiny_clip_fixture  # noqa: E402, F401
 from gla.extract import cellformat as cf  # noqa: E402
 from gla.extract.errors import ExtractError  # noqa: E402
-from gla.extract.run import extract_cell  # noqa: E402
+from gla.extract.run import extract_cell, generation  # noqa: E402
 
 OPTS = {"batch_size": 4, "num_workers": 0, "shard_rows": 5, "image_embeddings": True}
 
@@ -38,6 +38,19 @@ def read_cell(store, model="tiny", dataset="imgs") -> dict[str, pa.Table]:
         m = cf.read_manifest(cell, s)
         out[s] = pa.concat_tables([pq.read_table(cell / p["file"]) for p in m["parts"]])
     return out
+
+
+def current_part(cell, split: str, index: int):
+    """Part ``index`` of a split's current generation (named by the cell record's key)."""
+    gen = generation(cf.read_cell_record(cell)["cell_key"])
+    return cell / cf.part_name(split, index, gen)
+
+
+def snapshot(folder) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def arr(table: pa.Table, col: str) -> np.ndarray:
@@ -158,9 +171,8 @@ def test_resume_after_deleting_parts_gives_identical_table(tiny_clip, tmp_path):
     extract_cell(tmp_path / "s", spec, folder_ds(tc.images), OPTS, progress=False)
     before = read_cell(tmp_path / "s")["test"]
     cell = cf.cell_dir(tmp_path / "s", "tiny", "imgs")
-    cf.manifest_path(cell, "test").unlink()
-    (cell / cf.part_name("test", 2)).unlink()
-    (cell / cf.part_name("test", 1)).unlink()
+    current_part(cell, "test", 2).unlink()  # damaged parts of a sealed cell are rebuilt
+    current_part(cell, "test", 1).unlink()
     info = extract_cell(tmp_path / "s", spec, folder_ds(tc.images), OPTS, progress=False)
     assert info["parts_written"] == 2 and info["images"] == 7
     assert read_cell(tmp_path / "s")["test"].equals(before, check_metadata=True)
@@ -194,7 +206,7 @@ def test_sigkill_mid_run_then_resume_is_identical(tiny_clip, tmp_path):
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     cell = cf.cell_dir(tmp_path / "k", "tiny", "imgs")
     assert cf.read_manifest(cell, "test") is None  # never half-sealed
-    assert len(list(cell.glob("part-test-*.parquet"))) == 2
+    assert len(list(cell.glob("part-test.*.parquet"))) == 2
     info = extract_cell(tmp_path / "k", spec, ds, opts, progress=False)
     assert info["parts_written"] == 2  # 4 parts of 3 rows; 2 survived the kill
     extract_cell(tmp_path / "u", spec, ds, opts, progress=False)
@@ -234,7 +246,8 @@ def test_corrupt_and_missing_images_raise_or_skip(tiny_clip, tmp_path):
     assert info["status"] == "written" and info["skipped_images"] == 1
     t = read_cell(tmp_path / "s")["test"]
     assert "dog/001.png" not in t.column("sample_id").to_pylist() and t.num_rows == 5
-    skipped = json.loads((cell / "_skipped-test.json").read_text())["skipped"]
+    skipped_file = cf.read_manifest(cell, "test")["skipped_file"]
+    skipped = json.loads((cell / skipped_file).read_text())["skipped"]
     assert [s["sample_id"] for s in skipped] == ["dog/001.png"]
     assert "cannot read image" in skipped[0]["error"]
     assert not list(cell.glob(".skipped-*"))
@@ -438,7 +451,7 @@ def test_killed_workers_leave_no_tmp(tiny_clip, tmp_path):
     extract_cell(tmp_path / "s", tc.model_spec(), folder_ds(tc.images), OPTS, progress=False)
     cell = cf.cell_dir(tmp_path / "s", "tiny", "imgs")
     assert all(not p.name.endswith(".tmp") for p in cell.iterdir())
-    assert os.path.exists(cf.manifest_path(cell, "test"))
+    assert os.path.exists(cf.manifest_file(cell, "test"))
 
 
 def test_precision_and_device_options(tiny_clip, tmp_path):
@@ -499,14 +512,66 @@ def test_from_embeddings_killed_mid_split_resumes(tiny_clip, tmp_path, monkeypat
             raise KeyboardInterrupt("killed (simulated)")
         return real(*a, **k)
 
+    cell = cf.cell_dir(tmp_path / "a", "tiny", "imgs")
+    old = read_cell(tmp_path / "a")
     monkeypatch.setattr(cf, "write_part", die_on_second)
     with pytest.raises(KeyboardInterrupt):
         rezero_cell(tmp_path / "a", new_spec, folder_ds(tc.images))
     monkeypatch.setattr(cf, "write_part", real)
-    cell = cf.cell_dir(tmp_path / "a", "tiny", "imgs")
-    assert cf.sealed_splits(cell) == []  # never half-sealed: one new part, two old ones
+    # the old generation is still the cell, whole (the new one is swapped in once sealed)
+    now = read_cell(tmp_path / "a")
+    assert set(now) == set(old) and all(now[s].equals(old[s], check_metadata=True) for s in old)
     info = rezero_cell(tmp_path / "a", new_spec, folder_ds(tc.images))
     assert info["status"] == "written" and info["rows"] == 12
     assert read_cell(tmp_path / "a")["test"].equals(read_cell(tmp_path / "b")["test"], check_metadata=True)
     assert not list(cell.glob(".rezero-*"))
     assert rezero_cell(tmp_path / "a", new_spec, folder_ds(tc.images))["status"] == "skipped"
+
+
+def test_failed_reextraction_leaves_the_old_cell_byte_for_byte(tiny_clip, tmp_path):
+    """A changed model that fails to load writes nothing: the sealed cell stays as it was."""
+    tc = tiny_clip
+    extract_cell(tmp_path / "s", tc.model_spec(), folder_ds(tc.images), OPTS, progress=False)
+    cell = cf.cell_dir(tmp_path / "s", "tiny", "imgs")
+    before = snapshot(cell)
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(ExtractError):
+        extract_cell(tmp_path / "s", tc.model_spec(pretrained=str(broken)), folder_ds(tc.images),
+                     OPTS, progress=False)
+    assert snapshot(cell) == before
+
+
+FAULT_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+import gla.extract.run as run
+run.extract_cell({store!r}, {spec!r}, {ds!r}, {opts!r}, progress=False)
+"""
+
+
+@pytest.mark.parametrize("point", ["part-written:2", "split-sealed"])
+def test_reextraction_killed_keeps_old_generation_readable(tiny_clip, tmp_path, point):
+    """kill -9 while a changed cell is re-extracted: the old generation stays the cell,
+    byte for byte, until the new one is sealed and swapped in; a rerun finishes it."""
+    from gla.extract.records import FAULT_ENV
+
+    tc = tiny_clip
+    ds = folder_ds(tc.images)
+    extract_cell(tmp_path / "s", tc.model_spec(), ds, OPTS, progress=False)
+    cell = cf.cell_dir(tmp_path / "s", "tiny", "imgs")
+    before, old = snapshot(cell), read_cell(tmp_path / "s")
+    spec = tc.model_spec(finetuned={"imgs": str(tc.finetuned)})  # a new input: full extraction
+    script = FAULT_SCRIPT.format(tests=str(Path(__file__).parent), store=str(tmp_path / "s"),
+                                 spec=spec, ds=ds, opts=OPTS)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, FAULT_ENV: point})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    now = snapshot(cell)
+    assert {k: now[k] for k in before} == before
+    assert all(read_cell(tmp_path / "s")[s].equals(old[s], check_metadata=True) for s in old)
+    info = extract_cell(tmp_path / "s", spec, ds, OPTS, progress=False)
+    assert info["status"] == "written"
+    extract_cell(tmp_path / "u", spec, ds, OPTS, progress=False)
+    assert read_cell(tmp_path / "s")["test"].equals(read_cell(tmp_path / "u")["test"], check_metadata=True)
+    assert sorted(p.name for p in cell.iterdir()) == sorted(p.name for p in cf.cell_dir(tmp_path / "u", "tiny", "imgs").iterdir())

@@ -84,6 +84,14 @@ def test_worse_finetuned_model_fails_the_gate_and_is_published(store, tmp_path, 
     same = next(r for r in doc["tests"] if r["dataset"] == "a" and r["method"] == "ft" and r["metric"] == "accuracy")
     assert same["delta"] == 0 and same["n_better"] == 0 and same["n_worse"] == 0
     assert {c["status"] for c in doc["cells"]} == {"common"}
+    # The report's section of the same diff.
+    code, _, err = _gla(capsys, "report", "--store", store, "--diff-from", before)
+    assert code == 0, err
+    page = (store / "report" / "index.html").read_text()
+    section = page[page.index("Changes since the previous run"):]
+    assert "m/b" in section and "mcnemar" in section and "Per-class regressions" in section
+    code, _, _ = _gla(capsys, "report", "--store", store)
+    assert code == 0 and "Changes since the previous run" not in (store / "report" / "index.html").read_text()
     # The terminal table and the gate on gla diff itself.
     code, out, err = _gla(capsys, "diff", "--store", store, "--from", before, *RULES)
     assert code == 3 and "accuracy deltas" in out and "m/b" in err

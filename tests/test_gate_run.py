@@ -86,3 +86,7 @@ def test_template_change_and_worse_checkpoint_fire_the_gate(tmp_path, capsys):
     assert "1 encoded from images" in err
     assert "gate failed: ft.accuracy" in err and "tiny-clip/animals" in err
     assert _acc(tmp_path, "ft") < ft0 - 0.1
+    # With the report stage, the report shows the changes the gate judged.
+    code, err = _run(capsys, _config(tmp_path, good_t, good_ft), "--stages", "extract,analyze,report")
+    page = (tmp_path / "store" / "report" / "index.html").read_text()
+    assert "Changes since the previous run" in page and "before this run" in page

@@ -590,5 +590,25 @@ def test_distribution_shift_section(data):
     text = render(_with(data, robustness=rob), figures_for=lambda v: {})
     assert "<h2 id='shift'>Distribution shift</h2>" in text
     rows = [r for sec, r in parse(text).tables if sec == "overview"][1]
-    assert rows[1] == ["clip-a", "fashion", "fashion-sketch", "ft", "60.00", "40.00", "-20.00"]
-    assert rows[2][3] == "gla"
+    assert rows[0] == ["model", "source", "shifted set", "ft", "gla", "ft: change from source (pp)",
+                       "gla: change from source (pp)"]
+    assert rows[1] == ["clip-a", "fashion", "fashion-sketch", "40.00", "50.00", "-20.00", "-20.00"]
+
+
+def test_kshot_section_and_figure(data):
+    from gla.pipeline.report import figures, render
+
+    ks = pl.DataFrame([{"model": "clip-a", "dataset": "fashion", "estimator": "gla", "shots": k, "method": m,
+                        "accuracy": acc} for k, base in ((1, 0.3), (4, 0.5), (16, 0.7))
+                       for m, acc in (("ft", base), ("gla", base + 0.1))])
+    withk = _with(data, kshot=ks)
+    text = render(withk, figures_for=lambda v: {})
+    assert "Few-shot sweep" in _section(text, "clip-a", "fashion")
+    assert "Few-shot sweep" not in _section(text, "clip-a", "animals")
+    rows = [r for sec, r in parse(text).tables if sec == "cell-clip-a--fashion"][2]
+    assert rows[0] == ["shots per class", "ft", "gla"] and rows[3] == ["16", "70.00", "80.00"]
+    figs = figures.cell_figures(withk.view("clip-a", "fashion"))
+    ax = figs["kshot"].axes[0]
+    assert ax.get_ylim() == (0.0, 100.0)
+    assert [line.get_ydata().tolist() for line in ax.get_lines()] == [[30.0, 50.0, 70.0], [40.0, 60.0, 80.0]]
+    assert "kshot" not in figures.cell_figures(data.view("clip-a", "fashion"))

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from gla.extract import cellformat as cf
 from gla.pipeline.errors import UserError
 from gla.pipeline.runner import CellError, ComputeOptions, Runner, failures, item_key, map_cells
 
@@ -168,7 +169,8 @@ def test_gla_run_on_a_cluster_then_rerun_does_nothing(tmp_path):
 def test_gla_run_failing_cell_reported_exit_1(tmp_path):
     cfg = _synthetic_config(tmp_path, workers=0)
     # Break one cell: its fit split disappears.
-    (tmp_path / "store" / "logits" / "mb" / "db" / "_split-val.json").unlink()
+    cell = tmp_path / "store" / "logits" / "mb" / "db"
+    cf.commit_cell(cell, {"test": cf.read_cell_record(cell)["splits"]["test"]}, replace=True)
     r = gla("run", cfg, "--stages", "analyze,report", "--json")
     assert r.returncode == 1, r.stderr
     out = json.loads(r.stdout)

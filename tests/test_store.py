@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import pickle
 
 import numpy as np
@@ -36,7 +38,9 @@ def test_cells_lists_only_sealed_cells(tmp_path):
     _write(tmp_path, "m2", "d1", "test", 10, 3)
     # A cell with a part but no manifest (an interrupted write) is not a cell.
     half = cf.cell_dir(tmp_path, "m3", "d1")
-    cf.write_part(half, "val", 0, cf.build_table(["a"], "val", np.zeros(1), np.zeros((1, 3))))
+    gen = cf.new_generation()
+    part = cf.write_part(half, "val", 0, cf.build_table(["a"], "val", np.zeros(1), np.zeros((1, 3))), gen)
+    cf.seal_split(half, "val", [part], gen)  # sealed but never committed by a cell record
     s = Store(tmp_path)
     assert s.cells() == [("m1", "d1"), ("m2", "d1")]
     assert Store(tmp_path / "nothing").cells() == []
@@ -95,7 +99,7 @@ def test_iter_split_batches_bounded_and_located(tmp_path):
 def test_unlisted_parts_are_ignored(tmp_path):
     y, zs, _ = _write(tmp_path, "m", "d", "test", 20, 3)
     cell = cf.cell_dir(tmp_path, "m", "d")
-    cf.write_part(cell, "test", 7, cf.build_table(["x"], "test", np.zeros(1), np.ones((1, 3))))
+    cf.write_part(cell, "test", 7, cf.build_table(["x"], "test", np.zeros(1), np.ones((1, 3))), cf.new_generation())
     d = Store(tmp_path).read_split("m", "d", "test")
     assert len(d) == 20
     np.testing.assert_array_equal(d.zs, zs)
@@ -125,8 +129,8 @@ def test_inconsistent_splits_are_refused(tmp_path):
 
 def test_manifest_listing_missing_part(tmp_path):
     _write(tmp_path, "m", "d", "test", 20, 3)
-    (cf.cell_dir(tmp_path, "m", "d") / cf.part_name("test", 0)).unlink()
-    with pytest.raises(UserError, match="lists part part-test-00000.parquet which is missing"):
+    _part(tmp_path, "test", 0).unlink()
+    with pytest.raises(UserError, match=r"part-test\.[0-9a-f]{12}-00000.parquet: missing, but .*_split-test\..* lists it"):
         Store(tmp_path).split_info("m", "d", "test")
 
 
@@ -191,14 +195,14 @@ def test_parts_of_a_split_must_agree_on_every_logit_column(tmp_path):
     t1 = cf.build_table(["c", "d"], "test", np.zeros(2), rng.standard_normal((2, 3)),
                         rng.standard_normal((2, 4)))
     cf.write_split(cell, "test", [t0, t1])
-    with pytest.raises(UserError, match=r"part-test-00001.parquet: columns differ from part-test-00000"):
+    with pytest.raises(UserError, match=r"part-test\.\w+-00001.parquet: columns differ from part-test\.\w+-00000"):
         Store(tmp_path).split_info("m", "d", "test")
 
 
 def test_malformed_manifest_entry_is_a_user_error(tmp_path):
     _write(tmp_path, "m", "d", "test", 20, 3)
-    cf.manifest_path(cf.cell_dir(tmp_path, "m", "d"), "test").write_text('{"parts": [{"rows": 20}]}')
-    with pytest.raises(UserError, match="_split-test.json: unreadable manifest"):
+    cf.manifest_file(cf.cell_dir(tmp_path, "m", "d"), "test").write_text('{"parts": [{"rows": 20}]}')
+    with pytest.raises(UserError, match=r"_split-test\.\w+\.json: unreadable manifest"):
         Store(tmp_path).split_info("m", "d", "test")
 
 
@@ -207,15 +211,110 @@ def test_replacing_a_split_never_exposes_half_written_parts(tmp_path, monkeypatc
     _write(tmp_path, "m", "d", "test", 20, 3)
     cell = cf.cell_dir(tmp_path, "m", "d")
     before = Store(tmp_path).read_split("m", "d", "test")
-    real = cf.write_manifest
+    snap = _snapshot(cell)
+    real = cf.commit_cell
 
     def crash(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(cf, "write_manifest", crash)
-    table = pq.read_table(cell / cf.part_name("test", 0))
+    monkeypatch.setattr(cf, "commit_cell", crash)
+    table = pq.read_table(_part(tmp_path, "test", 0))
     with pytest.raises(OSError):
         cf.write_split(cell, "test", [table.slice(0, 5)])
-    monkeypatch.setattr(cf, "write_manifest", real)
+    monkeypatch.setattr(cf, "commit_cell", real)
     after = Store(tmp_path).read_split("m", "d", "test")
     assert np.array_equal(before.zs, after.zs) and np.array_equal(before.labels, after.labels)
+    # every file of the old generation is byte for byte as it was (the new one lies beside)
+    now = _snapshot(cell)
+    assert {k: now[k] for k in snap} == snap
+
+
+def _part(store, split, index, model="m", dataset="d"):
+    info = Store(store).split_info(model, dataset, split)
+    return info.files[index]
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_splits_sharing_a_prefix_never_touch_each_other(tmp_path):
+    """Importing split val never deletes or reads the parts of split val-hard (files are
+    found through the cell record and manifests only, never by a name pattern)."""
+    _write(tmp_path, "m", "d", "val-hard", 20, 3)
+    cell = cf.cell_dir(tmp_path, "m", "d")
+    hard = {f.name: f.read_bytes() for f in Store(tmp_path).split_info("m", "d", "val-hard").files}
+    _write(tmp_path, "m", "d", "val", 10, 3, id_prefix="v")
+    _write(tmp_path, "m", "d", "val", 12, 3, id_prefix="v")  # replaced: its old parts go
+    assert {f.name: f.read_bytes() for f in Store(tmp_path).split_info("m", "d", "val-hard").files} == hard
+    assert Store(tmp_path).split_info("m", "d", "val").rows == 12
+    parts = sorted(p.name for p in cell.glob("part-*"))
+    assert len(parts) == 2 and sum(n.startswith("part-val-hard.") for n in parts) == 1
+
+
+def test_manifest_records_checksum_size_rows(tmp_path):
+    _write(tmp_path, "m", "d", "test", 30, 3, parts=2)
+    cell = cf.cell_dir(tmp_path, "m", "d")
+    doc = cf.read_manifest(cell, "test")
+    for e in doc["parts"]:
+        f = cell / e["file"]
+        assert e["size"] == f.stat().st_size and e["rows"] == pq.ParquetFile(f).metadata.num_rows
+        assert e["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+    assert sum(e["rows"] for e in doc["parts"]) == doc["rows"] == 30
+
+
+def _flip_logit_bytes(path):
+    """Overwrite some logit bytes in place: same size, still a readable Parquet file."""
+    data = bytearray(path.read_bytes())
+    meta = pq.ParquetFile(path).metadata
+    col = [meta.row_group(0).column(i) for i in range(meta.num_columns)
+           if meta.row_group(0).column(i).path_in_schema.startswith("zs")][0]
+    start = col.data_page_offset + 64
+    data[start : start + 16] = bytes(16)
+    return bytes(data)
+
+
+def test_part_overwritten_in_place_is_caught(tmp_path):
+    """Same size, new bytes: caught through the mtime + sha256 check, and with the mtime
+    put back (bit rot, ``touch -r``) through the Parquet page checksums on the read."""
+    _write(tmp_path, "m", "d", "test", 200, 5)
+    f = _part(tmp_path, "test", 0)
+    st = f.stat()
+    f.write_bytes(_flip_logit_bytes(f))
+    with pytest.raises(UserError, match=rf"{f.name}: checksum differs from .*_split-test"):
+        Store(tmp_path).split_info("m", "d", "test")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # mtime as sealed
+    with pytest.raises(UserError, match=rf"{f.name}: unreadable Parquet part"):
+        Store(tmp_path).read_split("m", "d", "test")
+    with pytest.raises(UserError, match=rf"{f.name}: checksum differs"):  # full verification
+        Store(tmp_path, verify=True).split_info("m", "d", "test")
+
+
+def test_truncated_or_deleted_part_changes_the_fast_path(tmp_path):
+    """content_key (the no-change fast path) stats every part: truncated or deleted parts
+    are errors naming the file; a touched part changes the key."""
+    _write(tmp_path, "m", "d", "test", 50, 3)
+    s = Store(tmp_path)
+    k0 = s.content_key("m", "d")
+    f = _part(tmp_path, "test", 0)
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    assert s.content_key("m", "d") != k0
+    f.write_bytes(f.read_bytes()[:-10])
+    with pytest.raises(UserError, match=rf"{f.name}: \d+ bytes, but .* records"):
+        s.content_key("m", "d")
+    f.unlink()
+    with pytest.raises(UserError, match=rf"{f.name}: missing"):
+        s.content_key("m", "d")
+
+
+def test_corrupt_cell_record_or_manifest_is_one_line(tmp_path):
+    _write(tmp_path, "m", "d", "test", 20, 3)
+    cell = cf.cell_dir(tmp_path, "m", "d")
+    m = cf.manifest_file(cell, "test")
+    m.write_text("{not json")
+    with pytest.raises(UserError, match=rf"{m.name}: unreadable record"):
+        Store(tmp_path).split_info("m", "d", "test")
+    (cell / cf.CELL_RECORD).write_bytes(b"\x00\x01")
+    with pytest.raises(UserError, match=r"_cell.json: unreadable record"):
+        Store(tmp_path).cell_info("m", "d")

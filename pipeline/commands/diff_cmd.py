@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=1))
     else:
         rundiff.print_diff(d, (old_label, new_label), alpha=spec.alpha)
-    return gate.report(checks, spec, published=True) if checks is not None else 0
+    return gate.report(checks, spec, published=None) if checks is not None else 0
 
 
 def sides(args: argparse.Namespace):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gla.pipeline import rundiff
 from gla.pipeline.errors import UserError
 
 
@@ -20,6 +21,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-cells", type=int, default=None, metavar="N",
                         help="per-cell sections for at most N cells (default 60; the overview covers all)")
     parser.add_argument("--force", action="store_true", help="rewrite even if the tables are unchanged")
+    parser.add_argument("--diff-from", metavar="RUN",
+                        help="add a 'changes since' section against RUN (a folder of result tables)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     max_cells = DEFAULT_MAX_CELLS if args.max_cells is None else args.max_cells
     if max_cells < 0:
         raise UserError(f"--max-cells: must be >= 0, got {max_cells}")
-    path, written = write_report(store, args.out, max_cells=max_cells, force=args.force)
+    previous = rundiff.resolve(store, args.diff_from) if args.diff_from else None
+    path, written = write_report(store, args.out, max_cells=max_cells, force=args.force, previous=previous)
     print(f"{'wrote' if written else 'unchanged'} {path}")
     return 0

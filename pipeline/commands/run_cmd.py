@@ -97,4 +97,8 @@ def run(args: argparse.Namespace) -> int:
         }, indent=1))
     if not summary.ok:
         return 1
+    if previous is not None and summary.report is not None:  # the report shows what the gate saw
+        from gla.pipeline.report import write_report
+
+        write_report(config.store, force=True, previous=("before this run", previous))
     return gate.check_store(spec, previous, config.store) if spec else 0

@@ -216,6 +216,27 @@ def reliability(view: CellView) -> Figure | None:
     return fig
 
 
+def kshot_curve(view: CellView) -> Figure | None:
+    """Accuracy against training shots per class (log x), one line per method."""
+    ks = view.get("kshot")
+    if ks is None:
+        return None
+    fig = new_figure(5.4, 3.0)
+    ax = fig.add_subplot()
+    for m in style.ordered_methods(ks.get_column("method").unique().to_list()):
+        rows = ks.filter(pl.col("method") == m).sort("shots")
+        ax.plot(rows["shots"].to_numpy(), 100 * rows["accuracy"].to_numpy(), marker="o", ms=3, lw=1.1,
+                color=style.color(m), label=style.label(m), clip_on=False)
+    shots = sorted(set(ks.get_column("shots").to_list()))
+    ax.set_xscale("log")
+    ax.set_xticks(shots, [str(k) for k in shots])
+    ax.minorticks_off()
+    _percent_axis(ax)
+    _titles(ax, "few-shot: accuracy against shots per class", "training images per class (log scale)", "accuracy (%)")
+    _legend_outside(ax)
+    return fig
+
+
 # name → (function, caption). A function returns None when its table or column is absent.
 CELL_FIGURES = {
     "groups": (group_bars, "Accuracy on head / medium / tail classes (thirds by π̂p) for each method; "
@@ -227,6 +248,8 @@ CELL_FIGURES = {
                "concentric marks and are named “(= …)” in the legend."),
     "reliability": (reliability, "Reliability diagram: accuracy against mean confidence per bin; "
                     "the dashed line is perfect calibration."),
+    "kshot": (kshot_curve, "Few-shot sweep: each method with the k-shot fine-tuned model (temperatures on), "
+              "against the number of training images per class."),
 }
 
 
@@ -238,3 +261,26 @@ def cell_figures(view: CellView) -> dict[str, Figure]:
         if fig is not None:
             out[name] = fig
     return out
+
+
+def kshot_curves(table: pl.DataFrame) -> Figure | None:
+    """Accuracy against the number of shots (log₂ axis), one curve per method, one panel
+    per dataset side by side (the k-shot sweep, ``results/kshot.parquet``)."""
+    if table is None or table.is_empty():
+        return None
+    datasets = sorted(set(table.get_column("dataset").to_list()))
+    fig = new_figure(4.2 * len(datasets) + 1.6, 3.4)
+    axes = fig.subplots(1, len(datasets), squeeze=False)[0]
+    for ax, ds in zip(axes, datasets, strict=True):
+        sub = table.filter(pl.col("dataset") == ds)
+        for method in dict.fromkeys(sub.get_column("method").to_list()):
+            g = sub.filter(pl.col("method") == method).sort("shots")
+            ax.plot(g["shots"].to_list(), [_pct(v) for v in g["accuracy"].to_list()], marker="o",
+                    label=method, linewidth=2.2 if method == "gla" else 1.2)
+        ax.set_xscale("log", base=2)
+        shots = sorted(set(sub.get_column("shots").to_list()))
+        ax.set_xticks(shots, [str(k) for k in shots])
+        _percent_axis(ax)
+        _titles(ax, f"{ds}: few-shot GLA", "training images per class (k)", "accuracy (%)")
+    _legend_outside(axes[-1])
+    return fig

@@ -110,7 +110,8 @@ def _overview(data: ReportData, views: dict[tuple[str, str], CellView],
     cols += [("flags", "flags", "text")]
     out.append(table(gains, cols))
     out.append("<p class='note'>Accuracy (%) per method: zs zero-shot, zs_debiased = zs − log π̂p, ft fine-tuned, "
-               "ft_la = ft − log πs (logit adjustment), ensemble = zs + ft, gla = zs + ft − log πs − log π̂p.</p>")
+               "ft_la = ft − log πs (logit adjustment), ensemble = zs + ft, gla = zs + ft − log πs − log π̂p; "
+               "wiseft@α: the weight-space interpolation of the zero-shot and fine-tuned models.</p>")
     return out
 
 
@@ -201,14 +202,15 @@ def _cell(view: CellView, flags: list[findings.Flag], pngs: dict[str, str]) -> l
 
 
 def render(data: ReportData, *, max_cells: int = DEFAULT_MAX_CELLS,
-           figures_for: Callable[[CellView], dict[str, str]] | None = None) -> str:
+           figures_for: Callable[[CellView], dict[str, str]] | None = None,
+           extra_sections: tuple[str, ...] = ()) -> str:
     """The page. ``figures_for(view)`` returns a cell's PNGs (base64) by figure name; by
     default they are drawn afresh (the writer passes its cache)."""
     figures_for = figures_for or (lambda v: {k: figures.png_b64(f, 80) for k, f in figures.cell_figures(v).items()})
     cells = data.cells()
     views = {c: data.view(*c) for c in cells}
     flags = {c: findings.cell_flags(v) for c, v in views.items()}
-    parts = _head(data, cells) + _overview(data, views, flags)
+    parts = _head(data, cells) + _overview(data, views, flags) + list(extra_sections)  # the run diff
     parts += [part for section in sections.MATRIX_SECTIONS for part in section(data)]
     detailed = cells[:max_cells]
     if len(cells) > max_cells:

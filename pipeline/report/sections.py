@@ -12,7 +12,7 @@ import html
 import polars as pl
 from gla.pipeline.report.markup import WARN, table
 from gla.pipeline.report.style import ordered_methods
-from gla.pipeline.report.tables import CellView, ReportData, method_rank
+from gla.pipeline.report.tables import CellView, ReportData, primary_estimator
 
 TOP = 10  # rows of each "most …" table
 
@@ -112,21 +112,40 @@ def label_issues(view: CellView) -> list[str]:
 
 
 def distribution_shift(data: ReportData) -> list[str]:
-    """Matrix-wide: each shifted set scored with its source cell's priors."""
+    """Matrix-wide: each shifted set scored with its source cell's priors; per method the
+    accuracy on the shifted set, and the change from the source for ft and gla."""
     rob = data.get("robustness")
     if rob is None or rob.height == 0:
         return []
-    rows = method_rank(rob).sort("model", "source_dataset", "dataset", maintain_order=True)
-    cols = [("model", "model", "text"), ("source_dataset", "source", "text"), ("dataset", "shifted set", "text"),
-            ("method", "method", "text"), ("source_accuracy", "source acc.", "pct"),
-            ("accuracy", "shifted acc.", "pct")]
-    if "accuracy_drop" in rows.columns:
-        rows = rows.with_columns((-pl.col("accuracy_drop")).alias("_change"))
-        cols.append(("_change", "change (pp)", "pp"))
+    est = primary_estimator(rob)
+    if est is not None:
+        rob = rob.filter(pl.col("estimator") == est)
+    index = ["model", "source_dataset", "dataset"]
+    wide = rob.pivot(on="method", index=index, values="accuracy", aggregate_function="first")
+    ms = ordered_methods(rob.get_column("method").unique().to_list())
+    cols = [("model", "model", "text"), ("source_dataset", "source", "text"), ("dataset", "shifted set", "text")]
+    cols += [(m, m, "pct") for m in ms]
+    for m in (x for x in ("ft", "gla") if x in ms):
+        change = rob.filter(pl.col("method") == m).select(
+            *index, (pl.col("accuracy") - pl.col("source_accuracy")).alias(f"{m}_change"))
+        wide = wide.join(change, on=index, how="left")
+        cols.append((f"{m}_change", f"{m}: change from source (pp)", "pp"))
     return ["<h2 id='shift'>Distribution shift</h2>",
-            "<p class='note'>Each shifted set is scored with the π̂p, πs and temperature of its source "
-            "cell; accuracy in %.</p>", table(rows, cols)]
+            "<p class='note'>Accuracy (%) of each method on each shifted set, scored with the π̂p, πs and "
+            "temperature of its source cell; the last columns give the change from the source's eval split.</p>",
+            table(wide.sort(index), cols)]
 
 
-CELL_SECTIONS = (label_shift, label_issues)
+def kshot(view: CellView) -> list[str]:
+    """The k-shot sweep: accuracy per shot count and method (the figure plots it)."""
+    ks = view.get("kshot")
+    if ks is None:
+        return []
+    wide = ks.pivot(on="method", index="shots", values="accuracy", aggregate_function="first").sort("shots")
+    ms = ordered_methods(ks.get_column("method").unique().to_list())
+    cols = [("shots", "shots per class", "int")] + [(m, m, "pct") for m in ms]
+    return ["<h4>Few-shot sweep: accuracy (%) by training images per class</h4>", table(wide, cols)]
+
+
+CELL_SECTIONS = (label_shift, label_issues, kshot)
 MATRIX_SECTIONS = (distribution_shift,)

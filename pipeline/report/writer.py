@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 
 from gla.extract import cellformat as cf
-from gla.pipeline.report import figures, page
+from gla.pipeline import rundiff
+from gla.pipeline.report import diff_section, figures, page
 from gla.pipeline.report.tables import CellView, load_tables, tables_digest
 
 REPORT_VERSION = 2
@@ -94,12 +95,13 @@ def write_report(
     *,
     max_cells: int = page.DEFAULT_MAX_CELLS,
     force: bool = False,
+    previous: tuple[str, dict] | None = None,
 ) -> tuple[Path, bool]:
     """Write the report (atomically). Returns (path, written); ``written`` is False when
     the tables are unchanged since the report at ``path`` was made."""
     store = Path(store)
     path = Path(out) if out else store / "report" / "index.html"
-    key = f"{tables_key(store)}-{max_cells}"
+    key = f"{tables_key(store)}-{max_cells}" + (f"-diff:{previous[0]}" if previous else "")
     marker = path.parent / f".{path.name}.key.json"
     if not force and path.exists() and marker.exists():
         try:
@@ -109,7 +111,11 @@ def write_report(
             pass
     data = load_tables(store)
     cache = FigureCache(path.parent / f".{path.stem}.figures")
-    html = page.render(data, max_cells=max_cells, figures_for=cache.get)
+    sections = ()
+    if previous is not None:  # (label, tables) of the run to show the changes since
+        d = rundiff.compute(previous[1], rundiff.latest_tables(store))  # predictions too: paired
+        sections = (diff_section.render(d, previous[0], "these results"),)
+    html = page.render(data, max_cells=max_cells, figures_for=cache.get, extra_sections=sections)
     marker.unlink(missing_ok=True)
     cf.atomic_write_bytes(path, html.encode("utf-8"))  # 0666 & ~umask: for sharing
     cf.atomic_write_bytes(marker, json.dumps({"key": key}).encode())
