@@ -54,11 +54,13 @@ def main() -> int:
         (work / "imgs" / "a").mkdir(parents=True)
         (work / "imgs" / "b").mkdir(parents=True)
         subprocess.run([str(BIN / "python"), "-c",
-                        "from PIL import Image; [Image.new('RGB', (8, 8)).save(f'imgs/{c}/0.png') for c in 'ab']"],
+                        "from PIL import Image; [Image.new('RGB', (8, 8)).save(f'imgs/{c}/{i}.png') "
+                        "for c in 'ab' for i in range(2)]"],
                        cwd=work, check=True)
         (work / "c.toml").write_text(
             f'store = "S"\n[[models]]\nname = "m"\narch = "{args.arch}"\npretrained = "{args.tag}"\n'
-            '[[datasets]]\nname = "d"\nkind = "imagefolder"\nroot = "imgs"\n[datasets.splits.test]\nrest = true\n')
+            '[[datasets]]\nname = "d"\nkind = "imagefolder"\nroot = "imgs"\n'
+            '[datasets.splits]\nval = { per_class = 1 }\ntest = { rest = true }\n')
         env = {**os.environ, "HF_HOME": str(work / "hf"), "OMP_NUM_THREADS": "1"}
         extract = [str(BIN / "gla"), "extract", "c.toml"]
         report(f"gla extract, uncached {args.tag}, HF_HUB_OFFLINE=1",

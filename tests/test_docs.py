@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from gla.analyze import schema
 from gla.pipeline import cli, docgen
+from gla.pipeline.config import load_config
 from pydantic import BaseModel, Field
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,3 +100,21 @@ def test_links_stay_inside_the_repository(doc):
         dest = (path.parent / target.split("#")[0]).resolve()
         assert dest.is_relative_to(REPO), f"{doc}: {target} leaves the repository"
         assert dest.exists(), f"{doc}: {target} does not exist"
+
+
+def _toml_blocks(text: str) -> list[str]:
+    return re.findall(r"```toml\n(.*?)```", text, flags=re.S)
+
+
+@pytest.mark.parametrize("doc", ["README.md", *(f"docs/{p}" for p in PAGES)])
+def test_config_examples_in_the_docs_are_valid(doc, tmp_path):
+    """Every ```toml block in the docs is a config that loads (keys, types, rules)."""
+    for i, block in enumerate(_toml_blocks((REPO / doc).read_text())):
+        path = tmp_path / f"example-{i}.toml"
+        path.write_text(block)
+        cfg = load_config(path)
+        assert cfg.models or cfg.datasets, f"{doc} example {i} configures nothing"
+
+
+def test_quickstart_has_a_config_example():
+    assert _toml_blocks((DOCS / "quickstart.md").read_text())

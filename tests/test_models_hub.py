@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from fixtures_tiny_clip import TINY_CONFIG, tiny_clip_fixture  # noqa: F401
+from fixtures_tiny_clip import TINY_CONFIG, make_images, tiny_clip_fixture  # noqa: F401
 from gla.extract import hub
 from gla.extract.errors import ExtractError
 from gla.extract.models import PretrainedRef, load_model, model_identity, parse_pretrained
@@ -208,13 +208,11 @@ def test_gla_extract_offline_is_one_line_exit_2(tmp_path):
     import sys
 
     pytest.importorskip("open_clip")
-    from fixtures_tiny_clip import make_images
-
-    make_images(tmp_path / "imgs", per_class=1)
+    make_images(tmp_path / "imgs", per_class=2)
     (tmp_path / "c.toml").write_text(
         'store = "S"\n[[models]]\nname = "b32"\narch = "ViT-B-32"\npretrained = "openai"\n'
         '[[datasets]]\nname = "pics"\nkind = "imagefolder"\nroot = "imgs"\n'
-        "[datasets.splits.test]\nrest = true\n"
+        "[datasets.splits]\nval = { per_class = 1 }\ntest = { rest = true }\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HOME": str(tmp_path)}
     gla = Path(sys.executable).parent / "gla"
@@ -245,17 +243,14 @@ def test_gla_run_refuses_uncached_weights_before_any_work(tmp_path):
     import sys
 
     pytest.importorskip("open_clip")
-    (tmp_path / "imgs" / "a").mkdir(parents=True)
-    (tmp_path / "imgs" / "b").mkdir()
-    for c in "ab":
-        (tmp_path / "imgs" / c / "0.png").write_bytes(b"not decoded before the check")
+    make_images(tmp_path / "imgs", per_class=2)
     (tmp_path / "c.toml").write_text(
         'store = "S"\n[compute]\nworkers = 2\n'
         # one split only: fitting on it is allowed, so the pre-flight checks pass
         '[analysis]\nfit_split = "test"\nallow_fit_on_eval = true\n'
         '[[models]]\nname = "b32"\narch = "ViT-B-32"\npretrained = "laion2b_s34b_b79k"\n'
         '[[datasets]]\nname = "pics"\nkind = "imagefolder"\nroot = "imgs"\n'
-        "[datasets.splits.test]\nrest = true\n"
+        "[datasets.splits]\nval = { per_class = 1 }\ntest = { rest = true }\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     gla = Path(sys.executable).parent / "gla"
