@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from gla.pipeline.cell_analysis import CellResult, StoreAnalysisOptions
 from gla.pipeline.config import CellFilter
 from gla.pipeline.errors import UserError
-from gla.pipeline.incremental import AnalyzeSummary, Log, analyze_cells, load_cache
+from gla.pipeline.incremental import AnalyzeSummary, Log, PublishOptions, analyze_cells, load_cache
 from gla.pipeline.lock import store_lock
 from gla.pipeline.runner import ComputeOptions, Runner
 from gla.pipeline.store import Store
@@ -52,6 +52,7 @@ def analyze_store(
     force: bool = False,
     log: Log | None = None,
     load_results: bool = True,
+    publish: PublishOptions | None = None,
 ) -> AnalyzeResults:
     """Analyse the selected cells and rebuild the result tables, incrementally.
 
@@ -59,9 +60,10 @@ def analyze_store(
     recomputed; the others fan out on the runner (``compute``: a Dask LocalCluster, an
     existing cluster, or in-process for little work; see ``pipeline.runner``). The
     combined tables are rebuilt from the per-cell caches (cells not selected keep their
-    last results; cells deleted from logits/ drop out). Holds the store lock. If any cell
-    fails, raises ``UserError`` naming it and leaves the tables untouched (the other
-    cells' new results stay cached). Returns the selected cells' results (read back from
+    last results; cells deleted from logits/ drop out) and published as one run
+    (``publish``: its metadata, retention and gate hook). Holds the store lock. If any
+    cell fails, raises ``UserError`` naming it and publishes nothing (the other cells'
+    new results stay cached). Returns the selected cells' results (read back from
     their caches; ``load_results=False`` skips that and returns an empty list with ``.run``).
     """
     store = store if isinstance(store, Store) else Store(store)
@@ -69,12 +71,13 @@ def analyze_store(
     cells = select_cells(store, only)
     with store_lock(store.root, "gla analyze"):
         run = analyze_cells(store, options, cells=cells, runner=runner, compute=compute,
-                            force=force, strict=True, log=log)
+                            force=force, publish=publish, log=log)
     if run.failed:
         first = run.failed[0]
-        more = f" (and {len(run.failed) - 1} more failed cell(s))" if len(run.failed) > 1 else ""
+        others = [e.key for e in run.failed[1:]]
+        more = f"; also failed: {', '.join(others[:8])}{' …' if len(others) > 8 else ''}" if others else ""
         msg = first.error if first.user else f"cell {first.key}: {first.error}"
-        raise UserError(msg + more)
+        raise UserError(f"{msg}{more}; nothing published")
     out = AnalyzeResults()
     for m, d in cells if load_results else []:
         cache = load_cache(store.root, m, d)

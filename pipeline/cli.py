@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 
 from gla.pipeline import __version__
@@ -20,6 +21,8 @@ COMMANDS = {
     "analyze": ("gla.pipeline.commands.analyze_cmd", "fit priors, apply GLA and baselines, write result tables"),
     "extract": ("gla.pipeline.commands.extract_cmd", "run open_clip models over datasets, write logits"),
     "diff": ("gla.pipeline.commands.diff_cmd", "what changed between two runs or stores, and whether it is real"),
+    "history": ("gla.pipeline.commands.history_cmd", "list the runs a store has published"),
+    "prune": ("gla.pipeline.commands.prune_cmd", "remove cells no longer in the config, as a new run"),
     "report": ("gla.pipeline.commands.report_cmd", "write the self-contained HTML audit report"),
     "run": ("gla.pipeline.commands.run_cmd", "run every stage for every cell of a config, incrementally"),
     "models": ("gla.pipeline.commands.models_cmd", "list the architectures and pretrained tags open_clip knows"),
@@ -69,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"command {args.command!r} is not available in this build")
     except SystemExit as e:  # usage errors (one line) and --help
         return e.code if isinstance(e.code, int) else 2
+    args._command = "gla " + shlex.join(sys.argv[1:] if argv is None else [str(a) for a in argv])
     try:
         return int(args._run(args) or 0)
     except UserError as e:

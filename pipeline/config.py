@@ -93,6 +93,17 @@ class GateSettings(_Strict):
     blocks_publish: bool = Field(False, description="a failing gate keeps the new results unpublished")
 
 
+class ResultsSettings(_Strict):
+    """[results]: how many published runs are kept (see pipeline/publication.py)."""
+
+    keep_runs: int | None = Field(None, ge=0, description="keep the last N runs (0 = no limit; default 20 "
+                                  "when keep_days is unset too)")
+    keep_days: float | None = Field(None, ge=0, description="keep runs younger than D days (a run within "
+                                    "either limit is kept; the latest run is never pruned)")
+    replace_estimators: bool = Field(False, description="publish only this analysis's estimators (default: "
+                                     "earlier estimators' rows stay beside them when the inputs are unchanged)")
+
+
 class ExtractOptions(_Strict):
     batch_size: int = Field(64, ge=1)
     num_workers: int = Field(1, ge=0)
@@ -218,6 +229,7 @@ class Config(_Strict):
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
     extract: ExtractOptions = Field(default_factory=ExtractOptions)
     gate: GateSettings = Field(default_factory=GateSettings)
+    results: ResultsSettings = Field(default_factory=ResultsSettings)
     models: list[ModelSpec] = Field(default_factory=list)
     datasets: list[DatasetSpec] = Field(default_factory=list)
     source: str = Field("", description="the config file this came from")

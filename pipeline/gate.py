@@ -2,9 +2,11 @@
 
 ``GateSpec`` holds the rules, alpha and whether a failure blocks publication; it comes
 from ``--gate``/``--gate-alpha``/``--gate-blocks-publish`` and the config's ``[gate]``
-table. ``evaluate`` checks the rules on the diff of the previous publication against the
-new one and returns the checks (``analyze.gates.check``); ``EXIT_GATE`` (3) is the exit
-code of a failing gate, whose failed rules and cells are printed on stderr.
+table. ``evaluate`` checks the rules on the diff of the previous run against the new
+one and returns the checks (``analyze.gates.check``). ``GateHook`` runs it inside the
+publication, before anything is written, so that ``--gate-blocks-publish`` can keep a
+failing run unpublished (no file of it is written). ``EXIT_GATE`` (3) is the exit code
+of a failing gate, whose failed rules and cells are printed on stderr.
 """
 
 from __future__ import annotations
@@ -97,16 +99,37 @@ def report(checks: pl.DataFrame, spec: GateSpec, published: bool | None, out=Non
     return EXIT_GATE
 
 
-def previous_tables(store_root) -> dict[str, pl.DataFrame] | None:
-    """The publication a new run will be compared with (None before the first)."""
-    return rundiff.latest_tables(store_root) if rundiff.has_results(store_root) else None
+class GateHook:
+    """The gate as a publication hook: checked on a run's tables before they are
+    published, against the parent run. Returns False (do not publish) only when a
+    check failed and the spec blocks publication. ``checks`` and ``previous`` stay for
+    the report after the run."""
+
+    def __init__(self, spec: GateSpec, store_root):
+        self.spec = spec
+        self.store_root = store_root
+        self.checks: pl.DataFrame | None = None
+        self.previous: tuple[str, dict[str, pl.DataFrame]] | None = None
+
+    def __call__(self, parent, tables) -> bool:
+        if parent is not None:
+            self.previous = (parent.id, rundiff.run_tables(self.store_root, parent))
+        new = {n: tables[n] for n in rundiff.READ if n in tables}
+        self.checks = evaluate(self.spec, self.previous[1] if self.previous else None, new)
+        return not (self.spec.blocks_publish and checks_failed(self.checks))
+
+    def finish(self, published: bool) -> int:
+        """Print the outcome; the exit code. When no new run was published because
+        nothing changed, the latest run is judged against itself (nothing regressed)."""
+        if self.checks is None:
+            if not rundiff.has_results(self.store_root):
+                raise UserError(f"{self.store_root}: no results to check the gate on")
+            latest = rundiff.latest_tables(self.store_root)
+            self.checks = evaluate(self.spec, latest, latest)
+        elif self.previous is None and any(r.relative for r in self.spec.rules):
+            print("gate: no previous results: rules against 'previous' were not checked", file=sys.stderr)
+        return report(self.checks, self.spec, published=published)
 
 
-def check_store(spec: GateSpec, previous: dict[str, pl.DataFrame] | None, store_root) -> int:
-    """Check the gate on the store's new publication against ``previous``; the exit code."""
-    if not rundiff.has_results(store_root):
-        raise UserError(f"{store_root}: no results to check the gate on")
-    checks = evaluate(spec, previous, rundiff.latest_tables(store_root))
-    if previous is None and any(r.relative for r in spec.rules):
-        print("gate: no previous results: rules against 'previous' were not checked", file=sys.stderr)
-    return report(checks, spec, published=True)
+def checks_failed(checks: pl.DataFrame) -> bool:
+    return checks.height > 0 and bool(checks.get_column("failed").any())

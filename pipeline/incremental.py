@@ -15,11 +15,17 @@ The key hashes everything the outputs depend on:
 
 A rerun computes the keys (reads a few small JSON files per cell, no logits), skips
 every cell whose cache carries its key and recomputes only the rest, fanned out over
-the runner. The combined tables ``<store>/results/<table>.parquet`` are then rebuilt
-from the current caches, each written to a temporary file and renamed (never
-half-written); if the set of cell keys is unchanged and the tables exist, they are left
-alone, so a no-change rerun does no work. Cells whose logits were deleted drop out:
-their caches are removed.
+the runner. The caches are then published as one run (``pipeline.publication``):
+``results/runs/<run_id>/<table>.parquet`` and the run's commit record, written last.
+If the latest run already holds exactly these caches, nothing is published, so a
+no-change rerun does no work. If a cell fails, nothing is published. Cells whose
+logits were deleted drop out: their caches are removed.
+
+Estimators side by side: each cache records the estimators its tables hold and a base
+key (its key without the estimators). A run keeps, per cell and table, the parent
+run's rows of estimators the new cache lacks when the base key is unchanged (same
+inputs, same other options), so ``gla analyze --estimator eigen`` after ``gla analyze``
+adds eigen's rows beside gla's; ``replace_estimators`` drops them instead.
 """
 
 from __future__ import annotations
@@ -38,11 +44,10 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow.parquet as pq
 from gla.extract import cellformat as cf
 from gla.extract import records
 from gla.extract.records import IntegrityError
-from gla.pipeline import results
+from gla.pipeline import publication, results
 from gla.pipeline.cell_analysis import CellResult, StoreAnalysisOptions, analyze_cell
 from gla.pipeline.errors import UserError
 from gla.pipeline.runner import CellError, ComputeOptions, Runner
@@ -50,7 +55,6 @@ from gla.pipeline.store import Store
 
 CACHE_VERSION = 1
 KEY_FILE = "key.json"
-COMBINED_FILE = "_combined.json"  # in results/cells/: which cell caches the tables hold
 _CODE_FILES = ("pipeline/cell_analysis.py", "pipeline/store.py", "pipeline/incremental.py")
 
 Cell = tuple[str, str]
@@ -100,6 +104,15 @@ def options_fingerprint(options: Any) -> str:
         if isinstance(tp, str) and tp and Path(tp).is_file():
             plain = {**plain, "target_prior": f"{tp}#sha256={cf.file_sha256(tp)[:16]}"}
     return json.dumps(plain, sort_keys=True, default=str)
+
+
+def base_fingerprint(options: Any) -> str:
+    """The options' fingerprint with the estimators left out: two analyses with the same
+    base fingerprint saw the same inputs the same way, so their estimators' rows may
+    stand side by side."""
+    if dataclasses.is_dataclass(options) and "estimators" in {f.name for f in dataclasses.fields(options)}:
+        options = dataclasses.replace(options, estimators=())
+    return "base:" + options_fingerprint(options)
 
 
 def analysis_key(store: Store, model: str, dataset: str, options_fp: str) -> str:
@@ -164,9 +177,15 @@ def write_cell_cache(
             old.unlink(missing_ok=True)
     seals = {f: records.file_record(d / f) for f in files}
     doc = {"key": key, "model": model, "dataset": dataset, "files": files, "seals": seals,
-           "written": time.time(), **info}
+           "estimators": table_estimators(tables), "written": time.time(), **info}
     records.write_json(d / KEY_FILE, doc)
     return d
+
+
+def table_estimators(tables: Mapping[str, pl.DataFrame]) -> dict[str, list[str]]:
+    """The estimators each table keyed by estimator holds (what a later run may keep)."""
+    return {name: sorted(df.get_column("estimator").drop_nulls().unique().to_list())
+            for name, df in sorted(tables.items()) if "estimator" in df.columns}
 
 
 def load_cache(store_root: str | Path, model: str, dataset: str) -> dict[str, Any]:
@@ -198,6 +217,7 @@ class CellTask:
     key: str
     options: StoreAnalysisOptions
     analyze_fn: AnalyzeFn | None = None
+    base: str = ""  # the key without the estimators: same inputs, other estimators
 
     @property
     def name(self) -> str:
@@ -216,7 +236,7 @@ def run_cell_task(task: CellTask) -> dict[str, Any]:
     diagnostics = result.diagnostics if isinstance(result, CellResult) else {}
     diagnostics = json.loads(json.dumps(diagnostics, default=str))  # plain JSON
     write_cell_cache(task.store, task.model, task.dataset, task.key, tables,
-                     {"seconds": seconds, "diagnostics": diagnostics})
+                     {"seconds": seconds, "diagnostics": diagnostics, "base": task.base})
     return {"key": task.key, "seconds": seconds, "rows": int(tables["summary"].height)}
 
 
@@ -232,7 +252,9 @@ class AnalyzeSummary:
     removed: list[Cell] = field(default_factory=list)  # stale caches dropped
     left_out: list[Cell] = field(default_factory=list)  # live cells not in the tables
     not_selected: list[Cell] = field(default_factory=list)  # in the tables with their last results
-    tables_written: bool = False
+    tables_written: bool = False  # a new run was published
+    blocked: bool = False  # the publish hook (a failing gate) kept the run unpublished
+    run_id: str | None = None  # the latest run after this analysis
     seconds: float = 0.0
 
     @property
@@ -249,7 +271,8 @@ class AnalyzeSummary:
             parts.append(f"{len(self.failed)} failed")
         if self.removed:
             parts.append(f"{len(self.removed)} stale removed")
-        parts.append("tables rebuilt" if self.tables_written else "tables unchanged")
+        parts.append(f"published run {self.run_id}" if self.tables_written
+                     else "not published" if self.failed or self.blocked else "no new run (unchanged)")
         return ", ".join(parts) + f" ({self.seconds:.2f} s)"
 
 
@@ -270,71 +293,122 @@ def prune_stale(store_root: str | Path, live: Sequence[Cell]) -> list[Cell]:
     return removed
 
 
-def _combined_table(store_root: str | Path, name: str, cells: Sequence[Cell]) -> pl.DataFrame | None:
-    """One combined table from the cells' caches; None for an optional table no cell has."""
-    files = [cache_dir(store_root, m, d) / f"{name}.parquet" for m, d in sorted(cells)]
-    files = [f for f in files if f.exists()]
-    if not files:
-        return None if results.is_optional(name) else results.empty(name)
-    # Lazy scans collected together: polars reads the files in parallel.
-    return pl.concat([pl.scan_parquet(f) for f in files], how="diagonal_relaxed").collect()
-
-
 def _cached_table_names(store_root: str | Path, cells: Sequence[Cell]) -> list[str]:
-    names = set(results.TABLES)
+    names = set(results.CONTRACT)
     for c in cells:
         names.update(f[: -len(".parquet")] for f in (read_key(store_root, *c) or {}).get("files", []))
     return results.ordered(names)
 
 
-def combine(store_root: str | Path, cells: Sequence[Cell], keys: dict[Cell, str], *, force: bool = False) -> bool:
-    """Rebuild the combined tables from the cells' caches. Returns False when the set of
-    cell keys is the one the current tables were built from (nothing written)."""
-    res = Path(store_root) / "results"
-    marker = res / "cells" / COMBINED_FILE
-    doc = {"version": CACHE_VERSION, "cells": {f"{m}/{d}": keys[(m, d)] for m, d in sorted(cells)}}
-    if not force and marker.exists():
+def _cell_entries(root: Path, included: dict[Cell, str], parent: publication.Run | None,
+                  replace_estimators: bool) -> dict[str, dict[str, Any]]:
+    """What the run holds per cell: its cache key, its base key (inputs and options but
+    the estimators), the estimators each table holds, and which of them are kept from
+    the parent run: per table, the parent's estimators the new cache lacks, when the
+    base key is the same (unless ``replace_estimators``)."""
+    prev = (parent.record.get("cell_keys") or {}) if parent else {}
+    out = {}
+    for (m, d), key in sorted(included.items()):
+        doc = read_key(root, m, d) or {}
+        own = {t: list(v) for t, v in (doc.get("estimators") or {}).items()}
+        old = prev.get(f"{m}/{d}") or {}
+        same_inputs = bool(doc.get("base")) and old.get("base") == doc.get("base")
+        kept = {}
+        if same_inputs and not replace_estimators:
+            for t, ests in (old.get("estimators") or {}).items():
+                extra = sorted(set(ests) - set(own.get(t, ())))
+                if extra:
+                    kept[t] = extra
+        tables = sorted({*own, *kept})
+        out[f"{m}/{d}"] = {"key": key, "base": doc.get("base"), "kept": kept,
+                           "estimators": {t: sorted({*own.get(t, ()), *kept.get(t, ())}) for t in tables}}
+    return out
+
+
+def _compose(root: Path, entries: dict[str, dict[str, Any]],
+             parent: publication.Run | None) -> dict[str, pl.DataFrame | None]:
+    """Every table of the run: per cell (sorted), its cache's rows, then the rows of the
+    estimators it keeps, taken from the parent run."""
+    cells = [tuple(name.split("/", 1)) for name in entries]
+    kept_tables = {t for e in entries.values() for t in e["kept"]}
+    names = results.ordered({*_cached_table_names(root, cells), *kept_tables})
+    out: dict[str, pl.DataFrame | None] = {}
+    for name in names:
+        old = publication.table_path(root, name, parent) if name in kept_tables else None
+        frames = []
+        for (m, d), cell in zip(cells, entries, strict=True):
+            f = cache_dir(root, m, d) / f"{name}.parquet"
+            if f.exists():
+                frames.append(pl.scan_parquet(f))
+            kept = entries[cell]["kept"].get(name)
+            if old is not None and kept:
+                frames.append(pl.scan_parquet(old).filter(
+                    (pl.col("model") == m) & (pl.col("dataset") == d) & pl.col("estimator").is_in(kept)))
+        if not frames:
+            out[name] = None if results.is_optional(name) else results.empty(name)
+            continue
+        # Lazy scans collected together: polars reads the files in parallel.
+        out[name] = pl.concat(frames, how="diagonal_relaxed").collect()
+    return out
+
+
+def _changes(prev: dict[str, Any], entries: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    same = [n for n in entries if prev.get(n) == entries[n]]
+    return {
+        "added": [n for n in entries if n not in prev],
+        "changed": [n for n in entries if n in prev and n not in same],
+        "removed": sorted(n for n in prev if n not in entries),
+        "kept": same,
+    }
+
+
+@dataclass(frozen=True)
+class PublishOptions:
+    """How ``analyze_cells`` publishes its run (``pipeline.publication``).
+
+    ``enabled`` False: bring the caches up to date and publish nothing (the run already
+    failed, e.g. at extraction). ``hook``: called before anything is written; False
+    keeps the run unpublished (a failing gate with --gate-blocks-publish). ``keep``:
+    the retention setting (runs, days). ``replace_estimators``: drop the earlier
+    estimators' rows instead of keeping them beside the new ones."""
+
+    enabled: bool = True
+    command: str = ""  # the command line, for the run's record
+    config_hash: str | None = None
+    kind: str = "analyze"
+    keep_runs: int | None = None
+    keep_days: float | None = None
+    replace_estimators: bool = False
+    hook: publication.Hook | None = None
+
+
+def publish_cells(root: Path, included: dict[Cell, str], opts: PublishOptions,
+                  summary: AnalyzeSummary, force: bool = False) -> None:
+    """Publish the included cells' caches as a new run, unless the latest run already
+    holds exactly these caches (a no-change rerun publishes nothing; ``force``, a forced
+    recomputation, publishes anyway)."""
+    parent = publication.latest(root)
+    entries = _cell_entries(root, included, parent, opts.replace_estimators)
+    prev = (parent.record.get("cell_keys") or {}) if parent else {}
+    if parent is not None and prev == entries and not force:
         try:
-            old = json.loads(marker.read_text())
-        except ValueError:
-            old = None
-        if old == doc and all(_readable(res / f"{n}.parquet") for n in results.CONTRACT):
-            return False
-    marker.unlink(missing_ok=True)
-    # All tables go to temporary files first; only when every one is written are they
-    # renamed into place, so a failure leaves the previous tables untouched.
-    staged: dict[Path, Path | None] = {}
-    res.mkdir(parents=True, exist_ok=True)
-    try:
-        for name in _cached_table_names(store_root, cells):
-            df = _combined_table(store_root, name, cells)
-            target = res / f"{name}.parquet"
-            if df is None:
-                staged[target] = None
-                continue
-            tmp = res / f".{name}.parquet.{os.getpid()}.staged"
-            staged[target] = tmp
-            df.write_parquet(tmp)
-        for target, tmp in staged.items():
-            if tmp is None:
-                target.unlink(missing_ok=True)
-            else:
-                os.replace(tmp, target)
-    finally:
-        for tmp in staged.values():
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-    cf.atomic_write_bytes(marker, json.dumps(doc, indent=1, sort_keys=True).encode())
-    return True
-
-
-def _readable(path: Path) -> bool:
-    """The file exists and has a valid Parquet footer (cheap: reads the footer only)."""
-    try:
-        pq.read_metadata(path)
-    except Exception:  # noqa: BLE001 - missing, truncated or not Parquet: rebuild it
-        return False
-    return True
+            publication.verify(root, parent)
+            summary.run_id = parent.id
+            return
+        except UserError:
+            pass  # a damaged latest run: publish a fresh one from the caches
+    meta = {
+        "kind": opts.kind, "command": opts.command, "config_hash": opts.config_hash,
+        "code_version": code_version(),
+        "cells": _changes(prev, entries),
+        "estimators": sorted({e for v in entries.values() for ests in v["estimators"].values() for e in ests}),
+        "cell_keys": entries,
+    }
+    run = publication.publish(root, _compose(root, entries, parent), meta, hook=opts.hook,
+                              keep_runs=opts.keep_runs, keep_days=opts.keep_days)
+    summary.blocked = run is None
+    summary.run_id = run.id if run else (parent.id if parent else None)
+    summary.tables_written = run is not None
 
 
 def _with_threads(options: Any, threads: int) -> Any:
@@ -367,14 +441,15 @@ def _check_selection(store: Store, live: list[Cell], cells: Sequence[Cell] | Non
 def _plan(store: Store, options: Any, selected: set[Cell], live: list[Cell], force: bool,
           analyze_fn: AnalyzeFn | None, summary: AnalyzeSummary) -> tuple[dict[Cell, str], list[CellTask]]:
     """The selected cells' keys, and a task for each whose cache is not current."""
-    fp = options_fingerprint(options)
+    fp, base_fp = options_fingerprint(options), base_fingerprint(options)
     keys = {c: analysis_key(store, c[0], c[1], fp) for c in live if c in selected}
     todo = []
     for c in live:
         if c not in selected:
             continue
         if force or not is_current(store.root, c[0], c[1], keys[c]):
-            todo.append(CellTask(str(store.root), c[0], c[1], keys[c], options, analyze_fn))
+            base = analysis_key(store, c[0], c[1], base_fp)
+            todo.append(CellTask(str(store.root), c[0], c[1], keys[c], options, analyze_fn, base))
         else:
             summary.cached.append(c)
     return keys, todo
@@ -444,18 +519,18 @@ def analyze_cells(
     runner: Runner | None = None,
     compute: ComputeOptions | None = None,
     force: bool = False,
-    strict: bool = False,
+    publish: PublishOptions | None = None,
     analyze_fn: AnalyzeFn | None = None,
     log: Log | None = None,
 ) -> AnalyzeSummary:
     """Bring the store's results up to date: analyse the selected cells whose key changed.
 
-    ``cells`` selects the cells to bring up to date (default: every cell). The combined
-    tables then hold, for every live cell, its cache: the current one for selected
-    cells (a selected cell that failed is left out: its old results describe other
-    inputs or options) and the latest one for cells not selected. With ``strict`` a
-    failure leaves the combined tables untouched (the successful cells' caches are
-    kept, so a rerun after the fix recomputes only the failed cells).
+    ``cells`` selects the cells to bring up to date (default: every cell). The run then
+    published holds, for every live cell, its cache: the current one for selected cells
+    and the latest one for cells not selected (``publish_cells``; nothing is published
+    when the latest run already holds exactly these caches). If any cell fails, nothing
+    is published and ``results/runs/`` is left as it was (the successful cells' caches
+    are kept, so a rerun after the fix recomputes only the failed cells).
 
     ``runner`` (a ``pipeline.runner.Runner``) or ``compute`` (its options) runs the
     cells; no cluster starts when nothing needs computing, nor for a little work when
@@ -472,8 +547,12 @@ def analyze_cells(
     if todo:
         _compute(store, todo, runner, compute, log, summary)
     included = _included(store.root, live, selected, keys, summary)
-    if not (strict and summary.failed):
-        summary.tables_written = combine(store.root, list(included), included, force=force)
+    publish = publish or PublishOptions()
+    if summary.failed or not publish.enabled:
+        last = publication.latest(store.root)
+        summary.run_id = last.id if last else None
+    else:
+        publish_cells(store.root, included, publish, summary, force=force)
     summary.seconds = time.perf_counter() - t0
     if log is not None:
         _log_outcome(summary, cells is not None, log)

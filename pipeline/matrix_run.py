@@ -26,7 +26,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,13 @@ from gla.extract.errors import ExtractError
 from gla.extract.models import check_models, parse_pretrained
 from gla.extract.records import IntegrityError
 from gla.extract.run import extract_cell
+from gla.pipeline import publication
 from gla.pipeline.cell_analysis import StoreAnalysisOptions
 from gla.pipeline.config import CellFilter, Config, DatasetSpec, ModelSpec, model_dict
 from gla.pipeline.distshift import write_shift
 from gla.pipeline.errors import UserError
 from gla.pipeline.importer import import_counts
-from gla.pipeline.incremental import AnalyzeSummary, analyze_cells
+from gla.pipeline.incremental import AnalyzeSummary, PublishOptions, analyze_cells
 from gla.pipeline.lock import store_lock
 from gla.pipeline.report import write_report
 from gla.pipeline.runner import CellError, Runner
@@ -66,6 +67,7 @@ class RunSummary:
     report_written: bool = False
     failed: list[CellError] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    publish: PublishOptions | None = None
 
     @property
     def ok(self) -> bool:
@@ -221,6 +223,23 @@ def import_train_counts(store: Path, dataset: dict) -> bool:
 # --------------------------------------------------------------------------- run
 
 
+def config_hash(config: Config) -> str:
+    """A short hash of the config as loaded (paths resolved; its file name left out)."""
+    return records.key_of(config.model_dump(exclude={"source"}))
+
+
+def publish_options(config: Config, given: PublishOptions | None = None) -> PublishOptions:
+    """The run's publication settings: ``given`` (CLI) over the config's [results] table."""
+    given = given or PublishOptions()
+    res = config.results
+    return replace(
+        given, kind="run", config_hash=config_hash(config),
+        keep_runs=given.keep_runs if given.keep_runs is not None else res.keep_runs,
+        keep_days=given.keep_days if given.keep_days is not None else res.keep_days,
+        replace_estimators=given.replace_estimators or res.replace_estimators,
+    )
+
+
 def analysis_options(config: Config) -> StoreAnalysisOptions:
     return StoreAnalysisOptions.from_mapping(config.analysis.model_dump())
 
@@ -239,8 +258,12 @@ def run_config(
     progress: bool = True,
     quiet: bool = False,
     runner: Runner | None = None,
+    publish: PublishOptions | None = None,
 ) -> RunSummary:
-    """Run ``stages`` for every (selected) cell of ``config`` that needs it."""
+    """Run ``stages`` for every (selected) cell of ``config`` that needs it.
+
+    The analysis publishes one run (``publish``: gate hook, retention; the config's
+    hash and [results] table fill the rest) only when no cell failed at any stage."""
     bad = [s for s in stages if s not in STAGES]
     if bad:
         raise UserError(f"--stages: unknown stage {bad[0]!r} (stages: {', '.join(STAGES)})")
@@ -261,6 +284,7 @@ def run_config(
     own = runner is None
     runner = runner or Runner(config.compute, workers=workers, scheduler=scheduler, progress=progress, quiet=quiet)
     stage_fns = {"extract": _stage_extract, "analyze": _stage_analyze, "report": _stage_report}
+    summary.publish = publish_options(config, publish)
     try:
         with store_lock(store, "gla run"):
             for stage in STAGES:
@@ -288,15 +312,22 @@ def _stage_analyze(config: Config, pairs: list[Pair], store: Path, force: bool, 
             summary.failed.append(CellError(f"{m}/{d}", "no logits in the store (extract it first)"))
     selected = [c for c in summary.cells if c in have]
     if have:  # selected ⊆ have; none selected: the tables keep the last results
+        publish = replace(summary.publish or PublishOptions(), enabled=not summary.failed)
         summary.analysis = analyze_cells(
-            store, analysis_options(config), cells=selected, runner=runner, force=force, log=log
+            store, analysis_options(config), cells=selected, runner=runner, force=force, log=log,
+            publish=publish,
         )
         summary.failed += summary.analysis.failed
+    if summary.failed:
+        log(f"nothing published: {len(summary.failed)} cell(s) failed "
+            f"({', '.join(e.key for e in summary.failed[:8])}{' …' if len(summary.failed) > 8 else ''})")
 
 
 def _stage_report(config: Config, pairs: list[Pair], store: Path, force: bool, runner: Runner,
                   summary: RunSummary, log: Callable[[str], None]) -> None:
-    if (store / "results" / "summary.parquet").exists():
+    if summary.failed:
+        log("report: left as it was (the run failed, nothing was published)")
+    elif publication.latest(store) is not None:
         summary.report, summary.report_written = write_report(store, force=force)
     else:
         log("report: no results tables yet; skipped")

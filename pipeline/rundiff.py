@@ -1,8 +1,10 @@
 """Reading two publications, diffing them (``analyze.diff``) and showing the diff.
 
-A publication's tables are read whole into memory (summary, per_class, provenance and
-the compact predictions; priors and calibration are not needed). ``--from``/``--to``
-accept a run id of the store's history or a folder holding ``<table>.parquet`` files.
+A run's tables are read whole into memory (summary, per_class, provenance and the
+compact predictions; priors and calibration are not needed), through
+``pipeline.publication`` (every file verified). ``--from``/``--to`` accept a run id of
+the store's history (or a unique prefix, ``latest``, ``previous``) or a folder holding
+``<table>.parquet`` files; the default pair is the latest run and the run before it.
 """
 
 from __future__ import annotations
@@ -14,13 +16,21 @@ from typing import Any
 
 import polars as pl
 from gla.analyze import diff as adiff
+from gla.pipeline import publication
 from gla.pipeline.errors import UserError
 
 READ = ("summary", "per_class", "provenance", "predictions")
 
 
+def _required(out: dict[str, pl.DataFrame], where: str, what: str) -> dict[str, pl.DataFrame]:
+    for name in ("summary", "per_class"):
+        if name not in out:
+            raise UserError(f"{where}: no {name} table ({what})")
+    return out
+
+
 def read_tables(folder: str | Path, what: str = "results") -> dict[str, pl.DataFrame]:
-    """The diffable tables of one publication folder (summary and per_class required)."""
+    """The diffable tables of a folder of ``<table>.parquet`` files (a copied run)."""
     folder = Path(folder)
     out = {}
     for name in READ:
@@ -30,29 +40,41 @@ def read_tables(folder: str | Path, what: str = "results") -> dict[str, pl.DataF
                 out[name] = pl.read_parquet(f)
             except Exception as e:  # noqa: BLE001 - a damaged file: name it
                 raise UserError(f"{f}: cannot read {what} table: {e}") from None
-    for name in ("summary", "per_class"):
-        if name not in out:
-            raise UserError(f"{folder / (name + '.parquet')}: no {name} table ({what})")
-    return out
+    return _required(out, str(folder), what)
+
+
+def run_tables(store_root: str | Path, run: publication.Run) -> dict[str, pl.DataFrame]:
+    """The diffable tables of one run of a store (each file verified against its record)."""
+    out = publication.read_tables(store_root, READ, run)
+    return _required(out, str(publication.record_path(store_root, run.id)), f"run {run.id}")
 
 
 def has_results(store_root: str | Path) -> bool:
-    return (Path(store_root) / "results" / "summary.parquet").exists()
+    return publication.latest(store_root) is not None
 
 
 def latest_tables(store_root: str | Path) -> dict[str, pl.DataFrame]:
-    """The store's current publication."""
-    return read_tables(Path(store_root) / "results", f"store {store_root}")
+    """The store's latest run."""
+    return run_tables(store_root, publication.resolve(store_root, None))
 
 
 def resolve(store_root: str | Path, ref: str | None) -> tuple[str, dict[str, pl.DataFrame]]:
-    """(label, tables) of a run reference: a folder of tables, or None for the latest."""
-    if ref is None:
-        return "latest", latest_tables(store_root)
-    p = Path(ref)
-    if p.is_dir():
-        return str(p), read_tables(p, f"run {ref}")
-    raise UserError(f"run {ref!r}: not a folder of result tables, and this store keeps no run history")
+    """(label, tables) of a run reference: None or "latest", "previous", a run id (or a
+    unique prefix), or a folder holding ``<table>.parquet`` files."""
+    if ref is not None and (Path(ref) / "summary.parquet").is_file():
+        return str(ref), read_tables(ref, f"run {ref}")
+    run = publication.resolve(store_root, ref)
+    return run.id, run_tables(store_root, run)
+
+
+def previous_run(store_root: str | Path, ref: str | None) -> publication.Run:
+    """The kept run just before ``ref`` (default: the latest run)."""
+    run = publication.resolve(store_root, ref)
+    older = [i for i in publication.run_ids(store_root) if i < run.id]
+    if not older:
+        raise UserError(f"{store_root}: run {run.id} is the oldest kept run, so there is no "
+                        "previous run to compare with (pass --from RUN or --against STORE)")
+    return publication.read_run(store_root, older[-1])
 
 
 def compute(old: dict[str, pl.DataFrame], new: dict[str, pl.DataFrame], fdr: float = 0.05) -> adiff.RunDiff:

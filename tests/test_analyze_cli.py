@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import zlib
 
@@ -12,6 +11,7 @@ import polars as pl
 import pytest
 from gla.analyze.synthetic import planted_world, zipf_prior
 from gla.extract import cellformat as cf
+from gla.pipeline import publication
 from gla.pipeline.cell_analysis import StoreAnalysisOptions, analyze_cell
 from gla.pipeline.cli import main
 from gla.pipeline.results import COLUMNS
@@ -28,9 +28,10 @@ def _gla(capsys, *argv):
 
 
 def _snapshot(folder):
+    """sha256 of every published file under results/ (runs and LATEST; not the caches)."""
     return {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.glob("*")) if p.is_file()
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*")) if p.is_file() and "cells" not in p.relative_to(folder).parts
     }
 
 
@@ -75,8 +76,7 @@ def test_analyze_writes_documented_tables_with_sane_values(world, capsys):
     code, out, err = _gla(capsys, "analyze", "--store", store)
     assert code == 0, err
     assert "gla" in out and "m1" in out  # the rich summary table
-    res = store / "results"
-    tables = {name: pl.read_parquet(res / f"{name}.parquet") for name in COLUMNS}
+    tables = {name: publication.read_table(store, name) for name in COLUMNS}
     for name, cols in COLUMNS.items():
         assert set(cols) <= set(tables[name].columns), name
     s = tables["summary"]
@@ -113,11 +113,11 @@ def test_accuracies_match_a_direct_numpy_reference(world, capsys):
     assert _gla(capsys, "analyze", "--store", store, "--only", "model=m1")[0] == 0
     s = Store(store)
     d = s.read_split("m1", "d", "test")
-    pri = pl.read_parquet(store / "results" / "priors.parquet").filter(
+    pri = publication.read_table(store, "priors").filter(
         (pl.col("model") == "m1") & (pl.col("estimator") == "gla")).sort("class_index")
     log_pp = np.log(pri["prior"].to_numpy())
     log_ps = np.log(counts / counts.sum())
-    summary = pl.read_parquet(store / "results" / "summary.parquet")
+    summary = publication.read_table(store, "summary")
     acc = dict(zip(summary["method"].to_list(), summary["accuracy"].to_list(), strict=True))
     ref = {
         "zs": d.zs,
@@ -151,14 +151,18 @@ def test_streaming_batches_and_threads_do_not_change_results(world):
 def test_only_replaces_that_cells_rows_and_keeps_others(world, capsys):
     store, _, _ = world
     assert _gla(capsys, "analyze", "--store", store)[0] == 0
-    before = pl.read_parquet(store / "results" / "summary.parquet")
+    before = publication.read_table(store, "summary")
     code, _, err = _gla(capsys, "analyze", "--store", store, "--only", "model=m1,dataset=d",
                         "--estimator", "eigen", "--estimator", "gla")
     assert code == 0, err
-    after = pl.read_parquet(store / "results" / "summary.parquet")
+    after = publication.read_table(store, "summary")
     assert after.filter(pl.col("model") == "m2").equals(before.filter(pl.col("model") == "m2"))
-    assert after.height == before.height
-    pri = pl.read_parquet(store / "results" / "priors.parquet")
+    # eigen (now the methods' estimator) is added beside the earlier gla rows, which stay as they were
+    m1 = pl.col("model") == "m1"
+    assert after.height == before.height + 6
+    assert set(after.filter(m1)["estimator"]) == {"eigen", "gla"}
+    assert after.filter(m1 & (pl.col("estimator") == "gla")).equals(before.filter(m1))
+    pri = publication.read_table(store, "priors")
     assert set(pri.filter(pl.col("model") == "m1")["estimator"]) == {"eigen", "gla"}
     assert set(pri.filter(pl.col("model") == "m2")["estimator"]) == {"gla"}
 
@@ -178,28 +182,28 @@ def test_options_pass_through(world, capsys, tmp_path):
     np.save(tmp_path / "uniform.npy", np.ones(C))
     base = ["analyze", "--store", store, "--only", "model=m1", "--quiet"]
     assert _gla(capsys, *base)[0] == 0
-    plain = pl.read_parquet(store / "results" / "summary.parquet").sort("method")
+    plain = publication.read_table(store, "summary").sort("method")
     assert _gla(capsys, *base, "--target-prior", tmp_path / "uniform.npy")[0] == 0
-    uni = pl.read_parquet(store / "results" / "summary.parquet").sort("method")
+    uni = publication.read_table(store, "summary").sort("method")
     # a uniform target prior adds a constant: same predictions
     assert uni["accuracy"].to_list() == plain["accuracy"].to_list()
     tail = np.full(C, 1.0)
     tail[0] = 50.0
     np.save(tmp_path / "skewed.npy", tail)
     assert _gla(capsys, *base, "--target-prior", tmp_path / "skewed.npy")[0] == 0
-    sk = pl.read_parquet(store / "results" / "summary.parquet").sort("method")
+    sk = publication.read_table(store, "summary").sort("method")
     assert sk["accuracy"].to_list() != plain["accuracy"].to_list()
     for t in ("confidence", "nll"):
         code, _, err = _gla(capsys, *base, "--temperature", t)
         assert code == 0, (t, err)
         # the fitted temperature is recorded, and the zs NLL is scored at that temperature
-        temp = pl.read_parquet(store / "results" / "priors.parquet")["temperature"].unique()
+        temp = publication.read_table(store, "priors")["temperature"].unique()
         assert temp.len() == 1 and temp[0] != 1.0, t
-        scaled = pl.read_parquet(store / "results" / "summary.parquet").sort("method")
+        scaled = publication.read_table(store, "summary").sort("method")
         assert scaled["nll"].to_list() != plain["nll"].to_list(), t
     code, _, err = _gla(capsys, *base, "--smoothing", "3")
     assert code == 0, err
-    pc = pl.read_parquet(store / "results" / "per_class.parquet")
+    pc = publication.read_table(store, "per_class")
     ds = pc.filter(pl.col("method") == "gla").sort("class_index")["prior_downstream"].to_numpy()
     np.testing.assert_allclose(ds, (counts + 3) / (counts + 3).sum(), rtol=1e-9)
 
@@ -271,7 +275,8 @@ def test_bad_cells_exit_2_one_line_results_untouched(world, capsys):
     store, _, _ = world
     assert _gla(capsys, "analyze", "--store", store, "--quiet")[0] == 0
     before = _snapshot(store / "results")
-    assert {"summary.parquet", "per_class.parquet", "priors.parquet", "calibration.parquet"} <= set(before)
+    assert {"summary.parquet", "per_class.parquet", "priors.parquet", "calibration.parquet"} <= \
+        {k.rsplit("/", 1)[-1] for k in before}
     for name, (build, fragment) in _bad_cells().items():
         bad = cf.cell_dir(store, "bad", "d")
         build(store)
@@ -294,7 +299,7 @@ def test_unknown_eval_labels_are_skipped_and_reported(world, capsys):
     code, out, err = _gla(capsys, "analyze", "--store", store, "--only", "model=part")
     assert code == 0, err
     assert "2 eval rows with unknown label (-1) were not scored" in out
-    s = pl.read_parquet(store / "results" / "summary.parquet")
+    s = publication.read_table(store, "summary")
     assert s["n"].to_list() == [5 * C - 2] * s.height
 
 
@@ -307,7 +312,7 @@ def test_label_free_estimator_fits_on_unlabelled_split(world, capsys):
     assert code == 2 and "split 'val' needs labels" in err
     code, _, err = _gla(capsys, *base, "--estimator", "prior-matching")
     assert code == 0, err
-    pri = pl.read_parquet(store / "results" / "priors.parquet")
+    pri = publication.read_table(store, "priors")
     assert set(pri["estimator"]) == {"prior-matching"}
 
 
@@ -360,8 +365,7 @@ def test_failure_while_writing_leaves_results_untouched(world, capsys, monkeypat
     monkeypatch.setattr(pl.DataFrame, "write_parquet", flaky)
     with pytest.raises(OSError):
         main(["analyze", "--store", str(store), "--quiet", "--smoothing", "2"])
-    assert _snapshot(store / "results") == before
-    assert sorted(p.name for p in (store / "results").iterdir() if p.is_file()) == sorted(before)
+    assert _snapshot(store / "results") == before  # the unfinished run's files are gone too
 
 
 def test_eval_split_is_streamed_in_bounded_batches(world, monkeypatch):
@@ -409,14 +413,17 @@ def test_options_from_config_mapping():
 
 
 def test_unreadable_results_table_is_rebuilt_from_the_cell_caches(world, capsys):
-    """The combined tables are derived from results/cells/*: a damaged one is rebuilt."""
+    """A damaged file of the latest run is named by readers; the next analysis publishes a
+    fresh run from results/cells/*."""
     store, _, _ = world
     assert _gla(capsys, "analyze", "--store", store, "--quiet")[0] == 0
-    good = pl.read_parquet(store / "results" / "per_class.parquet")
-    (store / "results" / "per_class.parquet").write_bytes(b"not parquet")
+    good = publication.read_table(store, "per_class")
+    publication.table_path(store, "per_class").write_bytes(b"not parquet")
+    code, _, err = _gla(capsys, "report", "--store", store)
+    assert code == 2 and "per_class.parquet" in err and len(err.strip().splitlines()) == 1, err
     code, _, err = _gla(capsys, "analyze", "--store", store, "--quiet")
     assert code == 0, err
-    assert pl.read_parquet(store / "results" / "per_class.parquet").equals(good)
+    assert publication.read_table(store, "per_class").equals(good)
 
 
 def test_multi_part_float16_cell_matches_reference(tmp_path):
@@ -444,17 +451,16 @@ def test_multi_part_float16_cell_matches_reference(tmp_path):
     assert res.tables["per_class"]["class_name"].to_list()[:2] == ["c0", "c1"]
 
 
-def test_analyze_does_not_trust_a_foreign_combined_marker(world, capsys):
-    """The tables are rebuilt unless the marker lists exactly the cells' current caches."""
-    from gla.pipeline.incremental import COMBINED_FILE
-
+def test_analyze_does_not_trust_latest_file(world, capsys):
+    """results/LATEST is for readers without gla: gla itself goes by the commit records."""
     store, _, _ = world
-    marker = store / "results" / "cells" / COMBINED_FILE
-    marker.parent.mkdir(parents=True)
-    marker.write_text("{}")
     assert _gla(capsys, "analyze", "--store", store, "--quiet")[0] == 0
-    assert set(json.loads(marker.read_text())["cells"]) == {"m1/d", "m2/d"}
-    assert pl.read_parquet(store / "results" / "summary.parquet").height == 6 + 2
+    run = publication.latest(store)
+    assert (store / "results" / "LATEST").read_text().strip() == run.id
+    (store / "results" / "LATEST").write_text("20000101T000000.000Z-000000\n")
+    assert _gla(capsys, "analyze", "--store", store, "--quiet")[0] == 0
+    assert publication.latest(store).id == run.id  # no change: no new run
+    assert publication.read_table(store, "summary").height == 6 + 2
 
 
 def test_help_lists_every_estimator():

@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 from gla.analyze import schema, synthetic
+from gla.pipeline import publication
 from gla.pipeline.cli import main
 
 C = 8
@@ -57,7 +58,7 @@ def test_target_priors_windows_and_label_issues_end_to_end(shifted_store, capsys
     code, _, err = _gla(capsys, "analyze", "--store", store, "--target-estimator", "em",
                         "--target-estimator", "bbse", "--label-issues", "--fdr", "0.1", "--quiet")
     assert code == 0, err
-    res = store / "results"
+    res = publication.latest_dir(store)
     summary = pl.read_parquet(res / "summary.parquet")
     tp = summary.filter(pl.col("method") == "gla_tp")
     assert sorted(tp["target_estimator"].to_list()) == ["bbse", "em"]

@@ -112,6 +112,6 @@ def test_gla_analyze_with_env_scheduler_and_no_workers_exit_2(tmp_path, empty_sc
     assert len(lines) == 1, proc.stderr
     assert f"scheduler {empty_scheduler} (DASK_SCHEDULER_ADDRESS) has no workers after 1 s" in lines[0]
     assert "waiting up to 1 s" in proc.stdout
-    assert not (tmp_path / "S" / "results" / "summary.parquet").exists()
+    assert not (tmp_path / "S" / "results" / "runs").exists()
     after = sorted(p.relative_to(tmp_path) for p in (tmp_path / "S").rglob("*") if ".lock" not in p.name)
     assert [p for p in after if p not in before and p.suffix == ".parquet"] == []

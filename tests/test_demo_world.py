@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from gla.extract import sources
 from gla.extract.demo import world
-from gla.pipeline import demo
+from gla.pipeline import demo, publication
 
 ASSETS = demo.ASSETS
 
@@ -162,13 +162,13 @@ def test_reduced_demo_end_to_end(tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "Accuracy on the balanced test split" in out and "Spearman" in out
-    summary = pl.read_parquet(store / "results" / "summary.parquet")
+    summary = publication.read_table(store, "summary")
     shifted = {"fashion-blur", "animals-noise", "fashion-tops-noise"}
     assert set(summary["dataset"]) == {"fashion", "animals"} | shifted
     assert set(summary["method"]) == {"zs", "zs_debiased", "ft", "ft_la", "ensemble", "gla", "wiseft@0.5",
                                       "gla_tp"}
     # the planted audits: π_t tracked over three deploy windows, label issues in the audit split
-    tp = pl.read_parquet(store / "results" / "target_priors.parquet")
+    tp = publication.read_table(store, "target_priors")
     assert set(tp["dataset"]) == {"fashion", "animals"}
     assert set(tp["window"].drop_nulls()) == {"deploy-1", "deploy-2", "deploy-3"}
     assert "Planted wrong labels" in out and "Label shift" in out
@@ -176,16 +176,16 @@ def test_reduced_demo_end_to_end(tmp_path, capsys):
     n = dict(summary.select("dataset", "n").unique().iter_rows())
     assert n == {"fashion": 100, "animals": 100, "fashion-blur": 100, "animals-noise": 100,
                  "fashion-tops-noise": 40}  # 30 per class − 20 for val; the tops are 4 classes
-    rob = pl.read_parquet(store / "results" / "robustness.parquet")
+    rob = publication.read_table(store, "robustness")
     assert set(rob["dataset"]) == shifted and set(rob["source_dataset"]) == {"fashion", "animals"}
     assert (store / "report" / "index.html").stat().st_size > 10_000
-    agreement = demo.prior_agreement(store / "results", demo.true_frequencies())
+    agreement = demo.prior_agreement(publication.latest_dir(store), demo.true_frequencies())
     assert agreement["spearman"].is_finite().all()
     # a second run does no work: the same tables, nothing recomputed
-    before = (store / "results" / "summary.parquet").stat().st_mtime_ns
+    before = publication.run_ids(store)
     assert main(["demo", "--store", str(store), "--workers", "0", "--limit-per-class", "30",
                  "--no-progress"]) == 0
-    assert (store / "results" / "summary.parquet").stat().st_mtime_ns == before
+    assert publication.run_ids(store) == before  # no new run
 
 
 def test_full_demo_shows_what_gla_is_for(tmp_path):
@@ -195,7 +195,7 @@ def test_full_demo_shows_what_gla_is_for(tmp_path):
 
     config = demo.demo_config(tmp_path / "store", workers=0)
     assert run_config(config, progress=False, quiet=True).ok
-    results = tmp_path / "store" / "results"
+    results = publication.latest_dir(tmp_path / "store")
     acc = {(r["dataset"], r["method"]): r["accuracy"]
            for r in pl.read_parquet(results / "summary.parquet").iter_rows(named=True)}
     for ds in ("fashion", "animals"):

@@ -14,6 +14,7 @@ import polars as pl
 import pytest
 from gla.analyze.priors import downstream_prior, estimate_pretrain_prior
 from gla.extract import cellformat as cf
+from gla.pipeline import publication
 from gla.pipeline.analysis import analyze_store
 from gla.pipeline.cell_analysis import StoreAnalysisOptions as AnalyzeOptions
 from gla.pipeline.distshift import write_shift
@@ -79,7 +80,7 @@ def _masked_gla_accuracy(src, counts, keep, full):
 def test_shifted_subset_scored_with_source_priors(world):
     store, src, counts, keep, full = world
     analyze_store(store, AnalyzeOptions())
-    res = store / "results"
+    res = publication.latest_dir(store)
     rob = pl.read_parquet(res / "robustness.parquet")
     row = {r["method"]: r for r in rob.iter_rows(named=True)}
     ref_gla, ref_zs = _masked_gla_accuracy(src, counts, keep, full)
@@ -104,7 +105,7 @@ def test_shifted_subset_scored_with_source_priors(world):
 def test_mapping_by_index_equals_mapping_by_name(world, tmp_path):
     store, src, counts, keep, full = world
     analyze_store(store, AnalyzeOptions())
-    by_name = pl.read_parquet(store / "results" / "robustness.parquet").sort("method")
+    by_name = publication.read_table(store, "robustness").sort("method")
     # rename the shifted classes so that names no longer match: indices must do it
     cell = cf.cell_dir(store, "m", "shf")
     t = Store(store).read_split("m", "shf", "test", columns=("label", "zs", "ft", "sample_id"))
@@ -115,7 +116,7 @@ def test_mapping_by_index_equals_mapping_by_name(world, tmp_path):
         analyze_store(store, AnalyzeOptions())
     write_shift(store, {"name": "shf", "evaluate_with": "src", "source_classes": keep})
     analyze_store(store, AnalyzeOptions())
-    by_index = pl.read_parquet(store / "results" / "robustness.parquet").sort("method")
+    by_index = publication.read_table(store, "robustness").sort("method")
     assert by_index["accuracy"].to_list() == by_name["accuracy"].to_list()
     write_shift(store, {"name": "shf", "evaluate_with": "src", "source_classes": [5, 1, 9]})
     with pytest.raises(UserError, match="source_classes must be distinct indices in 0..5"):
@@ -125,12 +126,12 @@ def test_mapping_by_index_equals_mapping_by_name(world, tmp_path):
 def test_changed_source_reanalyses_the_shifted_set(world):
     store, src, counts, keep, full = world
     analyze_store(store, AnalyzeOptions())
-    before = pl.read_parquet(store / "results" / "robustness.parquet")
+    before = publication.read_table(store, "robustness")
     # new source counts: π_s changes, so the shifted set's gla must change
     Store(store).write_class_counts("src", counts[::-1].copy(), NAMES)
     run = analyze_store(store, AnalyzeOptions(), load_results=False).run
     assert run is not None
-    after = pl.read_parquet(store / "results" / "robustness.parquet")
+    after = publication.read_table(store, "robustness")
     assert before.filter(pl.col("method") == "gla")["source_accuracy"].item() != \
         after.filter(pl.col("method") == "gla")["source_accuracy"].item()
     shf_gla = after.filter(pl.col("method") == "gla")["accuracy"].item()
@@ -141,7 +142,7 @@ def test_changed_source_reanalyses_the_shifted_set(world):
 def test_bad_declarations_are_refused_and_results_stay(world):
     store, *_ = world
     analyze_store(store, AnalyzeOptions())
-    before = {p.name: p.read_bytes() for p in (store / "results").rglob("*.parquet")}
+    before = {str(p.relative_to(store)): p.read_bytes() for p in (store / "results").rglob("*.parquet")}
     path = store / "datasets" / "shf" / "evaluate_with.json"
     path.write_text(json.dumps({"source": "nowhere"}))
     with pytest.raises(UserError, match="source cell m/nowhere is not in the store"):
@@ -149,7 +150,7 @@ def test_bad_declarations_are_refused_and_results_stay(world):
     path.write_text("{not json")
     with pytest.raises(UserError, match="evaluate_with.json: unreadable shift declaration"):
         analyze_store(store, AnalyzeOptions())
-    assert {p.name: p.read_bytes() for p in (store / "results").rglob("*.parquet")} == before
+    assert {str(p.relative_to(store)): p.read_bytes() for p in (store / "results").rglob("*.parquet")} == before
 
 
 def test_config_validates_evaluate_with(tmp_path):

@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 import pytest
 from gla.analyze.synthetic import planted_world
+from gla.pipeline import publication
 from gla.pipeline.cli import main
 
 C = 10
@@ -59,7 +60,7 @@ def store(tmp_path, capsys):
 
 def test_worse_finetuned_model_fails_the_gate_and_is_published(store, tmp_path, capsys):
     before = tmp_path / "before"
-    shutil.copytree(store / "results", before, ignore=shutil.ignore_patterns("cells"))
+    shutil.copytree(publication.latest_dir(store), before)
     w = planted_world(C, 300, seed=12, signal=2.0)  # dataset b's test split, same samples
     rng = np.random.default_rng(5)
     worse_ft = w.ft + rng.normal(0, 3.0, w.ft.shape).astype(np.float32)  # a worse checkpoint's logits
@@ -70,11 +71,11 @@ def test_worse_finetuned_model_fails_the_gate_and_is_published(store, tmp_path, 
     assert failed and all("m/b" in line for line in failed)
     assert any("ft.accuracy" in line for line in failed) and not any("m/a" in line for line in err.splitlines())
     # Published anyway: the tables on disk hold the worse ft accuracy.
-    new = pl.read_parquet(store / "results" / "summary.parquet")
+    new = publication.read_table(store, "summary")
     old = pl.read_parquet(before / "summary.parquet")
     pick = (pl.col("dataset") == "b") & (pl.col("method") == "ft")
     assert new.filter(pick)["accuracy"][0] < old.filter(pick)["accuracy"][0] - 0.05
-    assert _sha(store / "results" / "summary.parquet") != _sha(before / "summary.parquet")
+    assert _sha(publication.table_path(store, "summary")) != _sha(before / "summary.parquet")
     # gla diff --from the copy: paired (same sample ids), the ft drop is significant.
     code, out, err = _gla(capsys, "diff", "--store", store, "--from", before, "--json")
     assert code == 0, err

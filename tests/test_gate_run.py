@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("open_clip")
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
-from gla.pipeline import demo  # noqa: E402
+from gla.pipeline import demo, publication  # noqa: E402
 from gla.pipeline.cli import main  # noqa: E402
 
 A = demo.ASSETS
@@ -57,7 +57,7 @@ def _run(capsys, cfg, *extra):
 
 
 def _acc(tmp_path, method):
-    s = pl.read_parquet(tmp_path / "store" / "results" / "summary.parquet")
+    s = publication.read_table(tmp_path / "store", "summary")
     return s.filter(pl.col("method") == method)["accuracy"][0]
 
 
@@ -89,4 +89,5 @@ def test_template_change_and_worse_checkpoint_fire_the_gate(tmp_path, capsys):
     # With the report stage, the report shows the changes the gate judged.
     code, err = _run(capsys, _config(tmp_path, good_t, good_ft), "--stages", "extract,analyze,report")
     page = (tmp_path / "store" / "report" / "index.html").read_text()
-    assert "Changes since the previous run" in page and "before this run" in page
+    parent = publication.latest(tmp_path / "store").record["parent"]  # the run the gate compared with
+    assert "Changes since the previous run" in page and parent in page, err

@@ -1,4 +1,4 @@
-"""Incremental analysis: content keys, per-cell caches, atomic combined tables."""
+"""Incremental analysis: content keys, per-cell caches, publication as one run."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 from gla.pipeline import incremental as inc
+from gla.pipeline import publication
 from gla.pipeline.errors import UserError
 from gla.pipeline.runner import Runner
 from gla.pipeline.store import Store
@@ -65,7 +66,14 @@ def run(store, fn, options=Opts(), **kw):
 
 
 def table(store, name="summary"):
-    return pl.read_parquet(store.root / "results" / f"{name}.parquet").sort("model", "dataset")
+    return publication.read_table(store, name).sort("model", "dataset")
+
+
+def runs_bytes(store):
+    """Every file under results/runs/ and results/LATEST, by relative path: its bytes."""
+    res = store.root / "results"
+    files = [*(res / "runs").rglob("*"), res / "LATEST"]
+    return {str(p.relative_to(res)): p.read_bytes() for p in files if p.is_file()}
 
 
 def test_first_run_then_nothing_to_do(store):
@@ -75,12 +83,14 @@ def test_first_run_then_nothing_to_do(store):
     summ = table(store)
     assert [(r["model"], r["dataset"]) for r in summ.iter_rows(named=True)] == sorted(CELLS)
     assert table(store, "calibration").height == 3
-    mtimes = {p.name: p.stat().st_mtime_ns for p in (store.root / "results").glob("*.parquet")}
+    before = runs_bytes(store)
+    assert len(publication.run_ids(store)) == 1 and s.run_id == publication.run_ids(store)[0]
+    assert not list((store.root / "results").glob("*.parquet"))  # no top-level tables
 
     fn2 = FakeAnalysis()
     s2 = run(store, fn2)
     assert fn2.calls == [] and sorted(s2.cached) == sorted(CELLS) and not s2.tables_written
-    assert {p.name: p.stat().st_mtime_ns for p in (store.root / "results").glob("*.parquet")} == mtimes
+    assert runs_bytes(store) == before and s2.run_id == s.run_id  # no new run
 
 
 def test_option_change_recomputes_and_force(store):
@@ -141,7 +151,9 @@ def test_failing_cell_keeps_others_and_is_retried(store):
     assert sorted(s.computed) == [("m0", "d0"), ("m1", "d0")]
     # The failed cell's old (other-options) results are not mixed in.
     assert s.left_out == [("m0", "d1")]
-    assert set(table(store).select("model", "dataset").iter_rows()) == {("m0", "d0"), ("m1", "d0")}
+    # Nothing is published: the previous run stays the latest, all three cells in it.
+    assert not s.tables_written and len(publication.run_ids(store)) == 1
+    assert set(table(store).select("model", "dataset").iter_rows()) == set(CELLS)
     fn = FakeAnalysis()
     run(store, fn, Opts(shift=0.25))
     assert fn.calls == [("m0", "d1")]
@@ -158,15 +170,15 @@ def test_only_selected_cells_are_computed(store):
         run(store, FakeAnalysis(), cells=[("nope", "d0")])
 
 
-def test_crash_while_combining_leaves_old_tables_whole(store, monkeypatch):
+def test_crash_while_publishing_leaves_old_run_whole(store, monkeypatch):
     run(store, FakeAnalysis())
-    old = {n: table(store, n) for n in ("summary", "per_class", "priors")}
+    before, old = runs_bytes(store), table(store)
     real = pl.DataFrame.write_parquet
     calls = {"n": 0}
 
     def flaky(self, path, *a, **kw):
         calls["n"] += 1
-        if calls["n"] == 2:  # the second combined table fails after the first was staged
+        if calls["n"] == 2:  # the second table of the new run fails after the first was written
             raise OSError("disk full (simulated)")
         return real(self, path, *a, **kw)
 
@@ -174,16 +186,15 @@ def test_crash_while_combining_leaves_old_tables_whole(store, monkeypatch):
     with pytest.raises(OSError, match="simulated"):
         run(store, FakeAnalysis(), Opts(shift=0.5))
     monkeypatch.setattr(pl.DataFrame, "write_parquet", real)
-    # Tables are staged and renamed only when all are written: the old ones are untouched.
-    for n in ("summary", "per_class", "priors"):
-        assert table(store, n).equals(old[n])
-    assert not [p.name for p in (store.root / "results").iterdir() if p.name.startswith(".")]
-    # The combined marker was dropped first, so the next run rebuilds the tables.
-    assert not (store.root / "results" / "cells" / inc.COMBINED_FILE).exists()
+    # The unfinished run's files are removed: the old run is all there is, byte for byte.
+    assert runs_bytes(store) == before
+    assert len(publication.run_ids(store)) == 1 and table(store).equals(old)
     fn = FakeAnalysis()
     s = run(store, fn, Opts(shift=0.5))
     assert fn.calls == [] and s.tables_written
     assert (table(store)["accuracy"] > 0.5).all()
+    assert sorted(p.name for p in (store.root / "results" / "runs").iterdir() if p.is_dir()) == \
+        publication.run_ids(store)
 
 
 def test_cache_without_key_is_not_trusted(store):
@@ -225,16 +236,16 @@ def test_unselected_cells_keep_their_last_results(store):
     assert after.filter(~others)["accuracy"][0] > 0.5
 
 
-def test_strict_failure_leaves_tables_untouched_and_keeps_good_caches(store):
+def test_failure_leaves_runs_untouched_and_keeps_good_caches(store):
     run(store, FakeAnalysis())
-    files = {p.name: p.read_bytes() for p in (store.root / "results").glob("*.parquet")}
+    files = runs_bytes(store)
     fn = FakeAnalysis(fail={"m1/d0"})
-    s = run(store, fn, Opts(shift=0.5), strict=True)
+    s = run(store, fn, Opts(shift=0.5))
     assert [e.key for e in s.failed] == ["m1/d0"] and not s.tables_written
-    assert {p.name: p.read_bytes() for p in (store.root / "results").glob("*.parquet")} == files
+    assert runs_bytes(store) == files
     # The good cells' new results are cached: after the fix only the failed cell runs.
     fn = FakeAnalysis()
-    s = run(store, fn, Opts(shift=0.5), strict=True)
+    s = run(store, fn, Opts(shift=0.5))
     assert fn.calls == [("m1", "d0")] and s.tables_written
     assert (table(store)["accuracy"] > 0.5).all()
 

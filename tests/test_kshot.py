@@ -11,6 +11,7 @@ import pytest
 from fixtures_tiny_clip import tiny_clip_fixture  # noqa: F401
 from gla.analyze import kshot
 from gla.analyze.priors import estimate_pretrain_prior
+from gla.pipeline import publication
 from scipy.optimize import brentq
 from scipy.special import softmax
 
@@ -101,7 +102,7 @@ def test_kshot_columns_and_table_from_images(tiny_clip, tmp_path):
     assert cf.table_metadata(parts[0].schema)["kshot"].keys() == {"1", "2"}
 
     analyze_store(tmp_path / "s")
-    k = pl.read_parquet(tmp_path / "s" / "results" / "kshot.parquet")
+    k = publication.read_table(tmp_path / "s", "kshot")
     assert sorted(set(k["shots"])) == [1, 2] and k.height == 12
     assert (k["temperature_zs"] > 0).all() and (k["temperature_ft"] > 0).all()
     acc_ft1 = k.filter((pl.col("shots") == 1) & (pl.col("method") == "ft"))["accuracy"].item()

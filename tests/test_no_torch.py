@@ -72,8 +72,8 @@ def test_analysis_path_without_torch(tmp_path):
         np.save("counts.npy", np.full(8, 100))
         assert main(["import", "--store", "S", "--dataset", "d", "--train-counts", "counts.npy"]) == 0
         rc = main(["analyze", "--store", "S", "--quiet"])
-        import polars as pl
-        s = pl.read_parquet("S/results/summary.parquet")
+        from gla.pipeline import publication
+        s = publication.read_table("S", "summary")
         loaded = sorted(m for m, mod in sys.modules.items()
                         if m.split(".")[0] in BLOCKED and mod is not None)
         print(json.dumps({"rc": rc, "methods": sorted(s["method"].to_list()), "loaded": loaded}))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from gla.pipeline import publication
 from gla.pipeline.cell_analysis import StoreAnalysisOptions
 from gla.pipeline.errors import UserError
 from gla.pipeline.incremental import analyze_cells
@@ -111,7 +112,7 @@ def _fmt(v):
 
 def test_methods_tables_match_summary_parquet(report):
     root, _, text = report
-    summary = pl.read_parquet(root / "results" / "summary.parquet")
+    summary = publication.read_table(root, "summary")
     page = parse(text)
     sections = {}  # the first table of each cell section: its methods table
     for sec, rows in page.tables:
@@ -138,7 +139,7 @@ def test_methods_tables_match_summary_parquet(report):
 
 def test_overview_gain_matches_tables(report):
     root, _, text = report
-    summary = pl.read_parquet(root / "results" / "summary.parquet")
+    summary = publication.read_table(root, "summary")
     overview = [rows for sec, rows in parse(text).tables if sec == "overview"][0]
     header, body = overview[0], overview[1:]
     col = {h: i for i, h in enumerate(header)}
@@ -156,7 +157,7 @@ def test_overview_gain_matches_tables(report):
 
 def test_gain_table_independent_of_row_order(report):
     root, _, _ = report
-    summary = pl.read_parquet(root / "results" / "summary.parquet")
+    summary = publication.read_table(root, "summary")
     a = gain_table(summary)
     b = gain_table(summary.reverse())
     assert a.equals(b)
@@ -176,7 +177,7 @@ def test_rebuilt_only_when_tables_change(tmp_path):
 
 
 def test_missing_tables_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match=r"summary.parquet: not found"):
+    with pytest.raises(UserError, match=r"results: no published run"):
         write_report(tmp_path)
 
 
@@ -198,7 +199,7 @@ def test_calibration_table_matches_brute_force(report):
     from gla.pipeline.store import Store
 
     root, _, _ = report
-    cal = pl.read_parquet(root / "results" / "calibration.parquet")
+    cal = publication.read_table(root, "calibration")
     assert set(cal.columns) >= {"model", "dataset", "method", "bin", "count", "confidence", "accuracy"}
     d = Store(root).read_split("clip-a", "fashion", "test")
     z = d.zs.astype(np.float64)
@@ -359,7 +360,7 @@ def test_calibration_change_is_stated_in_words():
 
 def test_calibration_sentence_in_each_cell_section(report):
     root, _, text = report
-    summary = pl.read_parquet(root / "results" / "summary.parquet")
+    summary = publication.read_table(root, "summary")
     for m, d, ft in CELLS:
         ece = {r["method"]: r["ece"] for r in summary.filter((pl.col("model") == m) & (pl.col("dataset") == d)).iter_rows(named=True)}
         base, after = ("ft", "gla") if ft else ("zs", "zs_debiased")

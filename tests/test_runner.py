@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from gla.extract import cellformat as cf
+from gla.pipeline import publication
 from gla.pipeline.errors import UserError
 from gla.pipeline.runner import CellError, ComputeOptions, Runner, failures, item_key, map_cells
 
@@ -142,7 +143,7 @@ def test_gla_run_on_a_cluster_then_rerun_does_nothing(tmp_path):
     from gla.pipeline.cell_analysis import StoreAnalysisOptions, analyze_cell
 
     # The cluster's tables equal an in-process analysis of each cell.
-    summary = pl.read_parquet(store / "results" / "summary.parquet")
+    summary = publication.read_table(store, "summary")
     direct = analyze_cell(store, "mb", "da", StoreAnalysisOptions(estimators=("gla", "eigen")))
     got = summary.filter((pl.col("model") == "mb") & (pl.col("dataset") == "da")).sort("method")
     assert got.select(direct.summary.columns).equals(direct.summary.sort("method"))
@@ -156,7 +157,7 @@ def test_gla_run_on_a_cluster_then_rerun_does_nothing(tmp_path):
     again = json.loads(r.stdout)
     assert again["analysed"] == [] and sorted(again["analysis_unchanged"]) == sorted(first["analysed"])
     assert "local cluster" not in r.stderr  # nothing to do: no cluster started
-    assert "tables unchanged" in r.stderr and "(unchanged)" in r.stderr
+    assert "no new run (unchanged)" in r.stderr and "(unchanged)" in r.stderr
 
     # One option changed on the command line: every cell recomputed; --only limits it.
     r = gla("run", cfg, "--stages", "analyze", "--workers", "0", "--set", "analysis.smoothing=1.0",
@@ -178,7 +179,10 @@ def test_gla_run_failing_cell_reported_exit_1(tmp_path):
     assert fail["cell"] == "mb/db" and "split 'val' not found" in fail["error"]
     assert sorted(out["analysed"]) == ["ma/da", "ma/db", "mb/da"]
     assert "FAILED mb/db" in r.stderr
-    assert (tmp_path / "store" / "report" / "index.html").exists()
+    # A failed run publishes nothing (no run, no report) and names the failed cell.
+    assert "nothing published: 1 cell(s) failed (mb/db)" in r.stderr
+    assert publication.run_ids(tmp_path / "store") == [] and out["published"] is False
+    assert not (tmp_path / "store" / "report" / "index.html").exists()
 
 
 def test_gla_run_bad_input_exit_2(tmp_path):
@@ -225,19 +229,22 @@ def test_gla_run_extracts_analyses_reports_and_reruns_nothing(tmp_path):
 
 
 def test_gla_analyze_on_a_cluster_equals_in_process(tmp_path):
-    import polars as pl
 
     _synthetic_config(tmp_path, workers=0)
     store = tmp_path / "store"
     r = gla("analyze", "--store", store, "--workers", "0")
     assert r.returncode == 0, r.stderr
     assert "4 analysed, 0 unchanged" in r.stdout and "local cluster" not in r.stdout
-    here = {n: pl.read_parquet(store / "results" / f"{n}.parquet") for n in ("summary", "per_class", "calibration")}
+    here = {n: publication.read_table(store, n) for n in ("summary", "per_class", "calibration")}
     r = gla("analyze", "--store", store, "--workers", "2", "--force")
     assert r.returncode == 0, r.stderr
     assert r.stderr == ""  # notes go to stdout: stderr is for the one error line
     assert "gla: local cluster: 2 worker(s)" in r.stdout and "4 analysed" in r.stdout
     for name, df in here.items():
-        assert pl.read_parquet(store / "results" / f"{name}.parquet").equals(df), name
+        assert publication.read_table(store, name).equals(df), name
+    # --force published a second run: its tables are the first run's bytes.
+    first, second = publication.runs(store)
+    assert {n: t["sha256"] for n, t in first.tables.items()} == {n: t["sha256"] for n, t in second.tables.items()}
     r = gla("analyze", "--store", store)
-    assert r.returncode == 0 and "0 analysed, 4 unchanged; tables unchanged" in r.stdout
+    assert r.returncode == 0 and "0 analysed, 4 unchanged" in r.stdout and "no new run" in r.stdout
+    assert len(publication.run_ids(store)) == 2

@@ -134,7 +134,8 @@ def test_clean_venv_install_runs_import_and_analyze(wheel, tmp_path):
     _sh([str(gla), "analyze", "--store", "S", "--quiet"], cwd=work)
     out = _sh([str(py), "-c", (
         "import json, sys, polars as pl\n"
-        "s = pl.read_parquet('S/results/summary.parquet')\n"
+        "from gla.pipeline import publication\n"
+        "s = publication.read_table('S', 'summary')\n"
         "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip')]\n"
         "print(json.dumps({'methods': sorted(set(s['method'])), 'heavy': heavy}))\n"
     )], cwd=work).stdout

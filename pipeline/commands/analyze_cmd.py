@@ -4,8 +4,11 @@
                 [--temperature none|confidence|nll] [--smoothing 0] [--target-prior FILE]
                 [--allow-fit-on-eval] [--only model=M,dataset=D]
 
-Every selected cell is analysed before anything is written; then results/summary.parquet,
-per_class.parquet and priors.parquet are replaced together (other cells' rows are kept).
+Every selected cell is analysed before anything is published; then the result tables are
+published together as one run (results/runs/<run_id>/, see gla history): other cells
+keep their last rows, and rows of estimators analysed earlier stay beside the new ones
+for cells whose inputs and other options are unchanged (--replace-estimators drops
+them). A failed analysis publishes nothing.
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ import math
 import time
 
 from gla.analyze.priors import ESTIMATORS, parse_temperature
-from gla.pipeline import gate
+from gla.pipeline import gate, publication
 from gla.pipeline.analysis import analyze_store, select_cells
 from gla.pipeline.cell_analysis import StoreAnalysisOptions
 from gla.pipeline.errors import UserError
 from gla.pipeline.importer import load_array
+from gla.pipeline.incremental import PublishOptions
 from gla.pipeline.preflight import check_store_analysis
 from gla.pipeline.runner import ComputeOptions
 from gla.pipeline.store import Store
@@ -35,7 +39,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--estimator", action="append", dest="estimators", metavar="NAME",
         help="pretraining-prior estimator (repeatable; the first is used by the methods): "
-        + ", ".join(DEFAULT_ESTIMATORS) + " (default gla)",
+        + ", ".join(DEFAULT_ESTIMATORS) + " (default gla). Results are keyed by estimator: a later "
+        "analysis with other estimators adds their rows and keeps the earlier ones (see --replace-estimators)",
     )
     parser.add_argument(
         "--temperature", default="none",
@@ -76,7 +81,39 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="recompute every selected cell even if its inputs and options are unchanged")
     parser.add_argument("--quiet", action="store_true", help="do not print the summary table")
+    add_publish_arguments(parser)
     gate.add_arguments(parser)
+
+
+def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
+    """Retention and estimator semantics of the published run (gla analyze, gla run)."""
+    parser.add_argument("--keep-runs", type=int, default=None, metavar="N",
+                        help="retention: keep the last N runs (0 = no limit; default: the config's "
+                        f"[results] keep_runs, else {publication.DEFAULT_KEEP_RUNS} when keep_days is unset too)")
+    parser.add_argument("--keep-days", type=float, default=None, metavar="D",
+                        help="retention: keep runs younger than D days (a run within either limit is "
+                        "kept; the latest run is never pruned)")
+    parser.add_argument("--replace-estimators", action="store_true",
+                        help="publish only the estimators of this analysis (default: rows of estimators "
+                        "analysed earlier stay beside them for cells whose inputs and other options "
+                        "are unchanged)")
+
+
+def retention_args(args: argparse.Namespace, config_results: object | None = None) -> tuple[int | None, float | None]:
+    """--keep-runs/--keep-days over the config's [results] table (one line on a bad value)."""
+    keep_runs = args.keep_runs if args.keep_runs is not None else getattr(config_results, "keep_runs", None)
+    keep_days = args.keep_days if args.keep_days is not None else getattr(config_results, "keep_days", None)
+    if keep_runs is not None and keep_runs < 0:
+        raise UserError(f"--keep-runs: must be >= 0, got {keep_runs}")
+    if keep_days is not None and not (math.isfinite(keep_days) and keep_days >= 0):
+        raise UserError(f"--keep-days: must be a number >= 0, got {keep_days}")
+    return keep_runs, keep_days
+
+
+def publish_options(args: argparse.Namespace, hook: gate.GateHook | None) -> PublishOptions:
+    keep_runs, keep_days = retention_args(args)
+    return PublishOptions(keep_runs=keep_runs, keep_days=keep_days, command=getattr(args, "_command", ""),
+                          replace_estimators=args.replace_estimators, hook=hook)
 
 
 def _temperature(text: str):
@@ -171,14 +208,13 @@ def run(args: argparse.Namespace) -> int:
         worker_timeout=args.worker_timeout,
     )
     spec = gate.from_args(args)
-    if spec.blocks_publish:
-        raise UserError("--gate-blocks-publish: needs publication by run (run history), not in this build")
-    previous = gate.previous_tables(store.root) if spec else None
+    hook = gate.GateHook(spec, store.root) if spec else None
+    publish = publish_options(args, hook)
     t0 = time.perf_counter()
     # Runner and incremental notes go to stdout: stderr carries only the error line.
     results = analyze_store(store, options, only=args.only, compute=compute, force=args.force,
                             log=None if args.quiet else (lambda msg: print(f"gla: {msg}")),
-                            load_results=not args.quiet)
+                            load_results=not args.quiet, publish=publish)
     if not args.quiet:
         print_summary(results)
         for r in results:
@@ -190,9 +226,11 @@ def run(args: argparse.Namespace) -> int:
                 if not est.get("converged", True) or est.get("message"):
                     print(f"note: {r.model}/{r.dataset} estimator {name}: "
                           f"{est.get('message') or 'did not converge'}")
-        run = results.run
-        print(f"wrote {store.results_dir} ({len(results)} cell(s): "
+    run = results.run
+    if not args.quiet:
+        what = (f"published run {run.run_id}" if run.tables_written
+                else "run NOT published (gate)" if run.blocked else f"no new run (latest {run.run_id})")
+        print(f"{store.results_dir}: {what} ({len(results)} cell(s): "
               f"{len(run.computed)} analysed, {len(run.cached)} unchanged; "
-              f"tables {'rebuilt' if run.tables_written else 'unchanged'}; "
               f"{time.perf_counter() - t0:.2f} s)")
-    return gate.check_store(spec, previous, store.root) if spec else 0
+    return hook.finish(published=not run.blocked) if hook else 0

@@ -15,6 +15,8 @@ import base64
 import sys
 from pathlib import Path
 
+from gla.pipeline import publication
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", help="store folder (default ./demo-store, ./demo-store-kshot with --kshot)")
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"gla demo: {line}", file=sys.stderr)
     if not summary.ok:
         return 1
-    results = Path(config.store) / "results"
+    results = publication.latest_dir(config.store)
     pl.Config.set_tbl_hide_dataframe_shape(True)
     pl.Config.set_tbl_hide_column_data_types(True)
     pl.Config.set_float_precision(3)
@@ -101,7 +103,7 @@ def _kshot(args: argparse.Namespace) -> int:
         print(f"gla demo: {line}", file=sys.stderr)
     if not summary.ok:
         return 1
-    results = Path(config.store) / "results"
+    results = publication.latest_dir(config.store)
     pl.Config.set_tbl_hide_dataframe_shape(True)
     pl.Config.set_tbl_hide_column_data_types(True)
     pl.Config.set_float_precision(3)

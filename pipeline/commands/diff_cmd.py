@@ -6,14 +6,16 @@
 Deltas of every summary metric per cell × estimator × method, exact paired tests
 (McNemar) when both sides scored the same samples (Fisher's exact test otherwise),
 per-class regressions under Benjamini–Hochberg control, cells added or removed, and the
-provenance changes that explain a delta. ``--against`` compares another store (the
-"from" side) with this one. With ``--gate``, exits 3 when a rule fails.
+provenance changes that explain a delta. By default the run before the latest is the
+"from" side and the latest run the "to" side (``gla history`` lists the runs);
+``--against`` compares another store's latest run (the "from" side) with this one. With ``--gate``, exits 3 when a rule fails.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from gla.pipeline import gate, rundiff
 from gla.pipeline.errors import UserError
@@ -22,9 +24,11 @@ from gla.pipeline.errors import UserError
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", required=True, help="store folder (the 'to' side)")
     parser.add_argument("--from", dest="from_run", metavar="RUN",
-                        help="the older side: a run id or a folder of result tables (default: previous run)")
+                        help="the older side: a run id (or unique prefix, 'latest', 'previous') or a folder of "
+                        "result tables (default: the run before --to)")
     parser.add_argument("--to", dest="to_run", metavar="RUN",
-                        help="the newer side: a run id or a folder of result tables (default: latest run)")
+                        help="the newer side: a run id or a folder of result tables (default: the latest run; "
+                        "see gla history)")
     parser.add_argument("--against", metavar="OTHER_STORE",
                         help="compare OTHER_STORE's latest results (old side) with this store's")
     parser.add_argument("--json", action="store_true", help="print the whole diff as JSON")
@@ -51,9 +55,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def sides(args: argparse.Namespace):
-    """(old label, old tables, new label, new tables) from --from/--to/--against."""
-    from pathlib import Path
+    """(old label, old tables, new label, new tables) from --from/--to/--against.
 
+    Defaults: --to is the latest run; --from is the run before --to (or, with
+    --against, the other store's latest run)."""
     store = Path(args.store)
     if not store.is_dir():
         raise UserError(f"{store}: store folder not found (--store)")
@@ -66,8 +71,11 @@ def sides(args: argparse.Namespace):
         old_label, old = rundiff.resolve(other, None)
         new_label, new = rundiff.resolve(store, args.to_run)
         return f"{other}:{old_label}", old, f"{store}:{new_label}", new
-    if args.from_run is None:
-        raise UserError(f"{store}: no run history to take the previous run from; pass --from RUN")
-    old_label, old = rundiff.resolve(store, args.from_run)
     new_label, new = rundiff.resolve(store, args.to_run)
+    if args.from_run is None:
+        if (Path(args.to_run or "") / "summary.parquet").is_file():
+            raise UserError("--to is a folder of tables: pass --from RUN as well")
+        prev = rundiff.previous_run(store, args.to_run)
+        return prev.id, rundiff.run_tables(store, prev), new_label, new
+    old_label, old = rundiff.resolve(store, args.from_run)
     return old_label, old, new_label, new

@@ -15,7 +15,10 @@ import json
 import sys
 
 from gla.pipeline import gate
+from gla.pipeline.commands.analyze_cmd import add_publish_arguments, retention_args
 from gla.pipeline.errors import UserError
+from gla.pipeline.incremental import PublishOptions
+from gla.pipeline.report import write_report
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="override a config key, e.g. analysis.fit_split=val (value parsed as TOML)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
+    add_publish_arguments(parser)
     gate.add_arguments(parser)
 
 
@@ -77,11 +81,12 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     check_config(config, stages=stages, only=args.only)  # every config error before any work
     spec = gate.from_args(args, config.gate)
-    if spec.blocks_publish:
-        raise UserError("gate blocks_publish: needs publication by run (run history), not in this build")
-    previous = gate.previous_tables(config.store) if spec else None
+    hook = gate.GateHook(spec, config.store) if spec else None
+    keep_runs, keep_days = retention_args(args, config.results)
+    publish = PublishOptions(keep_runs=keep_runs, keep_days=keep_days, command=getattr(args, "_command", ""),
+                             replace_estimators=args.replace_estimators, hook=hook)
     summary = run_config(config, only=args.only, stages=stages, force=args.force,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, publish=publish)
     for line in summary.lines():
         print(f"gla run: {line}", file=sys.stderr)
     if args.json:
@@ -95,12 +100,15 @@ def run(args: argparse.Namespace) -> int:
             "analysis_unchanged": [f"{m}/{d}" for m, d in (summary.analysis.cached if summary.analysis else [])],
             "failed": [{"cell": e.key, "error": e.error} for e in summary.failed],
             "report": str(summary.report) if summary.report else None,
+            "run": summary.analysis.run_id if summary.analysis else None,
+            "published": bool(summary.analysis and summary.analysis.tables_written),
             "seconds": summary.seconds,
         }, indent=1))
     if not summary.ok:
         return 1
-    if previous is not None and summary.report is not None:  # the report shows what the gate saw
-        from gla.pipeline.report import write_report
-
-        write_report(config.store, force=True, previous=("before this run", previous))
-    return gate.check_store(spec, previous, config.store) if spec else 0
+    if hook is None or summary.analysis is None:
+        return 0
+    blocked = summary.analysis.blocked
+    if hook.previous is not None and summary.report is not None and not blocked:
+        write_report(config.store, force=True, previous=hook.previous)  # the report shows what the gate saw
+    return hook.finish(published=not blocked)

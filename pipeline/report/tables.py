@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 from gla.analyze import schema
-from gla.extract import cellformat as cf
+from gla.pipeline import publication
 from gla.pipeline.errors import UserError
 from gla.pipeline.report.style import METHOD_ORDER, ordered_methods
 
@@ -113,18 +113,22 @@ def _of_estimator(df: pl.DataFrame | None, estimator: str | None) -> pl.DataFram
     return df.filter(pl.col("estimator") == estimator)
 
 
-def table_path(store: Path, name: str) -> Path:
-    return store / "results" / f"{name}.parquet"
+def table_path(store: Path, name: str) -> Path | None:
+    """The latest run's file of table ``name`` (verified); None when it has none."""
+    return publication.table_path(store, name)
 
 
 def load_tables(store: str | os.PathLike) -> ReportData:
     store = Path(store)
+    run = publication.latest(store)
+    if run is None:
+        raise UserError(f"{store / 'results'}: no published run (run `gla analyze --store {store}` first)")
     frames: dict[str, pl.DataFrame | None] = {}
     for name in READ:
-        path = table_path(store, name)
-        if not path.exists():
+        path = publication.table_path(store, name, run)
+        if path is None:
             if not schema.table(name).optional:
-                raise UserError(f"{path}: not found (run `gla analyze --store {store}` first)")
+                raise UserError(f"{publication.record_path(store, run.id)}: run has no {name} table")
             frames[name] = None
             continue
         try:
@@ -135,17 +139,19 @@ def load_tables(store: str | os.PathLike) -> ReportData:
         if missing:
             raise UserError(f"{path}: column {missing[0]} is missing")
     if frames["summary"].height == 0:
-        raise UserError(f"{table_path(store, 'summary')}: has no rows (no cell was analysed)")
+        raise UserError(f"{publication.table_path(store, 'summary', run)}: has no rows (no cell was analysed)")
     return ReportData(store=store, tables=frames)
 
 
 def tables_digest(store: Path) -> hashlib._Hash:
-    """sha256 over the bytes of every table the report reads (the report's input)."""
+    """sha256 over the checksums of every table the report reads (the report's input),
+    as the latest run's commit record gives them."""
     h = hashlib.sha256()
+    run = publication.latest(store)
     for name in READ:
-        p = table_path(store, name)
-        if p.exists():
-            h.update(name.encode() + cf.file_sha256(p).encode())
+        rec = run.tables.get(name) if run else None
+        if rec:
+            h.update(name.encode() + str(rec["sha256"]).encode())
     return h
 
 
