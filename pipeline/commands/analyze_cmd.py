@@ -154,7 +154,7 @@ def print_summary(results, console=None) -> None:
     from rich.table import Table
 
     console = console or Console()
-    table = Table(title="accuracy % (tail third by π_p)", show_lines=False)
+    table = Table(title="accuracy % (tail group by π_p)", show_lines=False)
     table.add_column("method")
     methods: list[str] = []
     for r in results:
