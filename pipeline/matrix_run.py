@@ -45,6 +45,7 @@ from gla.pipeline.errors import UserError
 from gla.pipeline.importer import import_counts
 from gla.pipeline.incremental import AnalyzeSummary, PublishOptions, analyze_cells
 from gla.pipeline.lock import store_lock
+from gla.pipeline.prune import cells_not_in_config
 from gla.pipeline.report import write_report
 from gla.pipeline.runner import CellError, Runner
 from gla.pipeline.store import Store
@@ -223,6 +224,12 @@ def import_train_counts(store: Path, dataset: dict) -> bool:
 # --------------------------------------------------------------------------- run
 
 
+def stale_cells(config: Config) -> list[tuple[str, str]]:
+    """Cells the store holds that the config no longer names (the report flags them;
+    ``gla prune`` removes them)."""
+    return cells_not_in_config(config.store, [(m.name, d.name) for m, d in config.cells()])
+
+
 def config_hash(config: Config) -> str:
     """A short hash of the config as loaded (paths resolved; its file name left out)."""
     return records.key_of(config.model_dump(exclude={"source"}))
@@ -328,7 +335,7 @@ def _stage_report(config: Config, pairs: list[Pair], store: Path, force: bool, r
     if summary.failed:
         log("report: left as it was (the run failed, nothing was published)")
     elif publication.latest(store) is not None:
-        summary.report, summary.report_written = write_report(store, force=force)
+        summary.report, summary.report_written = write_report(store, force=force, stale=stale_cells(config))
     else:
         log("report: no results tables yet; skipped")
 

@@ -13,11 +13,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tomllib
 
 from gla.pipeline import gate
 from gla.pipeline.commands.analyze_cmd import add_publish_arguments, retention_args
+from gla.pipeline.config import load_config
 from gla.pipeline.errors import UserError
 from gla.pipeline.incremental import PublishOptions
+from gla.pipeline.matrix_run import run_config, stale_cells
+from gla.pipeline.preflight import check_config
 from gla.pipeline.report import write_report
 
 
@@ -47,8 +51,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_overrides(items: list[str]) -> dict:
-    import tomllib
-
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -62,10 +64,6 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gla.pipeline.config import load_config
-    from gla.pipeline.matrix_run import run_config
-    from gla.pipeline.preflight import check_config
-
     overrides = parse_overrides(args.set)
     if args.workers is not None:
         if args.workers < 0:
@@ -110,5 +108,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     blocked = summary.analysis.blocked
     if hook.previous is not None and summary.report is not None and not blocked:
-        write_report(config.store, force=True, previous=hook.previous)  # the report shows what the gate saw
+        write_report(config.store, force=True, previous=hook.previous,  # the report shows what the gate saw
+                     stale=stale_cells(config))
     return hook.finish(published=not blocked)
