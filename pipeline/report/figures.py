@@ -135,7 +135,7 @@ def group_bars(view: CellView) -> Figure:
                edgecolor="black" if m == "gla" else "none", linewidth=0.6)
     ax.set_xticks(range(len(groups)), [g.removeprefix("acc_") for g in groups])
     _percent_axis(ax)
-    _titles(ax, "accuracy on head / medium / tail classes (thirds by π̂p)", "", "accuracy (%)")
+    _titles(ax, "accuracy on head / medium / tail classes (by π̂p)", "", "accuracy (%)")
     _legend_outside(ax)
     return fig
 
@@ -271,7 +271,7 @@ def kshot_curve(view: CellView) -> Figure | None:
 
 # name → (function, caption). A function returns None when its table or column is absent.
 CELL_FIGURES = {
-    "groups": (group_bars, "Accuracy on head / medium / tail classes (thirds by π̂p) for each method; "
+    "groups": (group_bars, "Accuracy on head / medium / tail classes (C//3, C//3, rest by π̂p) for each method; "
                "bars show 95 % intervals when the store has them."),
     "classes": (class_accuracy, "Per-class accuracy against π̂p (log scale) before and after de-biasing; "
                 "lines are least-squares fits in log π̂p."),

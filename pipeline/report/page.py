@@ -74,9 +74,9 @@ def _head(data: ReportData, cells: list) -> list[str]:
         "<p class='note'>Every number and plot below is read from the store's Parquet tables "
         + ", ".join(f"<code>results/{n}.parquet</code>" for n in present)
         + ". Accuracies are in %; π̂p is the estimated pretraining label prior, πs the downstream "
-        "training distribution. Head / medium / tail are the thirds of the classes sorted by π̂p; "
-        "many / medium / few-shot are classes with more than 100, 20–100 and fewer than 20 training "
-        f"samples. {WARN} marks a cell with a warning or an estimator that did not converge.</p>",
+        "training distribution. Head / medium / tail: the classes sorted by π̂p, C//3 head, C//3 medium, "
+        "the rest tail (by default; docs/conventions.md); many / medium / few-shot are classes with more "
+        f"than 100, 20–100 and fewer than 20 training samples (mean of per-class accuracies). {WARN} marks a cell with a warning or an estimator that did not converge.</p>",
     ]
 
 
