@@ -131,7 +131,7 @@ def _warning_lines(warn: pl.DataFrame | None, store: str, limit: int) -> list[Te
 
 
 _TITLES = {"cells": "cells by gain", "best": "best {k} cells by gain", "worst": "worst {k} cells by gain",
-           "weakest_tails": "weakest {k} tails (tail-third accuracy of {m})"}
+           "weakest_tails": "weakest {k} tails (tail-group accuracy of {m})"}
 
 
 def render(tables: Mapping[str, pl.DataFrame | None], console: Console, store: str = "STORE",
