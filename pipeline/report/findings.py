@@ -72,7 +72,9 @@ def cell_flags(view: CellView) -> list[Flag]:
     if warn is not None:
         flags += [Flag(c, m) for c, m in warn.select("code", "message").unique(maintain_order=True).iter_rows()]
     for est, msg in non_converged(view.priors).items():
-        flags.append(Flag("not_converged", f"estimator {est} did not converge" + (f": {msg}" if msg else "")))
+        said = f"estimator {est} did not converge"
+        if not any(f.code == "not_converged" and f.message.startswith(said) for f in flags):  # not twice
+            flags.append(Flag("not_converged", said + (f": {msg}" if msg else "")))
     return flags
 
 
