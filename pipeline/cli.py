@@ -23,6 +23,7 @@ COMMANDS = {
     "diff": ("gla.pipeline.commands.diff_cmd", "what changed between two runs or stores, and whether it is real"),
     "history": ("gla.pipeline.commands.history_cmd", "list the runs a store has published"),
     "prune": ("gla.pipeline.commands.prune_cmd", "remove cells no longer in the config, as a new run"),
+    "show": ("gla.pipeline.commands.show_cmd", "print one published result table (provenance, warnings, ...)"),
     "report": ("gla.pipeline.commands.report_cmd", "write the self-contained HTML audit report"),
     "run": ("gla.pipeline.commands.run_cmd", "run every stage for every cell of a config, incrementally"),
     "models": ("gla.pipeline.commands.models_cmd", "list the architectures and pretrained tags open_clip knows"),

@@ -4,7 +4,9 @@
                    [--scheduler tcp://HOST:PORT | FILE] [--workers N] [--threads-per-worker N]
                    [--force] [--set key=value ...]
 
-A rerun with nothing changed does no work. Exit 0 when every cell succeeded, 1 when some
+A rerun with nothing changed does no work. When the analyze stage ran, stdout gets the
+compact summary of the cells (``pipeline.terminal_summary``; with ``--json`` it is the
+JSON document's ``summary``). Exit 0 when every cell succeeded, 1 when some
 cell failed (each is listed with its key), 2 for bad input (one line naming it).
 """
 
@@ -15,7 +17,7 @@ import json
 import sys
 import tomllib
 
-from gla.pipeline import gate
+from gla.pipeline import gate, terminal_summary
 from gla.pipeline.commands.analyze_cmd import add_publish_arguments, retention_args
 from gla.pipeline.config import load_config
 from gla.pipeline.errors import UserError
@@ -87,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
                          progress=not args.no_progress, publish=publish)
     for line in summary.lines():
         print(f"gla run: {line}", file=sys.stderr)
+    tables = terminal_summary.cached_tables(config.store, summary.cells) if summary.analysis else None
+    if tables is not None and not args.json:
+        terminal_summary.render(tables, terminal_summary.console(), str(config.store))
     if args.json:
         print(json.dumps({
             "store": str(summary.store),
@@ -101,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
             "run": summary.analysis.run_id if summary.analysis else None,
             "published": bool(summary.analysis and summary.analysis.tables_written),
             "seconds": summary.seconds,
-        }, indent=1))
+            "summary": terminal_summary.as_json(tables) if tables is not None else None,
+        }, indent=1, default=str))
     if not summary.ok:
         return 1
     if hook is None or summary.analysis is None:
