@@ -389,6 +389,8 @@ def publish_cells(root: Path, included: dict[Cell, str], opts: PublishOptions,
         try:
             publication.verify(root, parent)
             summary.run_id = parent.id
+            if opts.keep_runs is not None or opts.keep_days is not None:  # a retention asked for now
+                publication.prune_runs(root, opts.keep_runs, opts.keep_days)
             return
         except UserError:
             pass  # a damaged latest run: publish a fresh one from the caches

@@ -154,9 +154,15 @@ def test_retention_keeps_the_last_runs_and_never_the_latest(store, capsys):
     ids = publication.run_ids(store)
     assert len(ids) == 2 and publication.latest(store).record["parent"] == ids[0]
     assert sorted(p.name for p in (store / "results" / "runs").iterdir() if p.is_dir()) == ids
-    # by age: every run is older than a day "tomorrow", but the latest stays
+    # a retention given on a no-change rerun applies too (no new run)
+    analyze(capsys, store, "--smoothing", "3", "--keep-runs", "1")
+    assert publication.run_ids(store) == ids[1:]
+    # by age: every run is older than half a day "tomorrow", but the latest stays
+    analyze(capsys, store, "--smoothing", "7")
+    ids = publication.run_ids(store)
     tomorrow = datetime.now(UTC) + timedelta(days=1)
     assert publication.runs_to_prune(store, None, 0.5, now=tomorrow) == ids[:1]
+    assert publication.runs_to_prune(store, None, 2, now=tomorrow) == []
     assert publication.prune_runs(store, None, 0.5, now=tomorrow) == ids[:1]
     assert publication.run_ids(store) == ids[1:]
     # default: 20 runs when neither is set; 0 = no limit
