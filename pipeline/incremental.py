@@ -320,25 +320,31 @@ def _cell_entries(root: Path, included: dict[Cell, str], parent: publication.Run
     return out
 
 
+def _kept_rows(root: Path, name: str, entries: dict[str, dict[str, Any]],
+               parent: publication.Run | None) -> pl.LazyFrame | None:
+    """The parent run's rows of table ``name`` for the estimators the cells keep (one
+    scan of the parent's file, semi-joined on model, dataset, estimator)."""
+    keys = [(*cell.split("/", 1), est) for cell, e in entries.items() for est in e["kept"].get(name, ())]
+    old = publication.table_path(root, name, parent) if keys and parent is not None else None
+    if old is None:
+        return None
+    want = pl.LazyFrame(keys, schema={"model": pl.String, "dataset": pl.String, "estimator": pl.String},
+                        orient="row")
+    return pl.scan_parquet(old).join(want, on=["model", "dataset", "estimator"], how="semi",
+                                     maintain_order="left")
+
+
 def _compose(root: Path, entries: dict[str, dict[str, Any]],
              parent: publication.Run | None) -> dict[str, pl.DataFrame | None]:
-    """Every table of the run: per cell (sorted), its cache's rows, then the rows of the
-    estimators it keeps, taken from the parent run."""
+    """Every table of the run: each cell's cache rows (cells sorted), then the rows of
+    the estimators the cells keep, taken from the parent run."""
     cells = [tuple(name.split("/", 1)) for name in entries]
     kept_tables = {t for e in entries.values() for t in e["kept"]}
-    names = results.ordered({*_cached_table_names(root, cells), *kept_tables})
     out: dict[str, pl.DataFrame | None] = {}
-    for name in names:
-        old = publication.table_path(root, name, parent) if name in kept_tables else None
-        frames = []
-        for (m, d), cell in zip(cells, entries, strict=True):
-            f = cache_dir(root, m, d) / f"{name}.parquet"
-            if f.exists():
-                frames.append(pl.scan_parquet(f))
-            kept = entries[cell]["kept"].get(name)
-            if old is not None and kept:
-                frames.append(pl.scan_parquet(old).filter(
-                    (pl.col("model") == m) & (pl.col("dataset") == d) & pl.col("estimator").is_in(kept)))
+    for name in results.ordered({*_cached_table_names(root, cells), *kept_tables}):
+        frames = [pl.scan_parquet(f) for m, d in cells if (f := cache_dir(root, m, d) / f"{name}.parquet").exists()]
+        kept = _kept_rows(root, name, entries, parent)
+        frames += [kept] if kept is not None else []
         if not frames:
             out[name] = None if results.is_optional(name) else results.empty(name)
             continue

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 from gla.analyze import schema
-from gla.pipeline import rundiff
+from gla.pipeline import publication, rundiff
 from gla.pipeline.cell_analysis import StoreAnalysisOptions
 from gla.pipeline.incremental import analyze_cells
 from gla.pipeline.runner import Runner
@@ -156,15 +156,14 @@ def previous_run(plain: dict[str, pl.DataFrame], audit: dict[str, pl.DataFrame |
 
 
 def write_audit_store(root: Path) -> tuple[Path, tuple[str, dict]]:
-    """A store whose results carry every audit table, and a run before it
+    """A store whose latest run carries every audit table, and a run before it
     (:func:`previous_run`) as (label, tables) for the report's diff section. The audit
-    tables are written over results/ directly: a test's shortcut, not how a run publishes."""
+    tables are published as a run of their own: a test's shortcut, not how an analysis
+    makes them."""
     make_store(root)
-    plain = {f.stem: pl.read_parquet(f) for f in (root / "results").glob("*.parquet")}
+    plain = publication.read_tables(root)
     audit = audit_tables(plain)
-    for name, df in audit.items():
-        if df is not None:
-            df.write_parquet(root / "results" / f"{name}.parquet")
+    publication.publish(root, audit, {"kind": "test"})
     return root, ("run before", previous_run(plain, audit))
 
 
