@@ -440,6 +440,14 @@ ESTIMATORS: dict[str, Callable] = {
 }
 # Estimators that work from unlabelled logits (and a given label distribution).
 LABEL_FREE = frozenset({"prior-matching", "batch-calibration", "eigen-iterated"})
+
+
+def unused_fit_distribution(option: str) -> str:
+    """The refusal of a fit label distribution no selected estimator would read."""
+    return (f"{option}: only the label-free estimators ({', '.join(sorted(LABEL_FREE))}) use it; "
+            "none is selected")
+
+
 # Estimators without an iterative solve: tol and max_iter mean nothing to them.
 NO_SOLVER = frozenset({"batch-calibration"})
 

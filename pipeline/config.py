@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from gla.analyze.priors import ESTIMATORS, parse_temperature
+from gla.analyze.priors import ESTIMATORS, LABEL_FREE, parse_temperature, unused_fit_distribution
 from gla.extract.cellformat import check_name
 from gla.extract.datasets import KINDS
 from gla.extract.errors import did_you_mean, unknown_name
@@ -97,6 +97,12 @@ class AnalysisSettings(_Strict):
         except ValueError:
             raise ValueError("expected 'none', 'confidence', 'nll' or a positive number") from None
         return v
+
+    @model_validator(mode="after")
+    def _fit_label_distribution_is_used(self) -> AnalysisSettings:
+        if self.fit_label_distribution not in ("", "uniform") and not set(self.estimators) & LABEL_FREE:
+            raise ValueError(unused_fit_distribution("analysis.fit_label_distribution"))
+        return self
 
 
 class GateSettings(_Strict):
