@@ -62,7 +62,7 @@ def prior_agreement(results: Path, truth: pl.DataFrame) -> pl.DataFrame:
 
 
 def group_gains(results: Path) -> pl.DataFrame:
-    """Head / medium / tail accuracy (thirds by estimated π_p) of zs and ft against gla."""
+    """Head / medium / tail accuracy (C//3, C//3 and the rest by estimated π_p) of zs and ft against gla."""
     s = pl.read_parquet(results / "summary.parquet").filter(pl.col("method").is_in(["zs", "ft", "gla"]))
     return s.select("dataset", "method", "acc_head", "acc_medium", "acc_tail").sort("dataset", "method")
 

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         print(shift)
     print("\nEstimated π_p against the true pretraining frequencies (Spearman):")
     print(demo.prior_agreement(results, demo.true_frequencies()).drop("model"))
-    print("\nHead / medium / tail accuracy (thirds by estimated π_p):")
+    print("\nHead / medium / tail accuracy (C//3, C//3 and the rest of the classes by estimated π_p):")
     print(demo.group_gains(results))
     print("\nLabel shift: L1 distance of π̂_t to each deployment window's true label share "
           "(l1_uniform: no tracking):")
