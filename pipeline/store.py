@@ -49,6 +49,8 @@ class SplitInfo:
     class_names: tuple[str, ...]
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     extra_logits: tuple[str, ...] = ()  # extra logit columns (wiseft@0.5, ...)
+    sealed_at: str = ""  # ISO-8601 UTC seal time (older manifests: newest part mtime)
+    part_sha256: tuple[str, ...] = ()  # the parts' checksums, as sealed
 
 
 @dataclass(frozen=True)
@@ -305,7 +307,7 @@ class Store:
         except ValueError as e:
             raise UserError(str(e)) from None
         mpath, doc = self._manifest(cell, split)
-        files, part_rows = self._part_files(cell, mpath, doc)
+        files, part_rows, records = self._part_files(cell, mpath, doc)
         schema = _read_schema(files[0])
         meta = cf.table_metadata(schema)
         width, has_ft, names, extra = _logit_layout(files[0], schema, meta)
@@ -315,6 +317,9 @@ class Store:
             if s.names != schema.names or any(s.field(c).type != schema.field(c).type for c in logit_cols):
                 raise UserError(f"{f}: columns differ from {files[0].name} in the same split")
         dtype = str(schema.field("zs").type.value_type)
+        # Manifests written before sealed_at existed: the newest part's recorded mtime.
+        newest_part = max(int(r.get("mtime_ns") or 0) for r in records) / 1e9
+        sealed_at = str(doc.get("sealed_at") or cf.iso_utc(newest_part))
         return SplitInfo(
             name=split,
             rows=int(doc.get("rows", 0)),
@@ -327,10 +332,14 @@ class Store:
             class_names=names,
             metadata=meta,
             extra_logits=extra,
+            sealed_at=sealed_at,
+            part_sha256=tuple(str(r.get("sha256") or "") for r in records),
         )
 
-    def _part_files(self, cell: Path, mpath: Path, doc: dict[str, Any]) -> tuple[list[Path], list[int]]:
-        """The split's part files (each checked against its manifest entry) and row counts."""
+    def _part_files(self, cell: Path, mpath: Path, doc: dict[str, Any]
+                    ) -> tuple[list[Path], list[int], list[dict[str, Any]]]:
+        """The split's part files (each checked against its manifest entry), their row
+        counts and their manifest entries."""
         try:
             entries = [(str(e["file"]), int(e["rows"]), e) for e in doc["parts"]]
         except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -343,7 +352,7 @@ class Store:
             part_rows.append(rows)
         if not files:
             raise UserError(f"{mpath}: lists no parts")
-        return files, part_rows
+        return files, part_rows, [record for _, _, record in entries]
 
     @staticmethod
     def locate_row(info: SplitInfo, row: int) -> tuple[Path, int]:
