@@ -14,8 +14,7 @@ from __future__ import annotations
 import argparse
 
 from gla.pipeline.commands.analyze_cmd import retention_args
-from gla.pipeline.commands.run_cmd import parse_overrides
-from gla.pipeline.config import load_config
+from gla.pipeline.config import load_config, parse_overrides
 from gla.pipeline.matrix_run import config_hash
 from gla.pipeline.prune import cells_not_in_config, prune_cells
 

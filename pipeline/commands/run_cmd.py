@@ -15,11 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tomllib
 
 from gla.pipeline import gate, terminal_summary
 from gla.pipeline.commands.analyze_cmd import add_publish_arguments, retention_args
-from gla.pipeline.config import load_config
+from gla.pipeline.config import load_config, parse_overrides
 from gla.pipeline.errors import UserError
 from gla.pipeline.incremental import PublishOptions
 from gla.pipeline.matrix_run import run_config, stale_cells
@@ -50,19 +49,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     add_publish_arguments(parser)
     gate.add_arguments(parser)
-
-
-def parse_overrides(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set: expected KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = value  # a bare string
-    return out
 
 
 def run(args: argparse.Namespace) -> int:
