@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from pathlib import Path
 
 from gla.analyze.priors import ESTIMATORS, parse_temperature
 from gla.pipeline import gate
 from gla.pipeline.analysis import analyze_store, select_cells
 from gla.pipeline.cell_analysis import StoreAnalysisOptions
 from gla.pipeline.errors import UserError
-from gla.pipeline.importer import load_array
+from gla.pipeline.importer import load_target_prior
 from gla.pipeline.preflight import check_store_analysis
 from gla.pipeline.runner import ComputeOptions
 from gla.pipeline.store import Store
@@ -96,7 +97,7 @@ def options_from_args(args: argparse.Namespace) -> StoreAnalysisOptions:
     if not math.isfinite(args.smoothing) or args.smoothing < 0:
         raise UserError(f"--smoothing: must be >= 0, got {args.smoothing}")
     if args.target_prior is not None:
-        load_array(args.target_prior, "target prior", 1)  # fails early, naming the file
+        load_target_prior(args.target_prior)  # fails early, naming the file
     targets = tuple(dict.fromkeys(args.target_estimators or ()))
     if args.fdr is not None and not args.label_issues:
         raise UserError("--fdr: only with --label-issues")
@@ -157,13 +158,27 @@ def print_summary(results, console=None) -> None:
     console.print(table)
 
 
+def check_compute_args(args: argparse.Namespace) -> None:
+    """The compute options, named as the command line spells them."""
+    if args.workers is not None and args.workers < 0:
+        raise UserError(f"--workers: must be >= 0, got {args.workers}")
+    if args.threads < 0:
+        raise UserError(f"--threads: must be >= 0 (0 = up to 2), got {args.threads}")
+    if args.threads_per_worker < 1:
+        raise UserError(f"--threads-per-worker: must be >= 1, got {args.threads_per_worker}")
+    if args.worker_timeout is not None and not args.worker_timeout > 0:
+        raise UserError(f"--worker-timeout: must be > 0 seconds, got {args.worker_timeout}")
+    sched = args.scheduler or ""
+    if sched and "://" not in sched and not Path(sched).is_file():
+        raise UserError(f"--scheduler: scheduler file {sched} not found (or give tcp://HOST:PORT)")
+
+
 def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     store = Store(args.store)
     if not store.root.is_dir():
         raise UserError(f"{store.root}: store folder not found (--store)")
-    if args.workers is not None and args.workers < 0:
-        raise UserError(f"--workers: must be >= 0, got {args.workers}")
+    check_compute_args(args)
     check_store_analysis(store, options, select_cells(store, args.only))
     compute = ComputeOptions.from_any(
         None, workers=args.workers, threads_per_worker=args.threads_per_worker,
