@@ -15,14 +15,18 @@ import polars as pl
 from gla.analyze import adjust, schema, stats
 from gla.analyze.priors import (
     ESTIMATORS,
+    LABEL_FREE,
     PriorEstimate,
     check_labels,
     check_logits,
     downstream_prior,
     estimate_pretrain_prior,
+    resolve_temperature,
 )
 
 _EVAL_ROWS = 2048  # rows per sub-block inside a chunk
+TEMPERATURE_SCOPES = ("each", "zs")
+FIT_LABEL_DISTRIBUTIONS = ("uniform", "counts")
 
 
 @dataclass
@@ -33,6 +37,23 @@ class AnalysisOptions:
     target_prior: np.ndarray | None = None  # known π_t of the eval set (default balanced)
     n_bins: int = stats.N_BINS
     estimator_options: dict = field(default_factory=dict)  # extra kwargs, e.g. {"lr": ...}
+    # The released code's conventions by default; the others by name (docs/conventions.md).
+    groups: str = "released"  # head/medium/tail sizes: "released" (C//3, C//3, rest) | "array-split"
+    shot_accuracy: str = "per-class"  # many/medium/few: "per-class" mean | "pooled" over samples
+    temperature_scope: str = "each"  # "each": zs and ft by their own temperature | "zs" only
+    # Label distribution of the fit split for the label-free estimators: "uniform",
+    # "counts" (the fit split's own label counts) or a (C,) array.
+    fit_label_distribution: str | np.ndarray = "uniform"
+
+    def __post_init__(self):
+        for name, value, allowed in (("groups", self.groups, stats.GROUP_SCHEMES),
+                                     ("shot_accuracy", self.shot_accuracy, stats.GROUP_AVERAGES),
+                                     ("temperature_scope", self.temperature_scope, TEMPERATURE_SCOPES)):
+            if value not in allowed:
+                raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
+        d = self.fit_label_distribution
+        if isinstance(d, str) and d not in FIT_LABEL_DISTRIBUTIONS:
+            raise ValueError(f"fit_label_distribution: expected uniform, counts or an array, got {d!r}")
 
 
 @dataclass
@@ -41,6 +62,7 @@ class FittedPriors:
     estimates: dict[str, PriorEstimate]
     pi_s: np.ndarray  # (C,) downstream training prior
     primary: str
+    ft_temperature: float = 1.0  # what the ft logits are divided by (temperature_scope "each")
 
     @property
     def temperature(self) -> float:
@@ -57,10 +79,32 @@ def _estimator_names(options: AnalysisOptions) -> tuple[str, ...]:
     return names
 
 
-def fit_priors(zs_fit, y_fit, num_classes: int, class_counts=None, options: AnalysisOptions | None = None) -> FittedPriors:
+def _fit_label_distribution(options: AnalysisOptions, y: np.ndarray | None, num_classes: int) -> np.ndarray | None:
+    """The label distribution handed to the label-free estimators (None = their uniform default)."""
+    d = options.fit_label_distribution
+    if isinstance(d, str) and d == "uniform":
+        return None
+    if isinstance(d, str):  # "counts": the fit split's own labels
+        if y is None:
+            raise ValueError("fit_label_distribution 'counts' needs a labelled fit split")
+        n = np.bincount(y, minlength=num_classes)
+        if (n == 0).any():
+            raise ValueError(f"fit_label_distribution 'counts': class {int(np.flatnonzero(n == 0)[0])} "
+                             "has no sample in the fit split")
+        return n / n.sum()
+    p = np.asarray(d, dtype=np.float64)
+    if p.shape != (num_classes,) or not np.isfinite(p).all() or (p <= 0).any():
+        raise ValueError(f"fit_label_distribution must be {num_classes} finite values > 0, got shape {p.shape}")
+    return p / p.sum()
+
+
+def fit_priors(zs_fit, y_fit, num_classes: int, class_counts=None, options: AnalysisOptions | None = None,
+               ft_fit=None) -> FittedPriors:
     """Estimate π_p with every requested estimator on the fit split, and π_s from counts.
 
-    ``y_fit`` may be None (or all −1) for the label-free estimators only.
+    ``y_fit`` may be None (or all −1) for the label-free estimators only. With ``ft_fit``
+    (the fit split's ft logits), a temperature and ``temperature_scope`` "each", ft gets
+    its own temperature, fitted by the same rule as zs's (a fixed number: the same number).
     """
     options = options or AnalysisOptions()
     names = _estimator_names(options)
@@ -77,12 +121,20 @@ def fit_priors(zs_fit, y_fit, num_classes: int, class_counts=None, options: Anal
             raise ValueError(f"fit-split labels: {unknown} of {y.size} rows are unknown (-1)")
         else:
             y = check_labels(y, z.shape[0], num_classes, "fit-split labels")
+    dist = _fit_label_distribution(options, y, num_classes)
     estimates = {
-        n: estimate_pretrain_prior(z, y, n, temperature=options.temperature, **options.estimator_options)
+        n: estimate_pretrain_prior(z, y, n, temperature=options.temperature, **options.estimator_options,
+                                   **({"label_distribution": dist} if n in LABEL_FREE and dist is not None else {}))
         for n in names
     }
+    t_ft = 1.0
+    if ft_fit is not None and options.temperature is not None and options.temperature_scope == "each":
+        f = check_logits(ft_fit, "ft logits of the fit split")
+        if f.shape != z.shape:
+            raise ValueError(f"ft logits of the fit split have shape {f.shape}, zs {z.shape}")
+        t_ft = resolve_temperature(f, y, options.temperature)
     pi_s = downstream_prior(class_counts, num_classes, options.smoothing)
-    return FittedPriors(estimates[names[0]].prior, estimates, pi_s, names[0])
+    return FittedPriors(estimates[names[0]].prior, estimates, pi_s, names[0], t_ft)
 
 
 def evaluate(chunks: Iterable[tuple], fitted: FittedPriors, options: AnalysisOptions | None = None,
@@ -93,7 +145,8 @@ def evaluate(chunks: Iterable[tuple], fitted: FittedPriors, options: AnalysisOpt
     as it is, as a method of that name (no prior, no temperature).
 
     Rows with label −1 (unknown) are skipped. The zs logits are divided by the primary
-    estimate's temperature first, so log π_p is removed in the scale it was fitted in.
+    estimate's temperature first, so log π_p is removed in the scale it was fitted in, and
+    the ft logits by ``fitted.ft_temperature`` (1 unless temperature_scope is "each").
     Every chunk must agree on whether ft logits exist (that decides the method set).
     With ``predictions`` (a dict), each method's predicted classes of the labelled rows
     are appended to ``predictions[method]`` block by block (see ``analyze.predictions``).
@@ -102,6 +155,7 @@ def evaluate(chunks: Iterable[tuple], fitted: FittedPriors, options: AnalysisOpt
     keep_pred = predictions.setdefault if predictions is not None else None
     C = fitted.pi_p.shape[0]
     inv_t = np.float32(1.0 / fitted.temperature)
+    inv_t_ft = np.float32(1.0 / fitted.ft_temperature)
     tallies: dict[str, stats.Tally] = {}
     has_ft = None
     for i, chunk in enumerate(chunks):
@@ -139,6 +193,8 @@ def evaluate(chunks: Iterable[tuple], fitted: FittedPriors, options: AnalysisOpt
             fb = None if f is None else f[a : a + _EVAL_ROWS]
             if inv_t != 1:
                 zb = zb * inv_t
+            if fb is not None and inv_t_ft != 1:
+                fb = fb * inv_t_ft
             for m, logits in adjust.iter_methods(
                 zb, fb, pi_s=fitted.pi_s, pi_p=fitted.pi_p, target_prior=options.target_prior
             ):
@@ -160,8 +216,13 @@ def build_tables(
     fitted: FittedPriors,
     tallies: dict[str, stats.Tally],
     class_counts=None,
+    options: AnalysisOptions | None = None,
 ) -> dict[str, pl.DataFrame]:
-    """{table name: DataFrame} of one cell, each with its ``analyze.schema`` columns."""
+    """{table name: DataFrame} of one cell, each with its ``analyze.schema`` columns.
+
+    Head/medium/tail sizes follow ``options.groups`` (pooled accuracy); many/medium/few
+    accuracy averages per ``options.shot_accuracy``."""
+    options = options or AnalysisOptions()
     C = fitted.pi_p.shape[0]
     names = [str(c) for c in class_names]
     if len(names) != C:
@@ -172,7 +233,7 @@ def build_tables(
         if counts.shape != (C,):
             raise ValueError(f"class counts have shape {counts.shape}, expected ({C},)")
         cgroup = stats.count_groups(counts)
-    pgroup = stats.prior_groups(fitted.pi_p)
+    pgroup = stats.prior_groups(fitted.pi_p, options.groups)
     # target_estimator names the π_t estimate of gla_tp rows (analyze.audits); empty here.
     cell = {"model": model, "dataset": dataset, "estimator": fitted.primary, "target_estimator": ""}
     summary_rows, per_class, calibration = [], [], []
@@ -180,7 +241,7 @@ def build_tables(
         row = {**cell, "method": m, "split": eval_split, **stats.summary_metrics(t)}
         ga = stats.group_accuracy(t, pgroup)
         row.update({f"acc_{g}": ga.get(g, np.nan) for g in ("head", "medium", "tail")})
-        gc = {} if cgroup is None else stats.group_accuracy(t, cgroup)
+        gc = {} if cgroup is None else stats.group_accuracy(t, cgroup, options.shot_accuracy)
         for g, col in (("many", "acc_many"), ("medium", "acc_medium_shot"), ("few", "acc_few")):
             row[col] = gc.get(g, np.nan)
         summary_rows.append(row)

@@ -167,17 +167,18 @@ def load_array(spec: str | os.PathLike, what: str, ndim: int) -> tuple[np.ndarra
     return arr, where
 
 
-def load_target_prior(spec: str | os.PathLike, c: int | None = None,
-                      context: str = "the cell") -> tuple[np.ndarray, str]:
-    """A known target label prior π_t: C finite values > 0, normalised; and where it came from."""
-    arr, where = load_array(spec, "target prior", 1)
+def load_target_prior(spec: str | os.PathLike, c: int | None = None, context: str = "the cell",
+                      what: str = "target prior") -> tuple[np.ndarray, str]:
+    """A label distribution file (the target prior π_t, a fit label distribution): C
+    finite values > 0, normalised; and where it came from."""
+    arr, where = load_array(spec, what, 1)
     if arr.dtype.kind not in "iuf":
-        raise UserError(f"{where}: target prior must be numbers, got dtype {arr.dtype}")
+        raise UserError(f"{where}: {what} must be numbers, got dtype {arr.dtype}")
     arr = arr.astype(np.float64)
     if c is not None and len(arr) != c:
-        raise UserError(f"{where}: target prior has {len(arr)} values but {context} has {c} classes")
+        raise UserError(f"{where}: {what} has {len(arr)} values but {context} has {c} classes")
     if not np.isfinite(arr).all() or (arr <= 0).any():
-        raise UserError(f"{where}: target prior values must be finite and > 0")
+        raise UserError(f"{where}: {what} values must be finite and > 0")
     return arr / arr.sum(), where
 
 

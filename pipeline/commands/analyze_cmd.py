@@ -2,6 +2,8 @@
 
     gla analyze --store S [--fit-split val] [--eval-split test] [--estimator gla ...]
                 [--temperature none|confidence|nll] [--smoothing 0] [--target-prior FILE]
+                [--groups released|array-split] [--shot-accuracy per-class|pooled]
+                [--temperature-scope each|zs] [--fit-label-distribution uniform|counts|FILE]
                 [--allow-fit-on-eval] [--only model=M,dataset=D]
 
 Every selected cell is analysed before anything is written; then results/summary.parquet,
@@ -15,7 +17,9 @@ import math
 import time
 from pathlib import Path
 
+from gla.analyze.cell import FIT_LABEL_DISTRIBUTIONS, TEMPERATURE_SCOPES
 from gla.analyze.priors import ESTIMATORS, parse_temperature
+from gla.analyze.stats import GROUP_AVERAGES, GROUP_SCHEMES
 from gla.pipeline import gate
 from gla.pipeline.analysis import analyze_store, select_cells
 from gla.pipeline.cell_analysis import StoreAnalysisOptions
@@ -46,6 +50,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="additive smoothing of the training counts (default 0)")
     parser.add_argument("--target-prior", metavar="FILE",
                         help="known target label prior (C values; .npy/.npz/.parquet/.txt)")
+    parser.add_argument("--groups", choices=GROUP_SCHEMES, default="released",
+                        help="head/medium/tail sizes by π_p: released (C//3, C//3, rest to the tail; "
+                        "default, as the released GLA code) or array-split (leftovers to the head)")
+    parser.add_argument("--shot-accuracy", choices=GROUP_AVERAGES, default="per-class",
+                        help="many/medium/few-shot accuracy: per-class (mean of per-class accuracies; "
+                        "default, as the released code) or pooled (over samples)")
+    parser.add_argument("--temperature-scope", choices=TEMPERATURE_SCOPES, default="each",
+                        help="with --temperature: each (zs and ft by their own temperature; default, "
+                        "as the released few-shot code) or zs (rescale zs only)")
+    parser.add_argument("--fit-label-distribution", default="uniform", metavar="uniform|counts|FILE",
+                        help="the fit split's label distribution for the label-free estimators: "
+                        "uniform (default), counts (the fit split's labels) or a file of C values")
     parser.add_argument("--allow-fit-on-eval", action="store_true",
                         help="allow --fit-split equal to --eval-split (leaks the eval labels)")
     parser.add_argument("--target-estimator", action="append", dest="target_estimators",
@@ -98,6 +114,8 @@ def options_from_args(args: argparse.Namespace) -> StoreAnalysisOptions:
         raise UserError(f"--smoothing: must be >= 0, got {args.smoothing}")
     if args.target_prior is not None:
         load_target_prior(args.target_prior)  # fails early, naming the file
+    if args.fit_label_distribution not in FIT_LABEL_DISTRIBUTIONS:
+        load_target_prior(args.fit_label_distribution, what="fit label distribution")  # fails early, naming the file
     targets = tuple(dict.fromkeys(args.target_estimators or ()))
     if args.fdr is not None and not args.label_issues:
         raise UserError("--fdr: only with --label-issues")
@@ -118,6 +136,10 @@ def options_from_args(args: argparse.Namespace) -> StoreAnalysisOptions:
         label_issue_split=args.label_issue_split,
         clean_split=args.clean_split,
         fdr=fdr,
+        groups=args.groups,
+        shot_accuracy=args.shot_accuracy,
+        temperature_scope=args.temperature_scope,
+        fit_label_distribution=args.fit_label_distribution,
     )
 
 
@@ -133,7 +155,7 @@ def print_summary(results, console=None) -> None:
     from rich.table import Table
 
     console = console or Console()
-    table = Table(title="accuracy % (tail third by π_p)", show_lines=False)
+    table = Table(title="accuracy % (tail group by π_p)", show_lines=False)
     table.add_column("method")
     methods: list[str] = []
     for r in results:

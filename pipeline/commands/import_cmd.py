@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from gla.pipeline.errors import UserError
+from gla.pipeline.importer import import_counts, import_logits
 from gla.pipeline.lock import GUARD_NAME, store_lock
 
 
@@ -64,8 +65,6 @@ def _unmake(made: list[Path]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gla.pipeline.importer import import_counts, import_logits
-
     logit_opts = {k: getattr(args, k) for k in ("model", "split", "labels", "zs", "ft", "sample_ids", "window")}
     if args.train_counts is not None:
         given = [f"--{k.replace('_', '-')}" for k, v in logit_opts.items() if v is not None]
