@@ -720,7 +720,9 @@ def config_cases() -> list[Case]:
              cfg(("[analysis]", '[analysis]\ntarget_prior = "tp.npy"'), extra=lambda w: np.save(w / "tp.npy", np.array([-0.5, 1.0, 0.5])))),
         Case("config: target prior NaN", chk, ("target_prior",),
              cfg(("[analysis]", '[analysis]\ntarget_prior = "tp.npy"'), extra=lambda w: np.save(w / "tp.npy", np.array([np.nan, 0.5, 0.5])))),
-        Case("config: duplicate model", chk, ("unique",), cfg(("[[datasets]]", '[[models]]\nname = "tiny"\narch = "x"\n[[datasets]]'))),
+        Case("config: duplicate model", chk, ("unique",), cfg(("[[datasets]]", '[[models]]\nname = "tiny"\narch = "x"\npretrained = "none"\n[[datasets]]'))),
+        Case("config: pretrained empty", chk, ("pretrained", "none"), cfg((f'pretrained = "{ASSETS}/gla-tiny-clip.safetensors"', 'pretrained = ""'))),
+        Case("config: pretrained missing", chk, ("pretrained", "none"), cfg((f'pretrained = "{ASSETS}/gla-tiny-clip.safetensors"\n', ""))),
         Case("config: duplicate dataset", chk, ("unique",),
              cfg(("[datasets.splits]", '[datasets.splits]\nval = { per_class = 2 }\ntest = { rest = true }\n'
                   '[[datasets]]\nname = "pets"\nkind = "imagefolder"\nroot = "images"\n[datasets.splits]'))),

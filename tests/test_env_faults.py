@@ -177,7 +177,7 @@ def test_read_only_store_run_is_refused_before_any_work(how, tmpfs, tmp_path, mo
     store = _read_only_store(how, tmpfs, tmp_path, monkeypatch, capsys)
     before = snapshot(store)
     cfg = tmp_path / "run.toml"
-    cfg.write_text(f'store = "{store}"\n[[models]]\nname = "m1"\narch = "x"\n'
+    cfg.write_text(f'store = "{store}"\n[[models]]\nname = "m1"\narch = "x"\npretrained = "none"\n'
                    '[[datasets]]\nname = "d"\nkind = "imagefolder"\nroot = "nowhere"\n')
     for command in ("run", "check"):
         rc, err = cli(capsys, command, cfg)

@@ -129,6 +129,7 @@ def copy_world(store: Path, dest: Path) -> Path:
 # --------------------------------------------------------------------------- kill -9: analyze
 
 
+@pytest.mark.slow
 def test_kill_9_at_every_step_of_analyze_old_or_new_publication_then_rerun_identical(world, tmp_path, capsys):
     new_args = ["--workers", "0", "--quiet", "--smoothing", "1"]
     old = published(world)
@@ -181,7 +182,7 @@ def test_failing_run_over_good_results_changes_no_published_byte(world, tmp_path
     old = published(world)
     _break_one_cell(capsys, world, tmp_path)
     cfg = tmp_path / "run.toml"
-    cfg.write_text(f'store = "{world}"\n[[models]]\nname = "m1"\narch = "x"\n[[models]]\nname = "m2"\narch = "x"\n'
+    cfg.write_text(f'store = "{world}"\n[[models]]\nname = "m1"\narch = "x"\npretrained = "none"\n[[models]]\nname = "m2"\narch = "x"\npretrained = "none"\n'
                    '[[datasets]]\nname = "d"\nkind = "imagefolder"\nroot = "nowhere"\n')
     report = world / "report"
     before_report = snapshot(report) if report.exists() else {}
@@ -198,7 +199,7 @@ def test_two_writers_at_once_the_second_refuses_in_one_line_store_consistent(wor
     ref = copy_world(world, tmp_path / "ref")
     new_args = ["--workers", "0", "--quiet", "--smoothing", "1"]
     assert cli(capsys, "analyze", "--store", ref, *new_args)[0] == 0
-    e = {**os.environ, "OMP_NUM_THREADS": "1", "POLARS_MAX_THREADS": "1", "GLA_TEST_SLEEP_AT": "2:4"}
+    e = {**os.environ, "OMP_NUM_THREADS": "1", "POLARS_MAX_THREADS": "1", "GLA_TEST_SLEEP_AT": "2:3"}
     slow = subprocess.Popen([*INJECT, "analyze", "--store", str(world), *new_args], env=e, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
@@ -235,6 +236,7 @@ def test_two_writers_at_once_the_second_refuses_in_one_line_store_consistent(wor
 # --------------------------------------------------------------------------- determinism
 
 
+@pytest.mark.slow
 def test_tables_byte_identical_across_0_1_2_workers_and_reruns(world, tmp_path, capsys):
     args = ["--quiet", "--smoothing", "1", "--estimator", "gla", "--estimator", "eigen"]
     stores = {n: copy_world(world, tmp_path / f"w{n}") for n in (0, 1, 2)}
