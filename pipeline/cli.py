@@ -97,15 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:  # one line, even when a library's message had several
         print(f"gla {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (| head): no traceback, but not a success
+        detach_stdout()
+        return 1
     except OSError as e:  # the environment: read-only or full store, unreadable file
         print(f"gla {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gla {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader went away (| head): no traceback, but not a success
-        detach_stdout()
-        return 1
 
 
 if __name__ == "__main__":
