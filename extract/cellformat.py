@@ -142,7 +142,10 @@ def table_metadata(schema: pa.Schema) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
-atomic_write_bytes = records.atomic_write_bytes
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """``records.atomic_write_bytes``; a failed write names the file."""
+    with records.naming(path):
+        records.atomic_write_bytes(path, data)
 
 
 def atomic_write_table(path: str | os.PathLike, table: pa.Table, **kwargs: Any) -> None:

@@ -73,31 +73,18 @@ def _temp_beside(path: Path) -> tuple[int, str]:
             continue
 
 
-@contextlib.contextmanager
-def naming(path: str | os.PathLike):
-    """An OSError while writing ``path`` names it: a failed write() (a full disk) carries
-    no file name, and the one error line must say which file could not be written."""
-    try:
-        yield
-    except OSError as e:
-        if e.filename is None:
-            raise OSError(e.errno, e.strerror or " ".join(str(e).split()), os.fspath(path)) from None
-        raise
-
-
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
-    with naming(path):
-        fd, tmp = _temp_beside(path)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    fd, tmp = _temp_beside(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -268,17 +255,28 @@ class Ledger:
         file and a hard link, so the record appears whole or not at all."""
         path = self._path(gen)
         data = json.dumps({"id": gen, **doc}, indent=1, sort_keys=True, default=str).encode()
-        with naming(path):
-            fd, tmp = _temp_beside(path)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.link(tmp, path)  # exclusive: an existing record is never replaced
-            finally:
-                Path(tmp).unlink(missing_ok=True)
+        fd, tmp = _temp_beside(path)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)  # exclusive: an existing record is never replaced
+        finally:
+            Path(tmp).unlink(missing_ok=True)
         return path
 
     def drop(self, gen: str) -> None:
         self._path(gen).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def naming(path: str | os.PathLike):
+    """An OSError while writing ``path`` names it: a failed write() (a full disk) carries
+    no file name, and the one error line must say which file could not be written."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror or " ".join(str(e).split()), os.fspath(path)) from None
+        raise

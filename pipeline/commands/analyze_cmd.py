@@ -28,7 +28,7 @@ from gla.pipeline import gate, terminal_summary
 from gla.pipeline.analysis import analyze_store, select_cells
 from gla.pipeline.cell_analysis import StoreAnalysisOptions
 from gla.pipeline.errors import UserError
-from gla.pipeline.importer import load_target_prior
+from gla.pipeline.importer import load_array
 from gla.pipeline.preflight import check_store_analysis
 from gla.pipeline.runner import ComputeOptions
 from gla.pipeline.store import Store
@@ -119,9 +119,9 @@ def options_from_args(args: argparse.Namespace) -> StoreAnalysisOptions:
     if not math.isfinite(args.smoothing) or args.smoothing < 0:
         raise UserError(f"--smoothing: must be >= 0, got {args.smoothing}")
     if args.target_prior is not None:
-        load_target_prior(args.target_prior)  # fails early, naming the file
+        load_array(args.target_prior, "target prior", 1)  # fails early, naming the file
     if args.fit_label_distribution not in FIT_LABEL_DISTRIBUTIONS:
-        load_target_prior(args.fit_label_distribution, what="fit label distribution")  # fails early, naming the file
+        load_array(args.fit_label_distribution, "fit label distribution", 1)  # fails early, naming the file
     targets = tuple(dict.fromkeys(args.target_estimators or ()))
     if args.fdr is not None and not args.label_issues:
         raise UserError("--fdr: only with --label-issues")
