@@ -38,13 +38,20 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def one_line(message: str) -> str:
+    """A message with line breaks (a library's) joined into one line; others unchanged."""
+    if "\n" not in message and "\r" not in message:
+        return message
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 def describe_os_error(e: OSError) -> str:
     """One line naming the file: ``<file>: No space left on device (errno ENOSPC)``."""
     names = [str(f) for f in (e.filename, e.filename2) if f is not None]
     code = errno.errorcode.get(e.errno or 0, "")
     what = e.strerror or str(e) or type(e).__name__
     where = f"{' -> '.join(names)}: " if names else ""
-    return " ".join(f"{where}{what}{f' ({code})' if code else ''}".split())
+    return one_line(f"{where}{what}{f' ({code})' if code else ''}")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except UserError as e:  # one line, even when a library's message had several
-        print(f"gla {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"gla {args.command}: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the reader went away (| head): no traceback, but not a success
         detach_stdout()
