@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         detach_stdout()
         return 1
     except OSError as e:  # the environment: read-only or full store, unreadable file
+        if e.errno is None:  # not the system's: a bug, shown as one
+            raise
         print(f"gla {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -309,8 +309,7 @@ def combine(store_root: str | Path, cells: Sequence[Cell], keys: dict[Cell, str]
                 continue
             tmp = res / f".{name}.parquet.{os.getpid()}.staged"
             staged[target] = tmp
-            with records.naming(target):
-                df.write_parquet(tmp)
+            df.write_parquet(tmp)
         for target, tmp in staged.items():
             if tmp is None:
                 target.unlink(missing_ok=True)
