@@ -50,7 +50,7 @@ from gla.pipeline.distshift import (
     robustness_table,
 )
 from gla.pipeline.errors import UserError
-from gla.pipeline.importer import load_array
+from gla.pipeline.importer import load_target_prior
 from gla.pipeline.store import DEFAULT_BATCH_ROWS, CellInfo, SplitArrays, SplitInfo, Store
 
 Locate = Callable[[int], tuple[Path, int]]
@@ -246,15 +246,7 @@ def _check_sample_ids(store: Store, model: str, dataset: str, splits: Iterable[s
 
 def _load_target_prior(path: str, c: int, what: str = "target prior") -> np.ndarray:
     """A (C,) distribution file (target prior, fit label distribution), normalised."""
-    arr, where = load_array(path, what, 1)
-    if arr.dtype.kind not in "iuf":
-        raise UserError(f"{where}: {what} must be numbers, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
-    if len(arr) != c:
-        raise UserError(f"{where}: {what} has {len(arr)} values but the cell has {c} classes")
-    if not np.isfinite(arr).all() or (arr <= 0).any():
-        raise UserError(f"{where}: {what} values must be finite and > 0")
-    return arr / arr.sum()
+    return load_target_prior(path, c, what=what)[0]
 
 
 def _core(options: StoreAnalysisOptions, c: int, target: np.ndarray | None) -> AnalysisOptions:
@@ -272,7 +264,7 @@ def _check_options(options: StoreAnalysisOptions) -> None:
         raise UserError("--estimator: give at least one estimator")
 
 
-def _class_counts(store: Store, info: CellInfo, smoothing: float) -> np.ndarray | None:
+def cell_class_counts(store: Store, info: CellInfo, smoothing: float) -> np.ndarray | None:
     counts_obj = store.read_class_counts(info.dataset)
     if counts_obj is None:
         return None
@@ -484,7 +476,7 @@ def analyze_cell(
     if shift is not None:  # a shifted set: the source cell's priors, no fit of its own
         return _analyze_shifted(store, info, options, shift, key)
     fit_info, eval_info = _split_infos(store, info, options)
-    counts = _class_counts(store, info, options.smoothing)
+    counts = cell_class_counts(store, info, options.smoothing)
     target = _load_target_prior(options.target_prior, info.num_classes) if options.target_prior else None
     _check_sample_ids(store, model, dataset, (options.fit_split, options.eval_split))
     core = _core(options, info.num_classes, target)
