@@ -277,6 +277,10 @@ def data(report):
     return load_tables(report[0])
 
 
+PER_CLASS_COMPARISON = ("baseline", "n_better", "n_worse", "delta", "delta_ci_low", "delta_ci_high",
+                        "mcnemar_p", "q_value", "helps", "hurts")
+
+
 def _with(data, **tables):
     """The same store's data with some tables replaced (or added)."""
     from gla.pipeline.report import ReportData
@@ -424,10 +428,33 @@ def test_class_gain_loss_table(data):
     assert [d for d, _ in got] == pytest.approx([d for d, _ in want[:3] + want[-3:]])
 
 
+def test_the_analysis_gives_the_report_its_intervals(data, report):
+    """The store's own tables (no planted columns): the methods table shows summary's
+    accuracy interval and the class table each class's paired interval and BH verdict."""
+    text = report[2]
+    methods, classes = [r for sec, r in parse(text).tables if sec == "cell-clip-a--fashion"][:2]
+    summ = data.summary.filter((pl.col("model") == "clip-a") & (pl.col("dataset") == "fashion")
+                               & (pl.col("estimator") == "gla") & (pl.col("method") == "gla")).row(0, named=True)
+    gla = next(r for r in methods[1:] if r[0] == "gla")
+    ci = methods[0].index("95 % CI")
+    assert gla[ci] == f"[{100 * summ['accuracy_ci_low']:.2f}, {100 * summ['accuracy_ci_high']:.2f}]"
+    assert classes[0][-3:] == ["change (pp)", "95 % CI (pp)", "BH 5 %"]
+    pc = data.per_class.filter((pl.col("model") == "clip-a") & (pl.col("dataset") == "fashion")
+                               & (pl.col("estimator") == "gla") & (pl.col("method") == "gla"))
+    by_name = {r["class_name"]: r for r in pc.iter_rows(named=True)}
+    for row in classes[1:]:
+        r = by_name[row[0]]
+        assert r["baseline"] == "ft"
+        assert row[-2] == f"[{100 * r['delta_ci_low']:+.2f}, {100 * r['delta_ci_high']:+.2f}]"
+        assert row[-1] == ("helps" if r["helps"] else "hurts" if r["hurts"] else "")
+
+
 def test_class_gain_loss_table_shows_per_class_intervals(data, report):
     from gla.pipeline.report import render
 
-    pc = data.per_class.with_columns(
+    # The store's own per-class comparison columns out (this test plants its own deltas).
+    plain_pc = data.per_class.drop([c for c in PER_CLASS_COMPARISON if c in data.per_class.columns])
+    pc = plain_pc.with_columns(
         pl.when(pl.col("method") == "gla").then(pl.lit("ft")).alias("baseline"),
         pl.when(pl.col("method") == "gla").then(pl.col("class_index") / 100).alias("delta"),
         pl.when(pl.col("method") == "gla").then(pl.col("class_index") / 100 - 0.02).alias("delta_ci_low"),
@@ -441,7 +468,7 @@ def test_class_gain_loss_table_shows_per_class_intervals(data, report):
     top = rows[1]  # class 11: delta 0.11, interval [0.09, 0.14]
     assert top[-2:] == ["+11.00", "[+9.00, +14.00]"]
     assert "paired 95 % interval" in section
-    plain = render(data, figures_for=lambda v: {})
+    plain = render(_with(data, per_class=plain_pc), figures_for=lambda v: {})
     assert "has no per-class intervals" in plain.split("id='cell-clip-a--fashion'")[1].split("</section>")[0]
 
 
