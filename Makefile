@@ -10,6 +10,8 @@ export GLA_DATA_DIR := $(abspath $(DATA))
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 export POLARS_MAX_THREADS ?= 2
+# No pip cache: torch's CUDA wheels would be copied into it (several GB on a small disk).
+export PIP_NO_CACHE_DIR := 1
 
 .PHONY: install data wheelhouse browser demo test lint bench docs clean
 
