@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 from gla.analyze import adjust, noise, schema, shift, stats
-from gla.analyze.cell import FittedPriors, build_tables
+from gla.analyze.cell import AnalysisOptions, FittedPriors, build_tables
 
 Parts = Callable[[], Iterable[tuple]]  # () -> iterator of (zs, ft | None, labels, windows | None)
 
@@ -46,6 +46,8 @@ def debiased(zs, ft, fitted: FittedPriors) -> np.ndarray:
         z = z * np.float32(1.0 / fitted.temperature)
     if ft is None:
         return adjust.zs_debiased(z, fitted.pi_p)
+    if fitted.ft_temperature != 1.0:
+        ft = np.asarray(ft, dtype=np.float32) * np.float32(1.0 / fitted.ft_temperature)
     return adjust.gla(z, ft, fitted.pi_s, fitted.pi_p)
 
 
@@ -163,12 +165,15 @@ def label_shares(parts: Parts, C: int, n_windows: int = 0) -> tuple[np.ndarray, 
 
 def target_tables(model: str, dataset: str, split: str, class_names: Sequence[str],
                   fitted: FittedPriors, result: TargetResult, whole_tallies: dict,
-                  window_tallies: dict, window_names: Sequence[str], shares) -> dict[str, pl.DataFrame]:
-    """summary/per_class/calibration rows of gla_tp, target_priors and window_accuracy."""
+                  window_tallies: dict, window_names: Sequence[str], shares,
+                  groups: str = "released") -> dict[str, pl.DataFrame]:
+    """summary/per_class/calibration rows of gla_tp, target_priors and window_accuracy
+    (``groups``: the head/medium/tail convention, as in the cell's other rows)."""
     names = [str(c) for c in class_names]
     out: dict[str, list[pl.DataFrame]] = {"summary": [], "per_class": [], "calibration": []}
     for e, t in whole_tallies.items():
-        tabs = build_tables(model, dataset, split, names, fitted, {"gla_tp": t})
+        tabs = build_tables(model, dataset, split, names, fitted, {"gla_tp": t},
+                            options=AnalysisOptions(groups=groups))
         for k in out:
             out[k].append(tabs[k].with_columns(pl.lit(e).alias("target_estimator")))
     tables = {k: schema.concat(k, v) for k, v in out.items()}

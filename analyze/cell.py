@@ -16,14 +16,18 @@ import polars as pl
 from gla.analyze import adjust, intervals, paired, schema, stats
 from gla.analyze.priors import (
     ESTIMATORS,
+    LABEL_FREE,
     PriorEstimate,
     check_labels,
     check_logits,
     downstream_prior,
     estimate_pretrain_prior,
+    resolve_temperature,
 )
 
 _EVAL_ROWS = 2048  # rows per sub-block inside a chunk
+TEMPERATURE_SCOPES = ("each", "zs")
+FIT_LABEL_DISTRIBUTIONS = ("uniform", "counts")
 
 
 @dataclass
@@ -34,6 +38,23 @@ class AnalysisOptions:
     target_prior: np.ndarray | None = None  # known π_t of the eval set (default balanced)
     n_bins: int = stats.N_BINS
     estimator_options: dict = field(default_factory=dict)  # extra kwargs, e.g. {"lr": ...}
+    # The released code's conventions by default; the others by name (docs/conventions.md).
+    groups: str = "released"  # head/medium/tail sizes: "released" (C//3, C//3, rest) | "array-split"
+    shot_accuracy: str = "per-class"  # many/medium/few: "per-class" mean | "pooled" over samples
+    temperature_scope: str = "each"  # "each": zs and ft by their own temperature | "zs" only
+    # Label distribution of the fit split for the label-free estimators: "uniform",
+    # "counts" (the fit split's own label counts) or a (C,) array.
+    fit_label_distribution: str | np.ndarray = "uniform"
+
+    def __post_init__(self):
+        for name, value, allowed in (("groups", self.groups, stats.GROUP_SCHEMES),
+                                     ("shot_accuracy", self.shot_accuracy, stats.GROUP_AVERAGES),
+                                     ("temperature_scope", self.temperature_scope, TEMPERATURE_SCOPES)):
+            if value not in allowed:
+                raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
+        d = self.fit_label_distribution
+        if isinstance(d, str) and d not in FIT_LABEL_DISTRIBUTIONS:
+            raise ValueError(f"fit_label_distribution: expected uniform, counts or an array, got {d!r}")
 
 
 @dataclass
@@ -42,6 +63,7 @@ class FittedPriors:
     estimates: dict[str, PriorEstimate]
     pi_s: np.ndarray  # (C,) downstream training prior
     primary: str
+    ft_temperature: float = 1.0  # what the ft logits are divided by (temperature_scope "each")
 
     @property
     def temperature(self) -> float:
@@ -58,10 +80,32 @@ def _estimator_names(options: AnalysisOptions) -> tuple[str, ...]:
     return names
 
 
-def fit_priors(zs_fit, y_fit, num_classes: int, class_counts=None, options: AnalysisOptions | None = None) -> FittedPriors:
+def _fit_label_distribution(options: AnalysisOptions, y: np.ndarray | None, num_classes: int) -> np.ndarray | None:
+    """The label distribution handed to the label-free estimators (None = their uniform default)."""
+    d = options.fit_label_distribution
+    if isinstance(d, str) and d == "uniform":
+        return None
+    if isinstance(d, str):  # "counts": the fit split's own labels
+        if y is None:
+            raise ValueError("fit_label_distribution 'counts' needs a labelled fit split")
+        n = np.bincount(y, minlength=num_classes)
+        if (n == 0).any():
+            raise ValueError(f"fit_label_distribution 'counts': class {int(np.flatnonzero(n == 0)[0])} "
+                             "has no sample in the fit split")
+        return n / n.sum()
+    p = np.asarray(d, dtype=np.float64)
+    if p.shape != (num_classes,) or not np.isfinite(p).all() or (p <= 0).any():
+        raise ValueError(f"fit_label_distribution must be {num_classes} finite values > 0, got shape {p.shape}")
+    return p / p.sum()
+
+
+def fit_priors(zs_fit, y_fit, num_classes: int, class_counts=None, options: AnalysisOptions | None = None,
+               ft_fit=None) -> FittedPriors:
     """Estimate π_p with every requested estimator on the fit split, and π_s from counts.
 
-    ``y_fit`` may be None (or all −1) for the label-free estimators only.
+    ``y_fit`` may be None (or all −1) for the label-free estimators only. With ``ft_fit``
+    (the fit split's ft logits), a temperature and ``temperature_scope`` "each", ft gets
+    its own temperature, fitted by the same rule as zs's (a fixed number: the same number).
     """
     options = options or AnalysisOptions()
     names = _estimator_names(options)
@@ -78,12 +122,20 @@ def fit_priors(zs_fit, y_fit, num_classes: int, class_counts=None, options: Anal
             raise ValueError(f"fit-split labels: {unknown} of {y.size} rows are unknown (-1)")
         else:
             y = check_labels(y, z.shape[0], num_classes, "fit-split labels")
+    dist = _fit_label_distribution(options, y, num_classes)
     estimates = {
-        n: estimate_pretrain_prior(z, y, n, temperature=options.temperature, **options.estimator_options)
+        n: estimate_pretrain_prior(z, y, n, temperature=options.temperature, **options.estimator_options,
+                                   **({"label_distribution": dist} if n in LABEL_FREE and dist is not None else {}))
         for n in names
     }
+    t_ft = 1.0
+    if ft_fit is not None and options.temperature is not None and options.temperature_scope == "each":
+        f = check_logits(ft_fit, "ft logits of the fit split")
+        if f.shape != z.shape:
+            raise ValueError(f"ft logits of the fit split have shape {f.shape}, zs {z.shape}")
+        t_ft = resolve_temperature(f, y, options.temperature)
     pi_s = downstream_prior(class_counts, num_classes, options.smoothing)
-    return FittedPriors(estimates[names[0]].prior, estimates, pi_s, names[0])
+    return FittedPriors(estimates[names[0]].prior, estimates, pi_s, names[0], t_ft)
 
 
 def evaluate(chunks: Iterable[tuple], fitted: FittedPriors, options: AnalysisOptions | None = None,
@@ -94,7 +146,8 @@ def evaluate(chunks: Iterable[tuple], fitted: FittedPriors, options: AnalysisOpt
     as it is, as a method of that name (no prior, no temperature).
 
     Rows with label −1 (unknown) are skipped. The zs logits are divided by the primary
-    estimate's temperature first, so log π_p is removed in the scale it was fitted in.
+    estimate's temperature first, so log π_p is removed in the scale it was fitted in, and
+    the ft logits by ``fitted.ft_temperature`` (1 unless temperature_scope is "each").
     Every chunk must agree on whether ft logits exist (that decides the method set).
     Beside each method's tally, the result counts per class the samples every pair of
     methods gets right (``analyze.paired``): the paired comparisons need nothing else.
@@ -154,8 +207,11 @@ def _score_block(zb, fb, yb, extra: dict, fitted: FittedPriors, options: Analysi
     """Tallies of one block for every method, and the pair counts of their hits."""
     C = fitted.pi_p.shape[0]
     inv_t = np.float32(1.0 / fitted.temperature)
+    inv_t_ft = np.float32(1.0 / fitted.ft_temperature)
     if inv_t != 1:
         zb = zb * inv_t
+    if fb is not None and inv_t_ft != 1:
+        fb = fb * inv_t_ft
     methods = adjust.iter_methods(zb, fb, pi_s=fitted.pi_s, pi_p=fitted.pi_p, target_prior=options.target_prior)
     tallies, hits = {}, {}
     for m, logits in chain(methods, extra.items()):
@@ -177,13 +233,17 @@ def build_tables(
     tallies: Mapping[str, stats.Tally],
     class_counts=None,
     fdr: float = paired.DEFAULT_FDR,
+    options: AnalysisOptions | None = None,
 ) -> dict[str, pl.DataFrame]:
     """{table name: DataFrame} of one cell, each with its ``analyze.schema`` columns.
 
-    With :class:`~analyze.paired.MethodTallies` (what ``evaluate`` returns) the cell also
-    gets its comparisons table and per-class helps / hurts flags (BH at level ``fdr``);
-    with a plain dict of tallies those are empty / null.
+    Head/medium/tail sizes follow ``options.groups`` (pooled accuracy); many/medium/few
+    accuracy averages per ``options.shot_accuracy``. With
+    :class:`~analyze.paired.MethodTallies` (what ``evaluate`` returns) the cell also gets
+    its comparisons table and per-class helps / hurts flags (BH at level ``fdr``); with a
+    plain dict of tallies those are empty / null.
     """
+    options = options or AnalysisOptions()
     C = fitted.pi_p.shape[0]
     names = [str(c) for c in class_names]
     if len(names) != C:
@@ -194,7 +254,7 @@ def build_tables(
         if counts.shape != (C,):
             raise ValueError(f"class counts have shape {counts.shape}, expected ({C},)")
         cgroup = stats.count_groups(counts)
-    pgroup = stats.prior_groups(fitted.pi_p)
+    pgroup = stats.prior_groups(fitted.pi_p, options.groups)
     if not isinstance(tallies, paired.MethodTallies):
         tallies = paired.MethodTallies(dict(tallies))
     # target_estimator names the π_t estimate of gla_tp rows (analyze.audits); empty here.
@@ -202,7 +262,7 @@ def build_tables(
     summary_rows, per_class, calibration = [], [], []
     for m, t in tallies.items():
         summary_rows.append({**cell, "method": m, "split": eval_split,
-                             **_summary_metrics(t, pgroup, cgroup)})
+                             **_summary_metrics(t, pgroup, cgroup, options.shot_accuracy)})
         per_class.append(schema.frame("per_class", {
             **{k: [v] * C for k, v in cell.items()}, "method": [m] * C,
             "class_index": np.arange(C, dtype=np.int32), "class_name": names,
@@ -225,16 +285,18 @@ _GROUPS = {"acc_head": "head", "acc_medium": "medium", "acc_tail": "tail"}
 _COUNT_GROUPS = {"acc_many": "many", "acc_medium_shot": "medium", "acc_few": "few"}
 
 
-def _summary_metrics(t: stats.Tally, pgroup: np.ndarray, cgroup: np.ndarray | None) -> dict:
-    """summary's metrics of one method: the overall ones, group accuracies, their intervals."""
+def _summary_metrics(t: stats.Tally, pgroup: np.ndarray, cgroup: np.ndarray | None, shot_accuracy: str) -> dict:
+    """summary's metrics of one method: the overall ones, group accuracies, their intervals
+    (head/medium/tail pooled; the shot groups pooled or per-class as ``shot_accuracy``)."""
     row = stats.summary_metrics(t)
     ga = stats.group_accuracy(t, pgroup)
     row.update({col: ga.get(g, np.nan) for col, g in _GROUPS.items()})
-    gc = {} if cgroup is None else stats.group_accuracy(t, cgroup)
+    gc = {} if cgroup is None else stats.group_accuracy(t, cgroup, shot_accuracy)
     row.update({col: gc.get(g, np.nan) for col, g in _COUNT_GROUPS.items()})
-    masks = {col: pgroup == g for col, g in _GROUPS.items()}
-    masks.update({col: None if cgroup is None else cgroup == g for col, g in _COUNT_GROUPS.items()})
-    row.update(intervals.summary_intervals(t, masks))
+    shot_kind = intervals.kind_of_average(shot_accuracy)
+    groups = {col: (pgroup == g, intervals.POOLED) for col, g in _GROUPS.items()}
+    groups.update({col: (None if cgroup is None else cgroup == g, shot_kind) for col, g in _COUNT_GROUPS.items()})
+    row.update(intervals.summary_intervals(t, groups))
     return row
 
 

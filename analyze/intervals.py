@@ -24,13 +24,20 @@ from gla.analyze.stats import Tally
 
 LEVEL = 0.95
 POOLED, CLASS_MEAN = "pooled", "class_mean"
-# How each summary accuracy averages over classes; it must match the point estimate in
-# analyze.stats (tests/test_intervals.py checks that it does).
-KINDS = {
-    "accuracy": POOLED, "balanced_accuracy": CLASS_MEAN,
-    "acc_head": POOLED, "acc_medium": POOLED, "acc_tail": POOLED,
-    "acc_many": POOLED, "acc_medium_shot": POOLED, "acc_few": POOLED,
-}  # fmt: skip
+# How accuracy and balanced_accuracy average over classes; a group accuracy's kind is
+# passed with it (analyze.cell: head/medium/tail pooled, the shot groups per
+# ``AnalysisOptions.shot_accuracy``). tests/test_intervals.py checks each against its
+# point estimate.
+KINDS = {"accuracy": POOLED, "balanced_accuracy": CLASS_MEAN}
+_AVERAGES = {"pooled": POOLED, "per-class": CLASS_MEAN}  # analyze.stats.GROUP_AVERAGES names
+
+
+def kind_of_average(average: str) -> str:
+    """The interval kind of a group accuracy averaged as ``stats.group_accuracy(average=)``."""
+    try:
+        return _AVERAGES[average]
+    except KeyError:
+        raise ValueError(f"group average: expected one of {', '.join(_AVERAGES)}, got {average!r}") from None
 
 
 def pooled(correct, support, level: float = LEVEL) -> tuple[float, float, float]:
@@ -69,15 +76,17 @@ def metric_interval(t: Tally, kind: str, classes: np.ndarray | None = None,
     return fn(t.correct[sel], t.support[sel], level)
 
 
-def summary_intervals(t: Tally, groups: dict[str, np.ndarray | None], level: float = LEVEL) -> dict[str, float]:
+def summary_intervals(t: Tally, groups: dict[str, tuple[np.ndarray | None, str]],
+                      level: float = LEVEL) -> dict[str, float]:
     """``<metric>_se``, ``_ci_low``, ``_ci_high`` for accuracy, balanced_accuracy and each
-    group accuracy in ``groups`` (summary column → (C,) class mask, None: no such group)."""
+    group accuracy in ``groups`` (summary column → ((C,) class mask or None when there is
+    no such group, kind))."""
     out: dict[str, float] = {}
-    masks = {"accuracy": None, "balanced_accuracy": None, **groups}
-    for metric, mask in masks.items():
+    metrics = {m: (None, kind) for m, kind in KINDS.items()}
+    for metric, (mask, kind) in {**metrics, **groups}.items():
         if metric in groups and mask is None:
             se = lo = hi = math.nan
         else:
-            se, lo, hi = metric_interval(t, KINDS[metric], mask, level)
+            se, lo, hi = metric_interval(t, kind, mask, level)
         out.update({f"{metric}_se": se, f"{metric}_ci_low": lo, f"{metric}_ci_high": hi})
     return out

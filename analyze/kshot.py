@@ -4,7 +4,8 @@ A cell may hold ``kshot@k`` logit columns, one per shot count k (the paper's 1, 
 16). Each is scored with the few-shot form of GLA, as in the released few-shot code:
 
 - zs and each ``kshot@k`` are divided by their own confidence-matched temperature
-  (``analyze.priors.confidence_temperature``, fitted on the labelled fit split);
+  (``analyze.priors.confidence_temperature``, fitted on the labelled fit split; with
+  temperature scope "zs", only zs is);
 - π_p is estimated on the fit split's tempered zs logits;
 - π_s is uniform: a k-shot training set has k images of every class;
 - then every method of ``analyze.adjust`` (zs, zs_debiased, ft, ft_la, ensemble, gla)
@@ -44,11 +45,17 @@ class KshotFit:
     t_ft: dict[int, float]  # shots -> temperature of kshot@shots
 
 
-def fit_kshot(zs_fit: np.ndarray, y_fit: np.ndarray, ft_fit: dict[int, np.ndarray], estimator: str = "gla") -> KshotFit:
-    """Temperatures of zs and of every k-shot model, and π_p on the tempered zs."""
+def fit_kshot(zs_fit: np.ndarray, y_fit: np.ndarray, ft_fit: dict[int, np.ndarray], estimator: str = "gla",
+              temperature_scope: str = "each") -> KshotFit:
+    """Temperatures of zs and of every k-shot model, and π_p on the tempered zs.
+
+    ``temperature_scope`` "zs" leaves the k-shot logits unscaled (temperature 1)."""
+    if temperature_scope not in ("each", "zs"):
+        raise ValueError(f"temperature_scope: expected each or zs, got {temperature_scope!r}")
     t_zs = confidence_temperature(zs_fit, y_fit)
     pi_p = estimate_pretrain_prior(zs_fit, y_fit, estimator, temperature=t_zs).prior
-    return KshotFit(estimator, pi_p, t_zs, {k: confidence_temperature(f, y_fit) for k, f in ft_fit.items()})
+    t_ft = {k: confidence_temperature(f, y_fit) if temperature_scope == "each" else 1.0 for k, f in ft_fit.items()}
+    return KshotFit(estimator, pi_p, t_zs, t_ft)
 
 
 def evaluate_kshot(chunks: Iterable[tuple[np.ndarray, dict[int, np.ndarray], np.ndarray]], fit: KshotFit,

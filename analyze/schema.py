@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import polars as pl
-from gla.analyze import intervals
 
 S, I32, I64, U64, F, B = pl.String, pl.Int32, pl.Int64, pl.UInt64, pl.Float64, pl.Boolean
 
@@ -67,8 +66,11 @@ _METHOD = (("method", S, "zs, zs_debiased, ft, ft_la, ensemble, gla (and gla_tp,
 _TARGET = (("target_estimator", S, "π_t estimate gla_tp used (em, bbse); empty for other methods"),)
 
 
-def _with_ci(metric: str, doc: str) -> tuple:
-    how = "Wilson" if intervals.KINDS[metric] == intervals.POOLED else "adjusted Wald, class mean"
+_WILSON, _CLASS_MEAN = "Wilson", "adjusted Wald for a mean of class accuracies"
+_SHOT = "adjusted Wald for the per-class mean; Wilson with --shot-accuracy pooled"
+
+
+def _with_ci(metric: str, doc: str, how: str = _WILSON) -> tuple:
     return (
         (metric, F, doc),
         (f"{metric}_se", F, f"standard error of {metric} (docs/statistics.md)"),
@@ -85,16 +87,16 @@ SUMMARY = Table(
         ("split", S, "eval split the metrics are computed on"),
         ("n", I64, "labelled eval samples scored"),
         *_with_ci("accuracy", "top-1 accuracy (pooled over samples)"),
-        *_with_ci("balanced_accuracy", "mean of the per-class accuracies (classes with samples)"),
+        *_with_ci("balanced_accuracy", "mean of the per-class accuracies (classes with samples)", _CLASS_MEAN),
         ("top5", F, "top-5 accuracy (label among the 5 highest logits; 1 when C ≤ 5)"),
         ("nll", F, "mean negative log-likelihood of softmax(logits)"),
         ("ece", F, "expected calibration error, top-label, equal-width bins"),
         *_with_ci("acc_head", "head-group accuracy (classes by π_p; see docs/conventions.md)"),
         *_with_ci("acc_medium", "medium-group accuracy (classes by π_p)"),
         *_with_ci("acc_tail", "tail-group accuracy (classes by π_p)"),
-        *_with_ci("acc_many", "many-shot accuracy (training count > 100)"),
-        *_with_ci("acc_medium_shot", "medium-shot accuracy (count 20–100)"),
-        *_with_ci("acc_few", "few-shot accuracy (count < 20)"),
+        *_with_ci("acc_many", "many-shot accuracy (training count > 100)", _SHOT),
+        *_with_ci("acc_medium_shot", "medium-shot accuracy (count 20–100)", _SHOT),
+        *_with_ci("acc_few", "few-shot accuracy (count < 20)", _SHOT),
     ),
     keys=("model", "dataset", "estimator", "method", "target_estimator"),
     required=("model", "dataset", "estimator", "method", "split", "n", "accuracy",

@@ -144,26 +144,54 @@ def per_class_metrics(t: Tally) -> dict[str, np.ndarray]:
     }
 
 
-def group_accuracy(t: Tally, groups: np.ndarray) -> dict[str, float]:
-    """Accuracy pooled over each group's classes: Σ correct / Σ support (NaN if no support)."""
+# The released GLA code's conventions are the defaults; the other variants keep their own
+# names (docs/conventions.md).
+GROUP_SCHEMES = ("released", "array-split")
+GROUP_AVERAGES = ("per-class", "pooled")
+
+
+def group_accuracy(t: Tally, groups: np.ndarray, average: str = "pooled") -> dict[str, float]:
+    """Accuracy of each group of classes (NaN when the group has no eval sample).
+
+    ``average``: "pooled" = Σ correct / Σ support over the group's classes; "per-class" =
+    the mean of the group's per-class accuracies (classes without eval samples left out),
+    as the released code reports many/medium/few-shot accuracy.
+    """
+    if average not in GROUP_AVERAGES:
+        raise ValueError(f"group average: expected one of {', '.join(GROUP_AVERAGES)}, got {average!r}")
+    recall = _ratio(t.correct, t.support)
     out = {}
     for g in dict.fromkeys(groups.tolist()):
         sel = groups == g
-        out[g] = float(_ratio(t.correct[sel].sum(), t.support[sel].sum()))
+        if average == "pooled":
+            out[g] = float(_ratio(t.correct[sel].sum(), t.support[sel].sum()))
+        else:
+            r = recall[sel & (t.support > 0)]
+            out[g] = float(r.mean()) if r.size else float("nan")
     return out
 
 
-def prior_groups(prior) -> np.ndarray:
-    """"head"/"medium"/"tail": classes sorted by prior (largest first) and cut into thirds.
+def group_sizes(num_classes: int, scheme: str = "released") -> tuple[int, int, int]:
+    """(head, medium, tail) class counts: "released" gives C//3, C//3 and the rest (the
+    tail takes the leftovers); "array-split" gives the leftovers to the earlier groups."""
+    c = int(num_classes)
+    if scheme == "released":
+        return c // 3, c // 3, c - 2 * (c // 3)
+    if scheme == "array-split":
+        return tuple(len(a) for a in np.array_split(np.arange(c), 3))
+    raise ValueError(f"groups: expected one of {', '.join(GROUP_SCHEMES)}, got {scheme!r}")
 
-    Ties keep class order; when C is not a multiple of 3 the earlier groups get the extra
-    class (np.array_split).
+
+def prior_groups(prior, scheme: str = "released") -> np.ndarray:
+    """"head"/"medium"/"tail": classes sorted by prior (largest first), cut by ``group_sizes``.
+
+    Ties keep class order (stable sort).
     """
     prior = np.asarray(prior, dtype=np.float64)
     order = np.argsort(-prior, kind="stable")
+    h, m, _ = group_sizes(prior.shape[0], scheme)
     out = np.empty(prior.shape[0], dtype=object)
-    for name, idx in zip(("head", "medium", "tail"), np.array_split(order, 3), strict=True):
-        out[idx] = name
+    out[order[:h]], out[order[h : h + m]], out[order[h + m :]] = "head", "medium", "tail"
     return out.astype(str)
 
 

@@ -29,9 +29,18 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 from gla.analyze import kshot, predictions
-from gla.analyze.cell import AnalysisOptions, FittedPriors, build_tables, evaluate, fit_priors
+from gla.analyze.cell import (
+    FIT_LABEL_DISTRIBUTIONS,
+    TEMPERATURE_SCOPES,
+    AnalysisOptions,
+    FittedPriors,
+    build_tables,
+    evaluate,
+    fit_priors,
+)
 from gla.analyze.paired import MethodTallies
 from gla.analyze.priors import LABEL_FREE, parse_temperature
+from gla.analyze.stats import GROUP_AVERAGES, GROUP_SCHEMES
 from gla.pipeline import cell_audits
 from gla.pipeline.distshift import (
     ShiftSpec,
@@ -72,6 +81,27 @@ class StoreAnalysisOptions:
     label_issue_split: str = ""  # the labelled split audited ("" = the eval split)
     clean_split: str = ""  # clean labelled split the p-values are taken against ("" = fit split)
     fdr: float = 0.1
+    # Conventions (docs/conventions.md): the released code's by default, the others by name.
+    groups: str = "released"  # head/medium/tail sizes: released (C//3, C//3, rest) | array-split
+    shot_accuracy: str = "per-class"  # many/medium/few: per-class mean | pooled
+    temperature_scope: str = "each"  # each (zs and ft, own temperatures) | zs
+    fit_label_distribution: str = "uniform"  # for label-free estimators: uniform | counts | FILE
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("groups", GROUP_SCHEMES), ("shot_accuracy", GROUP_AVERAGES),
+                              ("temperature_scope", TEMPERATURE_SCOPES)):
+            if getattr(self, name) not in allowed:
+                raise UserError(f"analysis.{name}: expected one of {', '.join(allowed)}, "
+                                f"got {getattr(self, name)!r}")
+        if not isinstance(self.fit_label_distribution, str) or not self.fit_label_distribution:
+            raise UserError("analysis.fit_label_distribution: expected uniform, counts or a file, "
+                            f"got {self.fit_label_distribution!r}")
+
+    @property
+    def fit_label_file(self) -> str | None:
+        """The fit label distribution's file, or None for uniform / counts."""
+        d = self.fit_label_distribution
+        return None if d in FIT_LABEL_DISTRIBUTIONS else d
 
     @classmethod
     def from_mapping(cls, d: dict[str, Any] | None, **overrides: Any) -> StoreAnalysisOptions:
@@ -90,6 +120,10 @@ class StoreAnalysisOptions:
                 kw["temperature"] = parse_temperature(kw["temperature"])
             except ValueError as e:
                 raise UserError(f"analysis.{e}") from None
+        if kw.get("fit_label_distribution") in ("", None):
+            kw.pop("fit_label_distribution", None)
+        elif "fit_label_distribution" in kw:
+            kw["fit_label_distribution"] = os.fspath(kw["fit_label_distribution"])
         if kw.get("target_prior") in ("", None):
             kw["target_prior"] = None
         else:
@@ -101,20 +135,27 @@ class StoreAnalysisOptions:
         d = asdict(self)
         d.pop("batch_rows")
         d.pop("threads")
-        if self.target_prior:
-            try:
-                with open(self.target_prior, "rb") as f:
-                    d["target_prior_sha"] = hashlib.sha256(f.read()).hexdigest()
-            except OSError:
-                d["target_prior_sha"] = "missing"
+        for key, path in (("target_prior_sha", self.target_prior),
+                          ("fit_label_distribution_sha", self.fit_label_file)):
+            if path:
+                try:
+                    with open(path, "rb") as f:
+                        d[key] = hashlib.sha256(f.read()).hexdigest()
+                except OSError:
+                    d[key] = "missing"
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def core(self, target_prior: np.ndarray | None) -> AnalysisOptions:
+    def core(self, target_prior: np.ndarray | None, fit_distribution: np.ndarray | None = None) -> AnalysisOptions:
+        """The arrays-only options; ``fit_distribution`` is the loaded fit label file."""
         return AnalysisOptions(
             estimators=tuple(self.estimators),
             temperature=self.temperature,
             smoothing=float(self.smoothing),
             target_prior=target_prior,
+            groups=self.groups,
+            shot_accuracy=self.shot_accuracy,
+            temperature_scope=self.temperature_scope,
+            fit_label_distribution=self.fit_label_distribution if fit_distribution is None else fit_distribution,
         )
 
 
@@ -204,16 +245,22 @@ def _check_sample_ids(store: Store, model: str, dataset: str, splits: Iterable[s
             row += n
 
 
-def _load_target_prior(path: str, c: int) -> np.ndarray:
-    arr, where = load_array(path, "target prior", 1)
+def _load_target_prior(path: str, c: int, what: str = "target prior") -> np.ndarray:
+    """A (C,) distribution file (target prior, fit label distribution), normalised."""
+    arr, where = load_array(path, what, 1)
     if arr.dtype.kind not in "iuf":
-        raise UserError(f"{where}: target prior must be numbers, got dtype {arr.dtype}")
+        raise UserError(f"{where}: {what} must be numbers, got dtype {arr.dtype}")
     arr = arr.astype(np.float64)
     if len(arr) != c:
-        raise UserError(f"{where}: target prior has {len(arr)} values but the cell has {c} classes")
+        raise UserError(f"{where}: {what} has {len(arr)} values but the cell has {c} classes")
     if not np.isfinite(arr).all() or (arr <= 0).any():
-        raise UserError(f"{where}: target prior values must be finite and > 0")
+        raise UserError(f"{where}: {what} values must be finite and > 0")
     return arr / arr.sum()
+
+
+def _core(options: StoreAnalysisOptions, c: int, target: np.ndarray | None) -> AnalysisOptions:
+    dist = options.fit_label_file
+    return options.core(target, None if dist is None else _load_target_prior(dist, c, "fit label distribution"))
 
 
 def _check_options(options: StoreAnalysisOptions) -> None:
@@ -255,7 +302,9 @@ def _fit(store: Store, info: CellInfo, fit_info: SplitInfo, options: StoreAnalys
     """Load the fit split (labels + zs), check it, fit every estimator."""
     c, split = info.num_classes, options.fit_split
     labelled = any(e not in LABEL_FREE for e in options.estimators)
-    fit = store.read_split(info.model, info.dataset, split, columns=("label", "zs"), info=fit_info)
+    ft_own = info.has_ft and core.temperature is not None and core.temperature_scope == "each"
+    fit = store.read_split(info.model, info.dataset, split, columns=("label", "zs", *(("ft",) if ft_own else ())),
+                           info=fit_info)
 
     def locate(r: int) -> tuple[Path, int]:
         return Store.locate_row(fit_info, r)
@@ -272,9 +321,12 @@ def _fit(store: Store, info: CellInfo, fit_info: SplitInfo, options: StoreAnalys
                 f"in fit split {split!r}; every class needs at least one"
             )
     try:
-        return fit_priors(fit.zs, fit.labels, c, class_counts=counts, options=core)
+        return fit_priors(fit.zs, fit.labels, c, class_counts=counts, options=core,
+                          ft_fit=fit.ft if ft_own else None)
     except (KeyError, ValueError) as e:
         _check_finite(fit.zs, locate, "zs")  # name file, row and class if that was it
+        if ft_own and fit.ft is not None:
+            _check_finite(fit.ft, locate, "ft")
         raise UserError(f"{fit_info.files[0]}: prior fit failed: {e}") from None
 
 
@@ -390,6 +442,7 @@ def _diagnostics(fit_info: SplitInfo, info: CellInfo, n_eval: int, n_unknown: in
         "has_ft": info.has_ft,
         "seconds": wall,
         "cpu_seconds": cpu,
+        "ft_temperature": fitted.ft_temperature,
         "estimates": {
             name: {"iterations": est.iterations, "objective": est.objective,
                    "converged": est.converged, "message": est.message}
@@ -429,7 +482,7 @@ def analyze_cell(
     counts = _class_counts(store, info, options.smoothing)
     target = _load_target_prior(options.target_prior, info.num_classes) if options.target_prior else None
     _check_sample_ids(store, model, dataset, (options.fit_split, options.eval_split))
-    core = options.core(target)
+    core = _core(options, info.num_classes, target)
     clock.mark()
     fitted = _fit(store, info, fit_info, options, counts, core)
     clock.mark()
@@ -446,7 +499,8 @@ def analyze_cell(
         )
     clock.mark()
     tables = build_tables(
-        model, dataset, options.eval_split, list(info.class_names), fitted, tallies, class_counts=counts
+        model, dataset, options.eval_split, list(info.class_names), fitted, tallies, class_counts=counts,
+        options=core,
     )
     tables["predictions"] = kept.table(model, dataset, fitted.primary)
     shots = {k: col for col in eval_info.extra_logits if (k := kshot.shots_of(col)) is not None}
@@ -475,7 +529,8 @@ def _analyze_shifted(store: Store, info: CellInfo, options: StoreAnalysisOptions
     source = analyze_cell(store, model, shift.source, replace(options, estimators=options.estimators[:1]))
     src_info = store.cell_info(model, shift.source)
     m = class_map(shift, info.class_names, src_info.class_names)
-    fitted = restrict_priors(fitted_from_tables(source.tables), m)
+    fitted = replace(restrict_priors(fitted_from_tables(source.tables), m),
+                     ft_temperature=source.diagnostics["ft_temperature"])
     counts_obj = store.read_class_counts(shift.source)
     counts = None if counts_obj is None else counts_obj.counts[m]
     target = None
@@ -485,7 +540,8 @@ def _analyze_shifted(store: Store, info: CellInfo, options: StoreAnalysisOptions
     if eval_info.rows == 0:
         raise UserError(f"{eval_info.files[0]}: split {split!r} has no rows")
     _check_sample_ids(store, model, dataset, (split,))
-    core = options.core(target)
+    # Nothing is fitted here (the source's priors are used): no fit label distribution.
+    core = replace(options, fit_label_distribution="uniform").core(target)
     batches = store.iter_split(model, dataset, split,
                                columns=("label", "zs", "ft", "sample_id", *eval_info.extra_logits),
                                batch_rows=options.batch_rows, info=eval_info)
@@ -494,7 +550,8 @@ def _analyze_shifted(store: Store, info: CellInfo, options: StoreAnalysisOptions
     if tallies is None:
         raise UserError(f"{eval_info.files[0]}: column label is -1 (unknown) in every row of eval split "
                         f"{split!r}; evaluation needs labels")
-    tables = build_tables(model, dataset, split, list(info.class_names), fitted, tallies, class_counts=counts)
+    tables = build_tables(model, dataset, split, list(info.class_names), fitted, tallies, class_counts=counts,
+                          options=core)
     tables["predictions"] = kept.table(model, dataset, fitted.primary)
     tables["robustness"] = robustness_table(tables["summary"], source.tables["summary"], shift.source,
                                             info.num_classes, src_info.num_classes)
@@ -515,7 +572,8 @@ def _kshot_sweep(store: Store, info: CellInfo, options: StoreAnalysisOptions, fi
         raise UserError(f"{fit_info.files[0]}: column label is -1 (unknown); the k-shot sweep's "
                         "temperatures need a labelled fit split")
     try:
-        fitted = kshot.fit_kshot(fit.zs, fit.labels, {k: fit.extra[c] for k, c in shots.items()}, estimator)
+        fitted = kshot.fit_kshot(fit.zs, fit.labels, {k: fit.extra[c] for k, c in shots.items()}, estimator,
+                                 options.temperature_scope)
     except ValueError as e:
         raise UserError(f"{fit_info.files[0]}: k-shot fit failed: {e}") from None
     batches = store.iter_split(model, dataset, options.eval_split, columns=("label", "zs", *shots.values()),

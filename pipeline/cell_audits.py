@@ -131,7 +131,7 @@ def run(store: Store, info: CellInfo, options: Any, fitted: FittedPriors, fit_in
         shares = audits.label_shares(parts, info.num_classes, W)
         split_name = "+".join(s for s, _ in splits)
         for k, v in audits.target_tables(info.model, info.dataset, split_name, names, fitted, res,
-                                         whole, win, wnames, shares).items():
+                                         whole, win, wnames, shares, groups=options.groups).items():
             out.setdefault(k, []).append(v)
     if aopts.label_issues:
         clean_fit = fit

@@ -36,7 +36,10 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``gla`` parser. Every sub-command is listed; with ``only`` just that one's module
+    is imported and configured (what ``main`` does, so start-up pays for one command's
+    imports, not all of them); without it, every one (docs, tests)."""
     parser = OneLineParser(
         prog="gla",
         description="Audit and de-bias CLIP-style models with Generalized Logit Adjustment, "
@@ -47,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(_parser=p)
+        if only is not None and name != only:
+            continue
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
@@ -59,8 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_of(argv: list[str]) -> str:
+    """The sub-command named on the command line: the first word that is not an option (the
+    top-level parser's own options, --help and --version, take no value)."""
+    return next((a for a in argv if not a.startswith("-")), "")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only=_command_of(argv))
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:  # named by the sub-command's parser: "gla run: error: ..."

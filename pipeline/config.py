@@ -64,6 +64,20 @@ class AnalysisSettings(_Strict):
     clean_split: str = Field("", description="clean labelled split the label-issue p-values are "
                              "computed against (default: the fit split)")
     fdr: float = Field(0.1, gt=0.0, lt=1.0, description="Benjamini–Hochberg level of the label-issue flags")
+    # The released GLA code's conventions are the defaults (docs/conventions.md).
+    groups: Literal["released", "array-split"] = Field(
+        "released", description="head/medium/tail sizes by π_p: `released` (C//3 head, C//3 medium, "
+        "the rest tail, as the released GLA code) or `array-split` (leftover classes to the head first)")
+    shot_accuracy: Literal["per-class", "pooled"] = Field(
+        "per-class", description="many/medium/few-shot accuracy: `per-class` (mean of the group's "
+        "per-class accuracies, as the released code) or `pooled` (Σ correct / Σ samples)")
+    temperature_scope: Literal["each", "zs"] = Field(
+        "each", description="with a temperature: `each` divides zs and ft by their own temperature "
+        "(as the released few-shot code), `zs` rescales only zs")
+    fit_label_distribution: str = Field(
+        "uniform", description="the fit split's label distribution for the label-free estimators "
+        "(prior-matching, eigen-iterated, batch-calibration): `uniform`, `counts` (the fit split's "
+        "own label counts) or a file of C values")
 
     @field_validator("estimators")
     @classmethod
@@ -463,6 +477,8 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     base = path.resolve().parent
     config.store = _resolve(config.store, base)
     config.analysis.target_prior = _resolve(config.analysis.target_prior, base)
+    if config.analysis.fit_label_distribution not in ("uniform", "counts", ""):
+        config.analysis.fit_label_distribution = _resolve(config.analysis.fit_label_distribution, base)
     for m in config.models:
         m.model_config_file = _resolve(m.model_config_file, base)
         m.pretrained = _resolve_pretrained(m.pretrained, base)

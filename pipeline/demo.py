@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 
 import polars as pl
+from gla.analyze.adjust import METHODS
+from gla.extract.demo.kshot import build_kshot_heads
 from gla.pipeline.config import Config, SplitSpec, load_config
 
 CONFIG = Path(__file__).resolve().parent / "demo.toml"
@@ -44,12 +46,9 @@ def true_frequencies(assets: Path = ASSETS) -> pl.DataFrame:
 
 def accuracy_table(results: Path) -> pl.DataFrame:
     """method × dataset accuracy on the eval split (rows in the DESIGN's method order)."""
-    from gla.analyze.adjust import METHODS
-
     s = pl.read_parquet(results / "summary.parquet").filter(pl.col("method") != "gla_tp")  # other split
     wide = s.pivot(on="dataset", index="method", values="accuracy", aggregate_function="first")
-    order = pl.DataFrame({"method": list(METHODS), "_o": range(len(METHODS))})
-    return wide.join(order, on="method", how="left").sort("_o", "method", nulls_last=True).drop("_o")
+    return wide.join(_method_order(), on="method", how="left").sort("_o", "method", nulls_last=True).drop("_o")
 
 
 def prior_agreement(results: Path, truth: pl.DataFrame) -> pl.DataFrame:
@@ -63,7 +62,7 @@ def prior_agreement(results: Path, truth: pl.DataFrame) -> pl.DataFrame:
 
 
 def group_gains(results: Path) -> pl.DataFrame:
-    """Head / medium / tail accuracy (thirds by estimated π_p) of zs and ft against gla."""
+    """Head / medium / tail accuracy (C//3, C//3 and the rest by estimated π_p) of zs and ft against gla."""
     s = pl.read_parquet(results / "summary.parquet").filter(pl.col("method").is_in(["zs", "ft", "gla"]))
     return s.select("dataset", "method", "acc_head", "acc_medium", "acc_tail").sort("dataset", "method")
 
@@ -84,16 +83,12 @@ def robustness(results: Path) -> pl.DataFrame:
 
 
 def _method_order() -> pl.DataFrame:
-    from gla.analyze.adjust import METHODS
-
     return pl.DataFrame({"method": list(METHODS), "_o": range(len(METHODS))})
 
 
 def kshot_config(store: str | Path, *, limit_per_class: int | None = None, workers: int | None = None) -> Config:
     """The k-shot sweep of ``gla demo --kshot``: the two downstream datasets, with k-shot
     heads (k = 1, 2, 4, 8, 16) built deterministically into ``<store>/kshot-heads``."""
-    from gla.extract.demo.kshot import build_kshot_heads
-
     config = demo_config(store, limit_per_class=limit_per_class, workers=workers)
     keep = [d for d in config.datasets if not d.evaluate_with]
     heads = build_kshot_heads(Path(config.store) / "kshot-heads")

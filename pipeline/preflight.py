@@ -227,17 +227,22 @@ def _check_analysis_splits(config: Config, d: DatasetSpec, source: Source) -> No
 
 
 def _check_target_prior(config: Config, sources: dict[str, Source]) -> None:
-    path = config.analysis.target_prior
-    if not path:
-        return
-    try:
-        prior, where = load_array(path, "target prior", 1)
-    except UserError as e:
-        raise ExtractError(f"analysis.target_prior: {e}") from None
-    for name, src in sources.items():
-        if len(prior) != len(src.class_names):
-            raise ExtractError(f"analysis.target_prior: {where} has {len(prior)} values but dataset "
-                               f"{name!r} has {len(src.class_names)} classes")
+    """The distribution files of [analysis] (target_prior, fit_label_distribution) load
+    and have one value per class of every dataset."""
+    a = config.analysis
+    fit_file = "" if a.fit_label_distribution in ("uniform", "counts") else a.fit_label_distribution
+    for key, path, what in (("target_prior", a.target_prior, "target prior"),
+                            ("fit_label_distribution", fit_file, "fit label distribution")):
+        if not path:
+            continue
+        try:
+            prior, where = load_array(path, what, 1)
+        except UserError as e:
+            raise ExtractError(f"analysis.{key}: {e}") from None
+        for name, src in sources.items():
+            if len(prior) != len(src.class_names):
+                raise ExtractError(f"analysis.{key}: {where} has {len(prior)} values but dataset "
+                                   f"{name!r} has {len(src.class_names)} classes")
 
 
 # --------------------------------------------------------------------------- gla analyze

@@ -123,8 +123,10 @@ def test_balanced_accuracy_interval_covers_in_planted_worlds(classes, per_class,
     assert 0.9 < np.mean(ratio) < 1.15  # the variance estimate is about unbiased
 
 
-@pytest.fixture(scope="module")
-def cell_tables():
+SHOT = ("acc_many", "acc_medium_shot", "acc_few")
+
+
+def cell_tables(options=None):
     C = 12
     pi = zipf_prior(C, seed=0)
     fit = planted_world(C, 20, pi, seed=1, signal=2.0)
@@ -132,41 +134,49 @@ def cell_tables():
     counts = np.array([500, 300, 150, 101, 100, 60, 20, 19, 10, 5, 2, 1])
     fitted = cell.fit_priors(fit.zs, fit.labels, C, counts)
     tallies = cell.evaluate([(ev.zs, ev.ft, ev.labels)], fitted)
-    tables = cell.build_tables("m", "d", "test", [f"c{i}" for i in range(C)], fitted, tallies, counts)
+    tables = cell.build_tables("m", "d", "test", [f"c{i}" for i in range(C)], fitted, tallies, counts,
+                               options=options)
     schema.check(tables)
     return tables, tallies
 
 
-def test_summary_carries_an_interval_for_every_ci_metric(cell_tables):
+@pytest.mark.parametrize("shot_accuracy", ["per-class", "pooled"])
+def test_summary_carries_an_interval_for_every_ci_metric(shot_accuracy):
     """Each CI metric: the point estimate is the one the interval's kind describes (so a
     change of a group's definition in analyze.stats cannot silently mismatch), the
     interval contains it, and the columns are the interval functions' output."""
-    tables, tallies = cell_tables
+    tables, tallies = cell_tables(cell.AnalysisOptions(shot_accuracy=shot_accuracy))
     summary, pc = tables["summary"], tables["per_class"]
+    kinds = {**intervals.KINDS, "acc_head": intervals.POOLED, "acc_medium": intervals.POOLED,
+             "acc_tail": intervals.POOLED, **dict.fromkeys(SHOT, intervals.kind_of_average(shot_accuracy))}
+    assert kinds["acc_few"] == (intervals.CLASS_MEAN if shot_accuracy == "per-class" else intervals.POOLED)
     for row in summary.iter_rows(named=True):
         t = tallies[row["method"]]
         sub = pc.filter(pl.col("method") == row["method"])
         for metric in schema.CI_METRICS:
             if metric in schema.GROUP_COLUMNS:
-                col = "count_group" if metric in ("acc_many", "acc_medium_shot", "acc_few") else "group"
+                col = "count_group" if metric in SHOT else "group"
                 mask = (sub[col] == schema.GROUP_COLUMNS[metric]).to_numpy()
             else:
                 mask = np.ones(len(t.support), dtype=bool)
-            kind = intervals.KINDS[metric]
+            kind = kinds[metric]
             assert row[metric] == pytest.approx(intervals.estimate(t.correct[mask], t.support[mask], kind)), metric
             se, lo, hi = intervals.metric_interval(t, kind, mask)
             assert (row[f"{metric}_se"], row[f"{metric}_ci_low"], row[f"{metric}_ci_high"]) == pytest.approx((se, lo, hi))
             assert lo <= row[metric] <= hi and 0 < se < 0.5, metric
+    with pytest.raises(ValueError, match="group average"):
+        intervals.kind_of_average("median")
 
 
 def test_intervals_are_null_where_undefined():
-    """No training counts: no count groups; C = 2: no tail third; a class without samples."""
+    """No training counts: no count groups; C = 2: no head or medium group (C // 3 = 0);
+    a class without samples."""
     fit = planted_world(2, 30, np.array([0.8, 0.2]), seed=3, signal=1.5)
     ev = planted_world(2, [40, 0], np.array([0.8, 0.2]), seed=4, signal=1.5)
     fitted = cell.fit_priors(fit.zs, fit.labels, 2)
     tables = cell.build_tables("m", "d", "test", ["a", "b"], fitted, cell.evaluate([(ev.zs, ev.ft, ev.labels)], fitted))
     s = tables["summary"]
-    for metric in ("acc_tail", "acc_many", "acc_medium_shot", "acc_few"):
+    for metric in ("acc_head", "acc_medium", "acc_many", "acc_medium_shot", "acc_few"):
         for suffix in schema.CI_SUFFIXES:
             assert s[f"{metric}{suffix}"].null_count() == s.height, (metric, suffix)
     assert s["accuracy_ci_low"].null_count() == 0 and s["balanced_accuracy_se"].null_count() == 0

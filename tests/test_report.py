@@ -13,22 +13,11 @@ import polars as pl
 import pytest
 from gla.pipeline.cell_analysis import StoreAnalysisOptions
 from gla.pipeline.errors import UserError
-from gla.pipeline.incremental import analyze_cells
 from gla.pipeline.report import gain_table, write_report
-from gla.pipeline.runner import Runner
 from gla.pipeline.synthetic import write_cell
+from report_world import CELLS, make_store  # tests/ is on sys.path (rootdir import mode)
 
 REPO = Path(__file__).resolve().parent.parent
-CELLS = [("clip-a", "fashion", True), ("clip-a", "animals", True), ("clip-b", "fashion", False)]
-
-
-def make_store(root: Path, options=None) -> Path:
-    for i, (m, d, ft) in enumerate(CELLS):
-        if not (root / "logits" / m / d).exists():
-            write_cell(root, m, d, num_classes=12, fit_per_class=10, eval_rows=600, seed=i, ft=ft)
-    analyze_cells(root, options or StoreAnalysisOptions(estimators=("gla", "eigen")),
-                  runner=Runner(workers=0, quiet=True))
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -418,58 +407,67 @@ def test_class_gain_loss_table(data):
     from gla.pipeline.report import findings
 
     view = data.view("clip-a", "fashion")
-    rows, method = findings.class_changes(view, k=3)
-    assert method == "gla"
+    got = findings.class_changes(view)
+    assert (got.method, got.baseline) == ("gla", "ft")
     pc = view.per_class
     acc = {(r["method"], r["class_index"]): r["accuracy"] for r in pc.iter_rows(named=True)}
-    want = sorted(((acc[("gla", c)] - acc[("ft", c)], c) for c in pc["class_index"].unique()), key=lambda t: (-t[0], t[1]))
-    got = list(zip(rows["delta"].to_list(), rows["class_index"].to_list(), strict=True))
-    assert [c for _, c in got] == [c for _, c in want[:3] + want[-3:]]
-    assert [d for d, _ in got] == pytest.approx([d for d, _ in want[:3] + want[-3:]])
+    delta = {c: acc[("gla", c)] - acc[("ft", c)] for c in pc["class_index"].unique()}
+    up = sorted((c for c in delta if delta[c] > 0), key=lambda c: (-delta[c], c))
+    down = sorted((c for c in delta if delta[c] < 0), key=lambda c: (delta[c], c))
+    assert got.gains(3)["class_index"].to_list() == up[:3]
+    assert got.losses(3)["class_index"].to_list() == down[:3]
+    assert got.gains(3)["delta"].to_list() == pytest.approx([delta[c] for c in up[:3]])
+    same = sum(1 for v in delta.values() if v == 0)
+    assert got.sentence() == (f"Under GLA against fine-tuned, {len(up)} of {len(delta)} classes gain accuracy, "
+                              f"{len(down)} lose and {same} are unchanged.")
 
 
 def test_the_analysis_gives_the_report_its_intervals(data, report):
     """The store's own tables (no planted columns): the methods table shows summary's
-    accuracy interval and the class table each class's paired interval and BH verdict."""
+    accuracy interval and the class tables each class's paired interval and BH verdict."""
     text = report[2]
-    methods, classes = [r for sec, r in parse(text).tables if sec == "cell-clip-a--fashion"][:2]
+    methods, gains, losses = [r for sec, r in parse(text).tables if sec == "cell-clip-a--fashion"][:3]
     summ = data.summary.filter((pl.col("model") == "clip-a") & (pl.col("dataset") == "fashion")
                                & (pl.col("estimator") == "gla") & (pl.col("method") == "gla")).row(0, named=True)
     gla = next(r for r in methods[1:] if r[0] == "gla")
     ci = methods[0].index("95 % CI")
     assert gla[ci] == f"[{100 * summ['accuracy_ci_low']:.2f}, {100 * summ['accuracy_ci_high']:.2f}]"
-    assert classes[0][-3:] == ["change (pp)", "95 % CI (pp)", "BH 5 %"]
     pc = data.per_class.filter((pl.col("model") == "clip-a") & (pl.col("dataset") == "fashion")
                                & (pl.col("estimator") == "gla") & (pl.col("method") == "gla"))
     by_name = {r["class_name"]: r for r in pc.iter_rows(named=True)}
-    for row in classes[1:]:
-        r = by_name[row[0]]
-        assert r["baseline"] == "ft"
-        assert row[-2] == f"[{100 * r['delta_ci_low']:+.2f}, {100 * r['delta_ci_high']:+.2f}]"
-        assert row[-1] == ("helps" if r["helps"] else "hurts" if r["hurts"] else "")
+    for rows in (gains, losses):
+        assert rows[0][-3:] == ["Δ pp", "95 % CI (pp)", "BH 5 %"]
+        for row in rows[1:]:
+            r = by_name[row[0]]
+            assert r["baseline"] == "ft"
+            assert row[-2] == f"[{100 * r['delta_ci_low']:+.2f}, {100 * r['delta_ci_high']:+.2f}]"
+            assert row[-1] == ("helps" if r["helps"] else "hurts" if r["hurts"] else "")
+    assert len(gains) + len(losses) > 3  # some classes are shown
 
 
-def test_class_gain_loss_table_shows_per_class_intervals(data, report):
+def test_class_gain_loss_tables_show_per_class_intervals(data):
     from gla.pipeline.report import render
 
     # The store's own per-class comparison columns out (this test plants its own deltas).
     plain_pc = data.per_class.drop([c for c in PER_CLASS_COMPARISON if c in data.per_class.columns])
     pc = plain_pc.with_columns(
         pl.when(pl.col("method") == "gla").then(pl.lit("ft")).alias("baseline"),
-        pl.when(pl.col("method") == "gla").then(pl.col("class_index") / 100).alias("delta"),
-        pl.when(pl.col("method") == "gla").then(pl.col("class_index") / 100 - 0.02).alias("delta_ci_low"),
-        pl.when(pl.col("method") == "gla").then(pl.col("class_index") / 100 + 0.03).alias("delta_ci_high"),
+        pl.when(pl.col("method") == "gla").then(pl.col("class_index") / 100 - 0.05).alias("delta"),
+        pl.when(pl.col("method") == "gla").then(pl.col("class_index") / 100 - 0.07).alias("delta_ci_low"),
+        pl.when(pl.col("method") == "gla").then(pl.col("class_index") / 100 - 0.02).alias("delta_ci_high"),
     )
     text = render(_with(data, per_class=pc), figures_for=lambda v: {})
-    section = text.split("id='cell-clip-a--fashion'")[1].split("</section>")[0]
-    rows = [r for sec, r in parse(text).tables if sec == "cell-clip-a--fashion"][1]
-    header = rows[0]
-    assert header[-2:] == ["change (pp)", "95 % CI (pp)"]
-    top = rows[1]  # class 11: delta 0.11, interval [0.09, 0.14]
-    assert top[-2:] == ["+11.00", "[+9.00, +14.00]"]
+    section = _section(text, "clip-a", "fashion")
+    gains, losses = [r for sec, r in parse(text).tables if sec == "cell-clip-a--fashion"][1:3]
+    assert gains[0][-2:] == ["Δ pp", "95 % CI (pp)"]
+    assert gains[1][-2:] == ["+6.00", "[+4.00, +9.00]"]  # class 11: delta 0.06
+    assert [r[0] for r in gains[1:]] == [f"class_{k:04d}" for k in (11, 10, 9, 8, 7)]
+    assert [r[0] for r in losses[1:]] == [f"class_{k:04d}" for k in (0, 1, 2, 3, 4)]
+    assert losses[1][-2:] == ["-5.00", "[-7.00, -2.00]"]
+    assert "6 of 12 classes gain accuracy, 5 lose and 1 are unchanged" in section
     assert "paired 95 % interval" in section
     plain = render(_with(data, per_class=plain_pc), figures_for=lambda v: {})
-    assert "has no per-class intervals" in plain.split("id='cell-clip-a--fashion'")[1].split("</section>")[0]
+    assert "has no per-class intervals" in _section(plain, "clip-a", "fashion")
 
 
 def test_one_provenance_line_per_cell(data):

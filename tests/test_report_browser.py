@@ -213,7 +213,7 @@ def test_harness_sees_horizontal_overflow(browser, tmp_path):
 
 def test_report_renders_cleanly(browser, tmp_path):
     from gla.pipeline.report import write_report
-    from test_report import make_store  # tests/ is on sys.path (rootdir import mode)
+    from report_world import make_store  # tests/ is on sys.path (rootdir import mode)
 
     path, _ = write_report(make_store(tmp_path / "store"))
     page = load_page(browser, path.as_uri())

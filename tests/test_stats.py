@@ -97,13 +97,73 @@ def test_confidence_bins_are_right_closed():
     assert b.tolist() == [0, 1, 14, 7, 0]
 
 
-def test_prior_groups_thirds():
+def test_prior_groups_released_convention_by_hand():
+    """Released code: C//3 head, C//3 medium, the rest tail (3/3/4 at C = 10)."""
     prior = np.array([0.05, 0.3, 0.1, 0.2, 0.15, 0.12, 0.08])
-    g = stats.prior_groups(prior)
-    # sorted desc: 1 (.3), 3 (.2), 4 (.15) | 5 (.12), 2 (.1) | 6 (.08), 0 (.05)
-    assert g.tolist() == ["tail", "head", "medium", "head", "head", "medium", "tail"]
+    # sorted desc: 1 (.3), 3 (.2) | 4 (.15), 5 (.12) | 2 (.1), 6 (.08), 0 (.05)
+    assert stats.prior_groups(prior).tolist() == ["tail", "head", "tail", "head", "medium", "medium", "tail"]
+    g10 = stats.prior_groups(np.arange(10, 0, -1))  # class 0 has the largest prior
+    assert g10.tolist() == ["head"] * 3 + ["medium"] * 3 + ["tail"] * 4
+    assert stats.prior_groups([0.6, 0.4]).tolist() == ["tail", "tail"]  # C//3 = 0 at C = 2
     g9 = stats.prior_groups(np.arange(9, 0, -1))
     assert (g9 == "head").sum() == (g9 == "medium").sum() == (g9 == "tail").sum() == 3
+    assert [stats.group_sizes(c) for c in (2, 3, 10, 11, 100)] == [
+        (0, 0, 2), (1, 1, 1), (3, 3, 4), (3, 3, 5), (33, 33, 34)]
+
+
+def test_prior_groups_array_split_variant_by_hand():
+    """The older convention: leftover classes go to the earlier groups (4/3/3 at C = 10)."""
+    prior = np.array([0.05, 0.3, 0.1, 0.2, 0.15, 0.12, 0.08])
+    # sorted desc: 1 (.3), 3 (.2), 4 (.15) | 5 (.12), 2 (.1) | 6 (.08), 0 (.05)
+    g = stats.prior_groups(prior, "array-split")
+    assert g.tolist() == ["tail", "head", "medium", "head", "head", "medium", "tail"]
+    g10 = stats.prior_groups(np.arange(10, 0, -1), "array-split")
+    assert g10.tolist() == ["head"] * 4 + ["medium"] * 3 + ["tail"] * 3
+    assert stats.prior_groups([0.6, 0.4], "array-split").tolist() == ["head", "medium"]
+    with pytest.raises(ValueError, match="groups: expected one of released, array-split"):
+        stats.prior_groups(prior, "thirds")
+
+
+def _two_class_tally():
+    """Class 0: 90 samples, 81 right (0.9); class 1: 10 samples, 2 right (0.2)."""
+    y = np.repeat([0, 1], [90, 10])
+    pred = np.concatenate([np.repeat([0, 1], [81, 9]), np.repeat([1, 0], [2, 8])])
+    return stats.tally(np.eye(2)[pred], y, 2)
+
+
+def test_group_accuracy_per_class_mean_vs_pooled_by_hand():
+    t = _two_class_tally()
+    groups = np.array(["few", "few"])
+    assert stats.group_accuracy(t, groups, "per-class")["few"] == pytest.approx((0.9 + 0.2) / 2)  # 0.55
+    assert stats.group_accuracy(t, groups, "pooled")["few"] == pytest.approx(83 / 100)
+    split = stats.group_accuracy(t, np.array(["many", "few"]), "per-class")
+    assert split == {"many": pytest.approx(0.9), "few": pytest.approx(0.2)}
+    with pytest.raises(ValueError, match="expected one of per-class, pooled"):
+        stats.group_accuracy(t, groups, "mean")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_group_accuracy_matches_sklearn(seed):
+    """per-class = macro recall over the group's classes present (sklearn); pooled = accuracy."""
+    from sklearn.metrics import accuracy_score, recall_score
+
+    rng = np.random.default_rng(seed)
+    C, N = 9, 400
+    y = rng.choice(C, N, p=rng.dirichlet(np.ones(C)))
+    z = rng.normal(size=(N, C)) + 1.5 * np.eye(C)[y]
+    pred = z.argmax(1)
+    groups = stats.count_groups(rng.integers(0, 200, C))
+    t = stats.tally(z, y, C)
+    for g in set(groups.tolist()):
+        cls = np.flatnonzero(groups == g)
+        sel = np.isin(y, cls)
+        present = np.intersect1d(cls, y[sel])
+        if present.size == 0:
+            assert np.isnan(stats.group_accuracy(t, groups, "per-class")[g])
+            continue
+        expect = recall_score(y[sel], pred[sel], labels=present, average="macro", zero_division=0)
+        assert stats.group_accuracy(t, groups, "per-class")[g] == pytest.approx(expect)
+        assert stats.group_accuracy(t, groups, "pooled")[g] == pytest.approx(accuracy_score(y[sel], pred[sel]))
 
 
 def test_count_groups_boundaries():

@@ -2,6 +2,8 @@
 
     gla analyze --store S [--fit-split val] [--eval-split test] [--estimator gla ...]
                 [--temperature none|confidence|nll] [--smoothing 0] [--target-prior FILE]
+                [--groups released|array-split] [--shot-accuracy per-class|pooled]
+                [--temperature-scope each|zs] [--fit-label-distribution uniform|counts|FILE]
                 [--allow-fit-on-eval] [--only model=M,dataset=D]
 
 Every selected cell is analysed before anything is written; then results/summary.parquet,
@@ -14,7 +16,9 @@ import argparse
 import math
 import time
 
+from gla.analyze.cell import FIT_LABEL_DISTRIBUTIONS, TEMPERATURE_SCOPES
 from gla.analyze.priors import ESTIMATORS, parse_temperature
+from gla.analyze.stats import GROUP_AVERAGES, GROUP_SCHEMES
 from gla.pipeline import gate
 from gla.pipeline.analysis import analyze_store, select_cells
 from gla.pipeline.cell_analysis import StoreAnalysisOptions
@@ -45,6 +49,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="additive smoothing of the training counts (default 0)")
     parser.add_argument("--target-prior", metavar="FILE",
                         help="known target label prior (C values; .npy/.npz/.parquet/.txt)")
+    parser.add_argument("--groups", choices=GROUP_SCHEMES, default="released",
+                        help="head/medium/tail sizes by π_p: released (C//3, C//3, rest to the tail; "
+                        "default, as the released GLA code) or array-split (leftovers to the head)")
+    parser.add_argument("--shot-accuracy", choices=GROUP_AVERAGES, default="per-class",
+                        help="many/medium/few-shot accuracy: per-class (mean of per-class accuracies; "
+                        "default, as the released code) or pooled (over samples)")
+    parser.add_argument("--temperature-scope", choices=TEMPERATURE_SCOPES, default="each",
+                        help="with --temperature: each (zs and ft by their own temperature; default, "
+                        "as the released few-shot code) or zs (rescale zs only)")
+    parser.add_argument("--fit-label-distribution", default="uniform", metavar="uniform|counts|FILE",
+                        help="the fit split's label distribution for the label-free estimators: "
+                        "uniform (default), counts (the fit split's labels) or a file of C values")
     parser.add_argument("--allow-fit-on-eval", action="store_true",
                         help="allow --fit-split equal to --eval-split (leaks the eval labels)")
     parser.add_argument("--target-estimator", action="append", dest="target_estimators",
@@ -97,6 +113,8 @@ def options_from_args(args: argparse.Namespace) -> StoreAnalysisOptions:
         raise UserError(f"--smoothing: must be >= 0, got {args.smoothing}")
     if args.target_prior is not None:
         load_array(args.target_prior, "target prior", 1)  # fails early, naming the file
+    if args.fit_label_distribution not in FIT_LABEL_DISTRIBUTIONS:
+        load_array(args.fit_label_distribution, "fit label distribution", 1)  # fails early, naming the file
     targets = tuple(dict.fromkeys(args.target_estimators or ()))
     if args.fdr is not None and not args.label_issues:
         raise UserError("--fdr: only with --label-issues")
@@ -117,6 +135,10 @@ def options_from_args(args: argparse.Namespace) -> StoreAnalysisOptions:
         label_issue_split=args.label_issue_split,
         clean_split=args.clean_split,
         fdr=fdr,
+        groups=args.groups,
+        shot_accuracy=args.shot_accuracy,
+        temperature_scope=args.temperature_scope,
+        fit_label_distribution=args.fit_label_distribution,
     )
 
 
@@ -132,7 +154,7 @@ def print_summary(results, console=None) -> None:
     from rich.table import Table
 
     console = console or Console()
-    table = Table(title="accuracy % (tail third by π_p)", show_lines=False)
+    table = Table(title="accuracy % (tail group by π_p)", show_lines=False)
     table.add_column("method")
     methods: list[str] = []
     for r in results:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 
 from gla.pipeline.commands.run_cmd import parse_overrides
+from gla.pipeline.config import load_config
+from gla.pipeline.preflight import check_config
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -24,9 +26,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gla.pipeline.config import load_config
-    from gla.pipeline.preflight import check_config
-
     config = load_config(args.config, parse_overrides(args.set))
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     report = check_config(config, stages=stages, only=args.only)

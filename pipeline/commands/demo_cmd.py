@@ -15,6 +15,14 @@ import base64
 import sys
 from pathlib import Path
 
+import polars as pl
+from gla.extract.demo import build_assets
+from gla.pipeline import demo, demo_audits
+from gla.pipeline.errors import UserError
+from gla.pipeline.matrix_run import run_config
+from gla.pipeline.report.figures import kshot_curve, png_b64
+from gla.pipeline.report.tables import CellView
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", help="store folder (default ./demo-store, ./demo-store-kshot with --kshot)")
@@ -29,14 +37,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import polars as pl
-    from gla.pipeline import demo, demo_audits
-    from gla.pipeline.errors import UserError
-    from gla.pipeline.matrix_run import run_config
-
     if args.rebuild_assets:
-        from gla.extract.demo import build_assets
-
         return build_assets.main(["--out", str(demo.ASSETS)])
     if args.limit_per_class is not None and args.limit_per_class < 21:
         raise UserError("--limit-per-class: must be at least 21 (20 per class go to the val split)")
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         print(shift)
     print("\nEstimated π_p against the true pretraining frequencies (Spearman):")
     print(demo.prior_agreement(results, demo.true_frequencies()).drop("model"))
-    print("\nHead / medium / tail accuracy (thirds by estimated π_p):")
+    print("\nHead / medium / tail accuracy (C//3, C//3 and the rest of the classes by estimated π_p):")
     print(demo.group_gains(results))
     print("\nLabel shift: L1 distance of π̂_t to each deployment window's true label share "
           "(l1_uniform: no tracking):")
@@ -88,12 +89,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _kshot(args: argparse.Namespace) -> int:
     """``gla demo --kshot``: accuracy against the number of shots, one curve per method."""
-    import polars as pl
-    from gla.pipeline import demo
-    from gla.pipeline.matrix_run import run_config
-    from gla.pipeline.report.figures import kshot_curve, png_b64
-    from gla.pipeline.report.tables import CellView
-
     config = demo.kshot_config(args.store or "demo-store-kshot", limit_per_class=args.limit_per_class,
                                workers=args.workers)
     summary = run_config(config, progress=not args.no_progress)

@@ -12,11 +12,19 @@ cells are skipped; an interrupted run redoes only missing parts.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
 
+from gla.extract.errors import ExtractError
+from gla.extract.models import check_models
+from gla.extract.reembed import rezero_cell
+from gla.extract.run import extract_cell
+from gla.extract.sources import SourceError
+from gla.pipeline.config import CellFilter, load_config, model_dict
 from gla.pipeline.errors import UserError
+from gla.pipeline.preflight import check_config
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -53,9 +61,6 @@ def parse_shard(text: str | None, env: dict[str, str] | None = None) -> tuple[in
 
 
 def run(args: argparse.Namespace) -> int:
-    from gla.pipeline.config import CellFilter, load_config, model_dict
-    from gla.pipeline.preflight import check_config
-
     config = load_config(args.config)
     only = CellFilter(args.only)
     cells = config.cells(only)
@@ -65,20 +70,12 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
         logging.getLogger("extract").setLevel(logging.INFO)
-    import importlib.util
-
     missing = [m for m in ("torch", "open_clip") if importlib.util.find_spec(m) is None]
     if missing:  # analysis-only install
         raise UserError(
             f"gla extract needs {' and '.join(missing)}: pip install 'gla-pipeline[extract]'"
         )
     check_config(config, stages=("extract",), only=only)  # every config error before any work
-    from gla.extract.errors import ExtractError
-    from gla.extract.models import check_models
-    from gla.extract.reembed import rezero_cell
-    from gla.extract.run import extract_cell
-    from gla.extract.sources import SourceError
-
     options = config.extract.model_dump()
     progress = not args.no_progress and sys.stderr.isatty()
     if not args.from_embeddings:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 
 from gla.pipeline.errors import UserError
+from gla.pipeline.importer import import_counts, import_logits
+from gla.pipeline.lock import store_lock
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -34,15 +36,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gla.pipeline.lock import store_lock
-
     with store_lock(args.store, "gla import"):  # one writer at a time per store
         return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gla.pipeline.importer import import_counts, import_logits
-
     logit_opts = {k: getattr(args, k) for k in ("model", "split", "labels", "zs", "ft", "sample_ids", "window")}
     if args.train_counts is not None:
         given = [f"--{k.replace('_', '-')}" for k, v in logit_opts.items() if v is not None]

@@ -15,6 +15,7 @@ import json
 import os
 from pathlib import Path
 
+from gla.extract.datasets import IMAGE_EXTS
 from gla.pipeline.config import PLACEHOLDER
 from gla.pipeline.errors import UserError
 
@@ -64,8 +65,6 @@ root = "<fill in: a folder holding one sub-folder of images per class>"
 val = { per_class = 20 }          # drawn with `seed`, balanced
 test = { rest = true }            # every image the other splits did not draw
 '''
-    from gla.extract.datasets import IMAGE_EXTS
-
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise UserError(f"--from-folder {folder}: no class folders (expected PATH/<class>/<image>)")

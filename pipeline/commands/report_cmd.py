@@ -13,6 +13,7 @@ from pathlib import Path
 
 from gla.pipeline import rundiff
 from gla.pipeline.errors import UserError
+from gla.pipeline.report import DEFAULT_MAX_CELLS, write_report
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -26,8 +27,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gla.pipeline.report import DEFAULT_MAX_CELLS, write_report
-
     store = Path(args.store)
     if not store.is_dir():
         raise UserError(f"{store}: store folder not found (--store)")

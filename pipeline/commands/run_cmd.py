@@ -13,9 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tomllib
 
 from gla.pipeline import gate
+from gla.pipeline.config import load_config
 from gla.pipeline.errors import UserError
+from gla.pipeline.matrix_run import run_config
+from gla.pipeline.preflight import check_config
+from gla.pipeline.report import write_report
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -43,8 +48,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_overrides(items: list[str]) -> dict:
-    import tomllib
-
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -58,10 +61,6 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gla.pipeline.config import load_config
-    from gla.pipeline.matrix_run import run_config
-    from gla.pipeline.preflight import check_config
-
     overrides = parse_overrides(args.set)
     if args.workers is not None:
         if args.workers < 0:
@@ -100,7 +99,5 @@ def run(args: argparse.Namespace) -> int:
     if not summary.ok:
         return 1
     if previous is not None and summary.report is not None:  # the report shows what the gate saw
-        from gla.pipeline.report import write_report
-
         write_report(config.store, force=True, previous=("before this run", previous))
     return gate.check_store(spec, previous, config.store) if spec else 0

@@ -23,21 +23,26 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+# Every cell figure has this size, so that the page shows them at one scale (one font
+# size); the constrained layout fits the legend beside the axes inside it.
+CELL_SIZE = (6.4, 3.5)
+DPI = 100
+
 
 def new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height))
+    fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def png_b64(fig: Figure, dpi: int = 90) -> str:
+def png_b64(fig: Figure, dpi: int = DPI) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _titles(ax, title: str, xlabel: str, ylabel: str) -> None:
-    ax.set_title(title, fontsize=FONT["title"])
+    ax.set_title(title, fontsize=FONT["title"], pad=9)  # clear of marks drawn on the 100 % line
     ax.set_xlabel(xlabel, fontsize=FONT["label"])
     ax.set_ylabel(ylabel, fontsize=FONT["label"])
     ax.tick_params(labelsize=FONT["tick"])
@@ -46,7 +51,7 @@ def _titles(ax, title: str, xlabel: str, ylabel: str) -> None:
 def _legend_outside(ax, **kw) -> None:
     """Legend to the right of the axes, never on the data (savefig's tight box keeps it)."""
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False,
+        ax.legend(loc="upper left", bbox_to_anchor=(1.04, 1.0), borderaxespad=0.0, frameon=False,
                   fontsize=FONT["legend"], **kw)
 
 
@@ -68,34 +73,43 @@ def _percent_axis(ax, which: str = "y") -> None:
 def heatmap(cells: pl.DataFrame, column: str, method: str, baseline: str,
             flagged: set[tuple[str, str]] = frozenset()) -> Figure:
     """One quantity per cell, ``column`` = acc(method) − acc(baseline), on its own
-    diverging scale centred at 0. Cells in ``flagged`` carry a warning: outlined, value
-    marked "!"."""
-    models = sorted(set(cells.get_column("model").to_list()))
-    datasets = sorted(set(cells.get_column("dataset").to_list()))
+    diverging scale centred at 0. Models and datasets without any value (no fine-tuned
+    logits) are left out; a missing cell inside the grid is hatched and says "n/a".
+    Cells in ``flagged`` carry a warning: outlined, value marked "!"."""
+    have = cells.filter(pl.col(column).is_not_null())
+    models = sorted(set(have.get_column("model").to_list()))
+    datasets = sorted(set(have.get_column("dataset").to_list()))
     grid = np.full((len(models), len(datasets)), np.nan)
-    for m, d, g in cells.select("model", "dataset", column).iter_rows():
-        if g is not None:
-            grid[models.index(m), datasets.index(d)] = 100.0 * g
-    fig = new_figure(min(14.0, 2.6 + 0.9 * len(datasets)), min(14.0, 1.6 + 0.45 * len(models)))
+    for m, d, g in have.select("model", "dataset", column).iter_rows():
+        grid[models.index(m), datasets.index(d)] = 100.0 * g
+    fig = new_figure(min(14.0, 3.4 + 0.9 * len(datasets)), min(14.0, 2.0 + 0.45 * len(models)))
     ax = fig.add_subplot()
     finite = grid[np.isfinite(grid)]
     lim = max(0.05, float(np.abs(finite).max())) if finite.size else 1.0
+    ax.set_facecolor("#eeeeee")
     im = ax.imshow(np.ma.masked_invalid(grid), cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
     ax.set_xticks(range(len(datasets)), datasets, rotation=30, ha="right")
     ax.set_yticks(range(len(models)), models)
     ax.tick_params(labelsize=FONT["label"])
-    for i, j in zip(*np.nonzero(np.isfinite(grid)), strict=True) if grid.size <= 400 else ():
-        flag = (models[i], datasets[j]) in flagged
-        dark = abs(grid[i, j]) > 0.6 * lim
-        ax.text(j, i, f"{grid[i, j]:+.1f}" + (" !" if flag else ""), ha="center", va="center",
-                fontsize=FONT["note"], color="white" if dark else "black", fontweight="bold" if flag else None)
-        if flag:
-            ax.add_patch(_outline(j, i))
+    for i, j in np.ndindex(grid.shape) if grid.size <= 400 else ():
+        _heat_label(ax, i, j, grid[i, j], lim, (models[i], datasets[j]) in flagged)
     bar = fig.colorbar(im, ax=ax)
     bar.set_label(f"{method} − {baseline} (points)", fontsize=FONT["label"])
     bar.ax.tick_params(labelsize=FONT["tick"])
     ax.set_title(f"acc({method}) − acc({baseline}), accuracy points", fontsize=FONT["title"])
     return fig
+
+
+def _heat_label(ax, i: int, j: int, value: float, lim: float, flag: bool) -> None:
+    if value != value:  # no value for this model × dataset: hatched, said in words
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="#bbbbbb", lw=0))
+        ax.text(j, i, "n/a", ha="center", va="center", fontsize=FONT["note"], color="#555555")
+        return
+    dark = abs(value) > 0.6 * lim
+    ax.text(j, i, f"{value:+.1f}" + (" !" if flag else ""), ha="center", va="center", fontsize=FONT["note"],
+            color="white" if dark else "black", fontweight="bold" if flag else None)
+    if flag:
+        ax.add_patch(_outline(j, i))
 
 
 def _outline(j: int, i: int) -> Rectangle:
@@ -106,7 +120,7 @@ def group_bars(view: CellView) -> Figure:
     """Head / medium / tail accuracy per method, with 95 % intervals when summary has them."""
     summ, methods = view.summary, view.methods
     groups = [g for g in ("acc_head", "acc_medium", "acc_tail") if g in summ.columns]
-    fig = new_figure(5.4, 3.0)
+    fig = new_figure(*CELL_SIZE)
     ax = fig.add_subplot()
     width = 0.8 / max(1, len(methods))
     for k, m in enumerate(methods):
@@ -121,7 +135,7 @@ def group_bars(view: CellView) -> Figure:
                edgecolor="black" if m == "gla" else "none", linewidth=0.6)
     ax.set_xticks(range(len(groups)), [g.removeprefix("acc_") for g in groups])
     _percent_axis(ax)
-    _titles(ax, "accuracy on head / medium / tail classes (thirds by π̂p)", "", "accuracy (%)")
+    _titles(ax, "accuracy on head / medium / tail classes (by π̂p)", "", "accuracy (%)")
     _legend_outside(ax)
     return fig
 
@@ -138,15 +152,16 @@ def class_accuracy(view: CellView) -> Figure:
     """Per-class accuracy against the estimated pretraining prior (log x), with
     least-squares lines in log π̂p."""
     methods = view.methods
-    fig = new_figure(5.4, 3.0)
+    fig = new_figure(*CELL_SIZE)
     ax = fig.add_subplot()
-    for m in [before_method(methods), *(m for m in ("zs_debiased", "gla") if m in methods)]:
+    for k, m in enumerate([before_method(methods), *(m for m in ("zs_debiased", "gla") if m in methods)]):
         rows = view.per_class.filter(pl.col("method") == m).drop_nulls(["prior_pretrain", "accuracy"])
         x = rows.get_column("prior_pretrain").to_numpy()
         y = 100.0 * rows.get_column("accuracy").to_numpy()
         ok = x > 0
-        # clip_on=False: a class at exactly 0 % or 100 % stays visible on the axis limit.
-        ax.scatter(x[ok], y[ok], s=12, alpha=0.7, color=style.color(m), label=style.label(m), clip_on=False, zorder=3)
+        # Hollow, one shape and size per method: a class where two methods score the same
+        # shows both marks (concentric). clip_on=False: 0 % and 100 % stay visible.
+        ax.scatter(x[ok], y[ok], **style.hollow(k, style.color(m)), label=style.label(m), clip_on=False, zorder=3)
         if ok.sum() >= 3:
             coef = np.polyfit(np.log10(x[ok]), y[ok], 1)
             xs = np.geomspace(x[ok].min(), x[ok].max(), 20)
@@ -170,7 +185,7 @@ def prior_scatter(view: CellView) -> Figure | None:
         "class_index", "prior_downstream").unique("class_index")
     same = findings.coincident_estimators(view.priors)
     failed = findings.non_converged(view.priors)
-    fig = new_figure(5.4, 3.0)
+    fig = new_figure(*CELL_SIZE)
     ax = fig.add_subplot()
     plotted = []
     for k, e in enumerate(sorted(set(view.priors.get_column("estimator").to_list()))):
@@ -182,9 +197,7 @@ def prior_scatter(view: CellView) -> Figure | None:
             continue
         name = e + (f" (= {same[e]})" if e in same else "") + (" — NOT converged" if e in failed else "")
         c = style.ESTIMATOR_COLORS[k % len(style.ESTIMATOR_COLORS)]
-        ax.scatter(x[ok], y[ok], s=max(14, 70 - 16 * k), marker=style.ESTIMATOR_MARKERS[k % len(style.ESTIMATOR_MARKERS)],
-                   facecolors="none", edgecolors=c, linewidths=1.1 if e not in failed else 0.8,
-                   linestyles="--" if e in failed else "-", label=name, zorder=3)
+        ax.scatter(x[ok], y[ok], **style.hollow(k, c, dashed=e in failed), label=name, zorder=3)
         plotted.append(np.concatenate([x[ok], y[ok]]))
     if not plotted:
         return None
@@ -208,7 +221,7 @@ def reliability(view: CellView) -> Figure | None:
     cal = view.get("calibration")
     if cal is None:
         return None
-    fig = new_figure(5.4, 3.0)
+    fig = new_figure(*CELL_SIZE)
     ax = fig.add_subplot()
     ax.plot([0, 100], [0, 100], color="black", lw=0.7, ls="--", label="perfect calibration")
     shown = False
@@ -221,14 +234,14 @@ def reliability(view: CellView) -> Figure | None:
         x, y = 100 * rows.get_column("confidence").to_numpy(), 100 * rows.get_column("accuracy").to_numpy()
         cnt = rows.get_column("count").to_numpy()
         ax.plot(x, y, color=style.color(m), lw=1, alpha=0.8, label=name)
-        ax.scatter(x, y, s=4 + 120 * cnt / cnt.sum(), color=style.color(m), zorder=3, clip_on=False)
+        ax.scatter(x, y, s=6 + 60 * cnt / cnt.sum(), color=style.color(m), zorder=3, clip_on=False)
         shown = True
     if not shown:
         return None
     _percent_axis(ax, "x")
     _percent_axis(ax, "y")
     ax.set_aspect("equal")
-    _titles(ax, "reliability (marker area ∝ samples in the bin)", "mean confidence (%)", "accuracy (%)")
+    _titles(ax, "reliability diagram", "mean confidence (%)", "accuracy (%)")
     _legend_outside(ax)
     return fig
 
@@ -238,7 +251,7 @@ def kshot_curve(view: CellView) -> Figure | None:
     ks = view.get("kshot")
     if ks is None:
         return None
-    fig = new_figure(5.4, 3.0)
+    fig = new_figure(*CELL_SIZE)
     ax = fig.add_subplot()
     for m in style.ordered_methods(ks.get_column("method").unique().to_list()):
         rows = ks.filter(pl.col("method") == m).sort("shots")
@@ -256,15 +269,15 @@ def kshot_curve(view: CellView) -> Figure | None:
 
 # name → (function, caption). A function returns None when its table or column is absent.
 CELL_FIGURES = {
-    "groups": (group_bars, "Accuracy on head / medium / tail classes (thirds by π̂p) for each method; "
+    "groups": (group_bars, "Accuracy on head / medium / tail classes (C//3, C//3, rest by π̂p) for each method; "
                "bars show 95 % intervals when the store has them."),
     "classes": (class_accuracy, "Per-class accuracy against π̂p (log scale) before and after de-biasing; "
                 "lines are least-squares fits in log π̂p."),
     "priors": (prior_scatter, "Estimated π̂p of every estimator against the downstream training share πs. "
                "Hollow marks of different shapes and sizes: estimators with the same estimate appear as "
                "concentric marks and are named “(= …)” in the legend."),
-    "reliability": (reliability, "Reliability diagram: accuracy against mean confidence per bin; "
-                    "the dashed line is perfect calibration."),
+    "reliability": (reliability, "Reliability diagram: accuracy against mean confidence per bin (marker area ∝ the "
+                    "bin's share of samples); the dashed line is perfect calibration, the legend gives each ECE."),
     "kshot": (kshot_curve, "Few-shot sweep: each method with the k-shot fine-tuned model (temperatures on), "
               "against the number of training images per class."),
 }

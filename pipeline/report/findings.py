@@ -98,32 +98,64 @@ def coincident_estimators(priors: pl.DataFrame, tol: float = SAME_PRIOR_LOG_TOL)
     return same
 
 
-def class_changes(view: CellView, k: int = 5) -> tuple[pl.DataFrame, str] | None:
-    """The k classes that gain most and the k that lose most under the de-biased method
-    against its baseline, with the per-class paired interval when per_class carries it.
-    Returns (rows sorted by delta, descending; the method compared), or None."""
+@dataclass(frozen=True)
+class ClassChanges:
+    """Every class's change under the de-biased ``method`` against ``baseline``: ``rows``
+    sorted by delta (descending), with the paired interval and BH flags when per_class
+    carries them (null otherwise)."""
+
+    method: str
+    baseline: str
+    rows: pl.DataFrame
+
+    def gains(self, k: int = 5) -> pl.DataFrame:
+        return self.rows.filter(pl.col("delta") > 0).head(k)
+
+    def losses(self, k: int = 5) -> pl.DataFrame:
+        return self.rows.filter(pl.col("delta") < 0).sort(["delta", "class_index"]).head(k)
+
+    @property
+    def has_intervals(self) -> bool:
+        return self.rows.get_column("delta_ci_low").null_count() < self.rows.height
+
+    def sentence(self) -> str:
+        d = self.rows.get_column("delta")
+        up, down = int((d > 0).sum()), int((d < 0).sum())
+        text = (f"Under {label(self.method)} against {label(self.baseline)}, {up} of {self.rows.height} classes "
+                f"gain accuracy, {down} lose and {self.rows.height - up - down} are unchanged.")
+        if {"helps", "hurts"} <= set(self.rows.columns) and self.has_intervals:
+            helps, hurts = (int(self.rows.get_column(c).fill_null(False).sum()) for c in ("helps", "hurts"))
+            text += (f" Significant after Benjamini–Hochberg control at 5 % across the classes: {helps} "
+                     f"helped, {hurts} hurt.")
+        return text
+
+
+_CHANGE_COLUMNS = ("class_index", "class_name", "group", "n", "accuracy", "delta", "delta_ci_low",
+                   "delta_ci_high", "q_value", "helps", "hurts", "baseline")
+_CHANGE_STATS = ("delta_ci_low", "delta_ci_high", "q_value", "helps", "hurts")
+
+
+def class_changes(view: CellView) -> ClassChanges | None:
+    """Each class's change under the de-biased method against its baseline (see
+    :func:`adjusted_pair`), with the per-class paired interval and the helps / hurts
+    flags when per_class carries them for that baseline."""
     pair = adjusted_pair(view.methods)
     if pair is None:
         return None
     base, after = pair
     pc = view.per_class
-    cols = ["class_index", "class_name", "group", "n", "accuracy"]
-    mine = pc.filter(pl.col("method") == after)
     theirs = pc.filter(pl.col("method") == base).select("class_index", pl.col("accuracy").alias("base_accuracy"))
-    rows = mine.select(*[c for c in pc.columns if c in (*cols, "delta", "delta_ci_low", "delta_ci_high",
-                                                         "q_value", "helps", "hurts", "baseline")])
+    rows = pc.filter(pl.col("method") == after).select(c for c in _CHANGE_COLUMNS if c in pc.columns)
     rows = rows.join(theirs, on="class_index", how="left")
     if "delta" not in rows.columns or ("baseline" in rows.columns and (rows.get_column("baseline") != base).any()):
         # Older stores (or another baseline): the difference of the two accuracies, no interval.
         rows = rows.with_columns((pl.col("accuracy") - pl.col("base_accuracy")).alias("delta"))
-        rows = rows.drop([c for c in ("delta_ci_low", "delta_ci_high", "q_value", "helps", "hurts") if c in rows.columns])
+        rows = rows.drop([c for c in _CHANGE_STATS if c in rows.columns])
     for c in ("delta_ci_low", "delta_ci_high"):
         if c not in rows.columns:
             rows = rows.with_columns(pl.lit(None, dtype=pl.Float64).alias(c))
     rows = rows.drop_nulls("delta").sort(["delta", "class_index"], descending=[True, False])
-    if rows.height > 2 * k:
-        rows = pl.concat([rows.head(k), rows.tail(k)])
-    return rows, after
+    return ClassChanges(after, base, rows)
 
 
 def provenance_line(view: CellView) -> str | None:

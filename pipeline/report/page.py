@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import html
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import polars as pl
 from gla.pipeline.report import figures, findings, sections
@@ -41,6 +41,8 @@ p.prov{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.72rem;color:
 p.finding{font-size:.9rem;margin:.4rem 0}
 div.figs{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:.6rem 1rem}
 div.figs figure{margin:0}
+div.pair{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:0 1rem}
+p.cap{font-size:.82rem;font-weight:600;margin:.3rem 0 0}
 """
 
 METHOD_COLUMNS = [
@@ -51,6 +53,8 @@ METHOD_COLUMNS = [
     ("acc_many", "many-shot", "pct"), ("acc_medium_shot", "medium-shot", "pct"),
     ("acc_few", "few-shot", "pct"), ("nll", "NLL", "num"), ("ece", "ECE", "pct"),
 ]  # fmt: skip
+STALE = findings.Flag("not_in_config", "this cell is no longer in the config: its numbers come from an earlier "
+                      "run and are not recomputed (`gla prune` removes it)")
 GAIN_LABEL = {"gain_gla_ft": "gla − ft", "gain_zs_debiased": "zs_debiased − zs"}
 
 
@@ -69,9 +73,9 @@ def _head(data: ReportData, cells: list) -> list[str]:
         "<p class='note'>Every number and plot below is read from the store's Parquet tables "
         + ", ".join(f"<code>results/{n}.parquet</code>" for n in present)
         + ". Accuracies are in %; π̂p is the estimated pretraining label prior, πs the downstream "
-        "training distribution. Head / medium / tail are the thirds of the classes sorted by π̂p; "
-        "many / medium / few-shot are classes with more than 100, 20–100 and fewer than 20 training "
-        f"samples. {WARN} marks a cell with a warning or an estimator that did not converge.</p>",
+        "training distribution. Head / medium / tail: the classes sorted by π̂p, C//3 head, C//3 medium, "
+        "the rest tail (by default; docs/conventions.md); many / medium / few-shot are classes with more "
+        f"than 100, 20–100 and fewer than 20 training samples (mean of per-class accuracies). {WARN} marks a cell with a warning or an estimator that did not converge.</p>",
     ]
 
 
@@ -88,7 +92,8 @@ def _overview(data: ReportData, views: dict[tuple[str, str], CellView],
     gains = gains.with_columns(pl.Series(
         "flags", [_flag_text(flags.get(k, [])) for k in gains.select("model", "dataset").iter_rows()], dtype=pl.String))
     flagged = {k for k, v in flags.items() if v}
-    out = ["<h2 id='overview'>Matrix overview</h2>", *_calibration_overview(views), "<div class='figs'>"]
+    out = ["<h2 id='overview'>Matrix overview</h2>", *_stale_overview(flags), *_calibration_overview(views),
+           "<div class='figs'>"]
     for col, method, baseline in GAINS:
         if gains.get_column(col).null_count() == gains.height:
             continue
@@ -113,6 +118,16 @@ def _overview(data: ReportData, views: dict[tuple[str, str], CellView],
                "ft_la = ft − log πs (logit adjustment), ensemble = zs + ft, gla = zs + ft − log πs − log π̂p; "
                "wiseft@α: the weight-space interpolation of the zero-shot and fine-tuned models.</p>")
     return out
+
+
+def _stale_overview(flags: dict[tuple[str, str], list]) -> list[str]:
+    gone = [c for c, v in flags.items() if STALE in v]
+    if not gone:
+        return []
+    names = ", ".join(f"{html.escape(m)} / {html.escape(d)}" for m, d in gone)
+    return [f"<div class='warn'><span class='flag'>{WARN} {len(gone)} cell(s) in these results are no longer in "
+            f"the config</span>: {names}. Their numbers are from an earlier run; <code>gla prune</code> removes "
+            "them.</div>"]
 
 
 def _calibration_overview(views: dict[tuple[str, str], CellView]) -> list[str]:
@@ -155,24 +170,32 @@ def _class_changes(view: CellView) -> list[str]:
     got = findings.class_changes(view)
     if got is None:
         return []
-    rows, method = got
-    base = findings.adjusted_pair(view.methods)[0]
-    has_ci = rows.get_column("delta_ci_low").null_count() < rows.height
+    cols = [("class_name", "class", "text"), ("group", "group", "text"), ("n", "n", "int"),
+            ("base_accuracy", f"{got.baseline} (%)", "pct"), ("accuracy", f"{got.method} (%)", "pct"),
+            ("delta", "Δ pp", "pp"), ("delta_ci", "95 % CI (pp)", "text")]
+    if {"helps", "hurts"} <= set(got.rows.columns):
+        cols.append(("verdict", "BH 5 %", "text"))
+    note = ("paired 95 % interval per class; “helps” / “hurts”: significant after Benjamini–Hochberg "
+            "control at 5 % across the cell's classes" if got.has_intervals else
+            "this store's per_class table has no per-class intervals (re-run <code>gla analyze</code>)")
+    halves = []
+    for title, rows, verb in ((f"largest gains under {label(got.method)}", got.gains(), "gains"),
+                              (f"largest losses under {label(got.method)}", got.losses(), "loses")):
+        body = table(_with_verdict(rows), cols) if rows.height else f"<p class='note'>No class {verb} accuracy.</p>"
+        halves.append(f"<div><p class='cap'>{html.escape(title)}</p>{body}</div>")
+    return [f"<h4>Classes that gain and lose most under {html.escape(label(got.method))} "
+            f"(against {html.escape(label(got.baseline))})</h4>",
+            f"<p class='finding'>{html.escape(got.sentence())}</p>",
+            f"<div class='pair'>{''.join(halves)}</div>", f"<p class='note'>{note}.</p>"]
+
+
+def _with_verdict(rows: pl.DataFrame) -> pl.DataFrame:
     rows = rows.with_columns(interval("delta_ci_low", "delta_ci_high", signed=True).alias("delta_ci"))
     if {"helps", "hurts"} <= set(rows.columns):
         rows = rows.with_columns(
             pl.when(pl.col("helps")).then(pl.lit("helps")).when(pl.col("hurts")).then(pl.lit("hurts"))
             .otherwise(pl.lit("")).alias("verdict"))
-    cols = [("class_name", "class", "text"), ("group", "group", "text"), ("n", "n", "int"),
-            ("base_accuracy", f"{label(base)}", "pct"), ("accuracy", f"{label(method)}", "pct"),
-            ("delta", "change (pp)", "pp"), ("delta_ci", "95 % CI (pp)", "text")]
-    if "verdict" in rows.columns:
-        cols.append(("verdict", "BH 5 %", "text"))
-    note = ("paired 95 % interval (Newcombe) per class; “helps” / “hurts”: Benjamini–Hochberg at 5 % "
-            "across the cell's classes" if has_ci else
-            "this store's per_class table has no per-class intervals (re-run <code>gla analyze</code>)")
-    return [f"<h4>Classes that gain and lose most under {html.escape(label(method))} "
-            f"(against {html.escape(label(base))})</h4>", table(rows, cols), f"<p class='note'>{note}.</p>"]
+    return rows
 
 
 def _cell(view: CellView, flags: list[findings.Flag], pngs: dict[str, str]) -> list[str]:
@@ -203,13 +226,14 @@ def _cell(view: CellView, flags: list[findings.Flag], pngs: dict[str, str]) -> l
 
 def render(data: ReportData, *, max_cells: int = DEFAULT_MAX_CELLS,
            figures_for: Callable[[CellView], dict[str, str]] | None = None,
-           extra_sections: tuple[str, ...] = ()) -> str:
+           extra_sections: tuple[str, ...] = (), stale: Collection[tuple[str, str]] = ()) -> str:
     """The page. ``figures_for(view)`` returns a cell's PNGs (base64) by figure name; by
-    default they are drawn afresh (the writer passes its cache)."""
-    figures_for = figures_for or (lambda v: {k: figures.png_b64(f, 80) for k, f in figures.cell_figures(v).items()})
+    default they are drawn afresh (the writer passes its cache). ``stale``: the
+    (model, dataset) cells of these results that the config no longer lists."""
+    figures_for = figures_for or (lambda v: {k: figures.png_b64(f) for k, f in figures.cell_figures(v).items()})
     cells = data.cells()
     views = {c: data.view(*c) for c in cells}
-    flags = {c: findings.cell_flags(v) for c, v in views.items()}
+    flags = {c: findings.cell_flags(v) + ([STALE] if c in stale else []) for c, v in views.items()}
     parts = _head(data, cells) + _overview(data, views, flags) + list(extra_sections)  # the run diff
     parts += [part for section in sections.MATRIX_SECTIONS for part in section(data)]
     detailed = cells[:max_cells]

@@ -24,13 +24,22 @@ METHOD_COLOR = {
     "ensemble": "#8172b3",
     "gla": "#c44e52",
 }
-# Estimators are drawn hollow, each with its own shape and a size that shrinks down the
-# list, so estimators with the same estimate show as concentric marks instead of hiding
-# each other.
+# Estimators (and the methods of the per-class plot) are drawn hollow, each with its own
+# shape and a size that shrinks down the list, so series with the same values show as
+# concentric marks instead of hiding each other.
 ESTIMATOR_MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*")
 ESTIMATOR_COLORS = ("#c44e52", "#4c72b0", "#55a868", "#8172b3", "#dd8452", "#937860", "#da8bc3", "#8c8c8c")
 
-FONT = {"title": 9, "label": 8, "tick": 7, "legend": 7, "note": 7}
+
+def hollow(k: int, color: str | None, dashed: bool = False) -> dict:
+    """Scatter keywords for the k-th series of marks that may coincide: hollow, its own
+    shape, and a size that shrinks with k, so equal points show as concentric marks."""
+    return {"marker": ESTIMATOR_MARKERS[k % len(ESTIMATOR_MARKERS)], "s": 80.0 * 0.72 ** k,
+            "facecolors": "none", "edgecolors": color, "linewidths": 0.8 if dashed else 1.1,
+            "linestyles": "--" if dashed else "-"}
+
+
+FONT = {"title": 10, "label": 9, "tick": 8, "legend": 8, "note": 8}
 
 
 def label(method: str) -> str:

@@ -26,13 +26,15 @@ PER_SAMPLE = ("predictions",)
 READ = tuple(n for n in schema.TABLES if n not in PER_SAMPLE)
 
 
-@dataclass
-class ReportData:
-    store: Path
-    tables: dict[str, pl.DataFrame | None] = field(default_factory=dict)
+class TableSet:
+    """Tables by name (None for a table the store lacks), with the two every view has."""
+
+    tables: dict[str, pl.DataFrame | None]
 
     def get(self, name: str) -> pl.DataFrame | None:
-        return self.tables.get(name)
+        """The table, or None when it is absent or has no rows (its section is left out)."""
+        df = self.tables.get(name)
+        return None if df is None or df.height == 0 else df
 
     @property
     def summary(self) -> pl.DataFrame:
@@ -42,13 +44,15 @@ class ReportData:
     def per_class(self) -> pl.DataFrame:
         return self.tables["per_class"]
 
+
+@dataclass
+class ReportData(TableSet):
+    store: Path
+    tables: dict[str, pl.DataFrame | None] = field(default_factory=dict)
+
     @property
     def priors(self) -> pl.DataFrame:
         return self.tables["priors"]
-
-    @property
-    def calibration(self) -> pl.DataFrame | None:
-        return self.tables.get("calibration")
 
     def cells(self) -> list[tuple[str, str]]:
         rows = self.summary.select("model", "dataset").unique().sort("model", "dataset")
@@ -70,7 +74,7 @@ class ReportData:
 
 
 @dataclass
-class CellView:
+class CellView(TableSet):
     """What the report shows for one cell. ``tables`` holds every table read (None when
     the store lacks it); tables keyed by estimator hold the ``estimator`` rows only,
     except ``priors``, which keeps every estimator for comparing them."""
@@ -80,18 +84,6 @@ class CellView:
     estimator: str | None
     tables: dict[str, pl.DataFrame | None]
     priors: pl.DataFrame
-
-    def get(self, name: str) -> pl.DataFrame | None:
-        df = self.tables.get(name)
-        return None if df is None or df.height == 0 else df
-
-    @property
-    def summary(self) -> pl.DataFrame:
-        return self.tables["summary"]
-
-    @property
-    def per_class(self) -> pl.DataFrame:
-        return self.tables["per_class"]
 
     @property
     def methods(self) -> list[str]:

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 from gla.extract import cellformat as cf
@@ -64,7 +65,7 @@ class FigureCache:
 
     @staticmethod
     def draw(view: CellView) -> dict[str, str]:
-        return {name: figures.png_b64(fig, dpi=80) for name, fig in figures.cell_figures(view).items()}
+        return {name: figures.png_b64(fig) for name, fig in figures.cell_figures(view).items()}
 
     def get(self, view: CellView) -> dict[str, str]:
         if self.folder is None:
@@ -96,12 +97,17 @@ def write_report(
     max_cells: int = page.DEFAULT_MAX_CELLS,
     force: bool = False,
     previous: tuple[str, dict] | None = None,
+    stale: Collection[tuple[str, str]] = (),
 ) -> tuple[Path, bool]:
     """Write the report (atomically). Returns (path, written); ``written`` is False when
-    the tables are unchanged since the report at ``path`` was made."""
+    the tables are unchanged since the report at ``path`` was made. ``previous``:
+    (label, tables) of the run to show the changes since; ``stale``: the cells of the
+    results that the config no longer lists (flagged in the page)."""
     store = Path(store)
     path = Path(out) if out else store / "report" / "index.html"
     key = f"{tables_key(store)}-{max_cells}" + (f"-diff:{previous[0]}" if previous else "")
+    if stale:
+        key += "-stale:" + hashlib.sha256(repr(sorted(stale)).encode()).hexdigest()[:12]
     marker = path.parent / f".{path.name}.key.json"
     if not force and path.exists() and marker.exists():
         try:
@@ -115,7 +121,7 @@ def write_report(
     if previous is not None:  # (label, tables) of the run to show the changes since
         d = rundiff.compute(previous[1], rundiff.latest_tables(store))  # predictions too: paired
         sections = (diff_section.render(d, previous[0], "these results"),)
-    html = page.render(data, max_cells=max_cells, figures_for=cache.get, extra_sections=sections)
+    html = page.render(data, max_cells=max_cells, figures_for=cache.get, extra_sections=sections, stale=stale)
     marker.unlink(missing_ok=True)
     cf.atomic_write_bytes(path, html.encode("utf-8"))  # 0666 & ~umask: for sharing
     cf.atomic_write_bytes(marker, json.dumps({"key": key}).encode())
