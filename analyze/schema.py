@@ -198,7 +198,7 @@ PROVENANCE = Table(
     _cols(
         *_CELL,
         ("estimator", S, "π_p estimator"),
-        ("fit_split", S, "split the priors were fitted on"),
+        ("fit_split", S, "split the priors were fitted on (<source>/<split> for a shifted set)"),
         ("n_fit", I64, "rows of the fit split"),
         ("eval_split", S, "split the methods were scored on"),
         ("n_eval", I64, "labelled rows scored"),
@@ -208,10 +208,10 @@ PROVENANCE = Table(
         ("options_fingerprint", S, "hash of the analysis options that change results"),
         ("code_version", S, "hash of the analysis code"),
         ("model_arch", S, "open_clip architecture (null for imported logits)"),
-        ("model_weights", S, "pretrained tag, checkpoint sha256, or none"),
+        ("model_weights", S, "pretrained tag, checkpoint sha256, or none (random init); null for imported logits"),
         ("finetuned_sha256", S, "fine-tuned checkpoint sha256 (null when none)"),
         ("templates_sha256", S, "hash of the prompt templates (null for imported logits)"),
-        ("dataset_fingerprint", S, "hash of the cell's sealed split manifests"),
+        ("dataset_fingerprint", S, "hash of the input splits' rows and part checksums and of the training counts"),
         ("created_at", S, "ISO-8601 UTC seal time of the newest input split"),
     ),
     keys=("model", "dataset", "estimator"),
@@ -224,7 +224,8 @@ WARNINGS = Table(
     "conditions under which a cell's numbers could mislead",
     _cols(
         *_CELL,
-        ("code", S, "stable machine-readable warning code"),
+        ("code", S, "uniform_train_prior, train_counts_missing_classes, random_init_weights, "
+                    "cosine_logits, not_converged or small_group (analyze/caveats.py)"),
         ("message", S, "one line for a person"),
     ),
     keys=("model", "dataset", "code", "message"),

@@ -52,7 +52,7 @@ def synthetic(a) -> None:
     cfg = work / "run.toml"
     cfg.write_text(
         f'store = "store"\n[compute]\nworkers = {a.workers}\n'
-        + "".join(f'[[models]]\nname = "model-{i}"\narch = "synthetic"\n' for i in range(a.models))
+        + "".join(f'[[models]]\nname = "model-{i}"\narch = "synthetic"\npretrained = "none"\n' for i in range(a.models))
         + "".join(f'[[datasets]]\nname = "data-{j}"\nkind = "synthetic"\n' for j in range(a.datasets))
     )
     cmd = [GLA, "run", str(cfg), "--stages", "analyze,report", "--json", "--no-progress"]

@@ -209,7 +209,7 @@ def seal_split(
     row count, size, mtime and sha256. Returns the manifest's file name. The split is not
     current until ``commit_cell`` names this manifest.
 
-    The manifest carries a fresh ``write_id``, so any rewrite of a split changes the
+    The manifest carries a fresh ``write_id`` and its ``sealed_at`` time, so any rewrite of a split changes the
     content key that incremental runs derive from the manifests. ``extra`` adds keys
     (e.g. the extractor's ``cell_key``) without overriding the standard ones.
     """
@@ -225,12 +225,19 @@ def seal_split(
         "parts": entries,
         "rows": sum(e["rows"] for e in entries),
         "write_id": uuid.uuid4().hex,
+        "sealed_at": iso_utc(time.time()),
     }
     doc = {**(extra or {}), **doc}
     name = manifest_name(split, gen)
     records.write_json(cell / name, doc)
     records.fault_point("split-sealed")
     return name
+
+
+def iso_utc(seconds: float) -> str:
+    """A POSIX time as ISO-8601 UTC to the second (``2026-12-02T04:51:03Z``); strings of
+    this form sort in time order."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def read_cell_record(cell: str | os.PathLike) -> dict[str, Any] | None:

@@ -75,6 +75,7 @@ def checkpoint_sha256(path: str | os.PathLike) -> str:
 
 
 HF_HUB_PREFIX = "hf-hub:"
+RANDOM_INIT = "none"  # pretrained = "none": random weights, said explicitly (the config refuses "")
 
 
 @dataclass(frozen=True)
@@ -93,12 +94,12 @@ class PretrainedRef:
 def parse_pretrained(text: str | None, base: str | os.PathLike | None = None) -> PretrainedRef:
     """The one rule for telling a path from a tag (used by the config and by extract).
 
-    ``hf-hub:`` is a hub repo. A value with a path separator or a file suffix is a file
+    ``none`` (or nothing) is a random initialisation. ``hf-hub:`` is a hub repo. A value with a path separator or a file suffix is a file
     (open_clip tags such as ``openai`` or ``laion2b_s34b_b79k`` have neither); so is a
     bare name that exists as a file (relative to ``base`` when given, else the cwd).
     """
     text = (text or "").strip()
-    if not text:
+    if not text or text.lower() == RANDOM_INIT:
         return PretrainedRef("none", "")
     if text.startswith(HF_HUB_PREFIX):
         return PretrainedRef("hub", text[len(HF_HUB_PREFIX):])

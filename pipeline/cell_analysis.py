@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from gla.analyze import kshot, predictions
+from gla.analyze import caveats, kshot, predictions
 from gla.analyze.cell import (
     FIT_LABEL_DISTRIBUTIONS,
     TEMPERATURE_SCOPES,
@@ -41,7 +41,7 @@ from gla.analyze.cell import (
 from gla.analyze.paired import MethodTallies
 from gla.analyze.priors import LABEL_FREE, parse_temperature
 from gla.analyze.stats import GROUP_AVERAGES, GROUP_SCHEMES
-from gla.pipeline import cell_audits
+from gla.pipeline import cell_audits, provenance
 from gla.pipeline.distshift import (
     ShiftSpec,
     class_map,
@@ -344,8 +344,10 @@ def _threads(options: StoreAnalysisOptions) -> int:
 
 
 def _tally_batch(b: SplitArrays, fitted: FittedPriors, core: AnalysisOptions, c: int,
-                 split: str, kept: predictions.Collector) -> tuple[MethodTallies, int]:
-    """One batch's tallies and its count of unknown (-1) labels."""
+                 split: str, kept: predictions.Collector,
+                 extent: list[float]) -> tuple[MethodTallies, int]:
+    """One batch's tallies and its count of unknown (-1) labels; appends the batch's
+    max |zs| to ``extent`` (cosines instead of logits are the cell's warning)."""
     def locate(r: int) -> tuple[Path, int]:
         return b.file, b.row_offset + r
 
@@ -353,6 +355,8 @@ def _tally_batch(b: SplitArrays, fitted: FittedPriors, core: AnalysisOptions, c:
     unknown = int(np.count_nonzero(b.labels < 0))
     if unknown == len(b):
         return {}, unknown
+    if b.zs.size:
+        extent.append(max(float(b.zs.max()), -float(b.zs.min())))  # NaN is refused below
     try:
         preds: dict[str, list] = {}
         tallies = evaluate([(b.zs, b.ft, b.labels, b.extra)], fitted, core, predictions=preds)
@@ -369,8 +373,8 @@ def _tally_batch(b: SplitArrays, fitted: FittedPriors, core: AnalysisOptions, c:
 
 
 def _stream_eval(batches: Iterator[SplitArrays], fitted: FittedPriors, core: AnalysisOptions,
-                 info: SplitInfo, split: str, threads: int,
-                 kept: predictions.Collector) -> tuple[MethodTallies | None, int, int]:
+                 info: SplitInfo, split: str, threads: int, kept: predictions.Collector,
+                 extent: list[float]) -> tuple[MethodTallies | None, int, int]:
     """Validate and tally the eval split batch by batch; at most threads+1 batches in memory.
 
     Returns (tallies, rows read, rows with unknown label -1, which evaluate skips).
@@ -389,7 +393,7 @@ def _stream_eval(batches: Iterator[SplitArrays], fitted: FittedPriors, core: Ana
             total = _merge(total, tallies)
 
     def work(b: SplitArrays) -> tuple[MethodTallies, int]:
-        return _tally_batch(b, fitted, core, info.num_classes, split, kept)
+        return _tally_batch(b, fitted, core, info.num_classes, split, kept, extent)
 
     if threads <= 1:
         for b in batches:
@@ -490,8 +494,9 @@ def analyze_cell(
                                columns=("label", "zs", "ft", "sample_id", *eval_info.extra_logits),
                                batch_rows=options.batch_rows, info=eval_info)
     kept = predictions.Collector()  # per-sample predictions: what pairs two runs in gla diff
+    extent: list[float] = []
     tallies, n_eval, n_unknown = _stream_eval(batches, fitted, core, eval_info, options.eval_split,
-                                              _threads(options), kept)
+                                              _threads(options), kept, extent)
     if tallies is None:
         raise UserError(
             f"{eval_info.files[0]}: column label is -1 (unknown) in every row of eval split "
@@ -507,6 +512,13 @@ def analyze_cell(
     if shots:
         tables["kshot"] = _kshot_sweep(store, info, options, fit_info, eval_info, shots, fitted.primary)
     tables = cell_audits.merge(tables, cell_audits.run(store, info, options, fitted, fit_info, eval_info))
+    tables["provenance"] = provenance.provenance_table(
+        model, dataset, estimators=list(fitted.estimates), priors=tables["priors"],
+        fit=(options.fit_split, fit_info.rows), evaluated=(options.eval_split, n_eval - n_unknown),
+        options=options, meta=eval_info.metadata, sealed=(fit_info.sealed_at, eval_info.sealed_at),
+        fingerprint=provenance.dataset_fingerprint(
+            ((options.fit_split, fit_info), (options.eval_split, eval_info)), store.counts_path(dataset)))
+    tables["warnings"] = _warnings(info, eval_info, tables, counts, extent)
     clock.mark()
     return CellResult(model, dataset, tables, key,
                       _diagnostics(fit_info, info, n_eval, n_unknown, fitted, clock))
@@ -546,7 +558,9 @@ def _analyze_shifted(store: Store, info: CellInfo, options: StoreAnalysisOptions
                                columns=("label", "zs", "ft", "sample_id", *eval_info.extra_logits),
                                batch_rows=options.batch_rows, info=eval_info)
     kept = predictions.Collector()
-    tallies, n_eval, n_unknown = _stream_eval(batches, fitted, core, eval_info, split, _threads(options), kept)
+    extent: list[float] = []
+    tallies, n_eval, n_unknown = _stream_eval(batches, fitted, core, eval_info, split, _threads(options),
+                                              kept, extent)
     if tallies is None:
         raise UserError(f"{eval_info.files[0]}: column label is -1 (unknown) in every row of eval split "
                         f"{split!r}; evaluation needs labels")
@@ -555,10 +569,39 @@ def _analyze_shifted(store: Store, info: CellInfo, options: StoreAnalysisOptions
     tables["predictions"] = kept.table(model, dataset, fitted.primary)
     tables["robustness"] = robustness_table(tables["summary"], source.tables["summary"], shift.source,
                                             info.num_classes, src_info.num_classes)
+    tables["provenance"] = _shifted_provenance(store, info, options, shift.source, src_info, eval_info,
+                                               tables["priors"], n_eval - n_unknown)
+    tables["warnings"] = _warnings(info, eval_info, tables, counts, extent)
     diag = {"fit_rows": 0, "eval_rows": n_eval, "eval_rows_unlabelled": n_unknown,
             "classes": info.num_classes, "has_ft": info.has_ft,
             "evaluated_with": {"source": shift.source, "source_classes": m.tolist()}}
     return CellResult(model, dataset, tables, key, diag)
+
+
+def _shifted_provenance(store: Store, info: CellInfo, options: StoreAnalysisOptions, source: str,
+                        src_info: CellInfo, eval_info: SplitInfo, priors: pl.DataFrame,
+                        n_scored: int) -> pl.DataFrame:
+    """A shifted set's provenance: fitted on its source's fit split (``<source>/<split>``),
+    with the source's training counts; scored on its own eval split."""
+    src_fit = src_info.splits[options.fit_split]
+    fit_label = f"{source}/{options.fit_split}"
+    fingerprint = provenance.dataset_fingerprint(
+        ((fit_label, src_fit), (options.eval_split, eval_info)), store.counts_path(source))
+    return provenance.provenance_table(
+        info.model, info.dataset, estimators=options.estimators[:1], priors=priors,
+        fit=(fit_label, src_fit.rows), evaluated=(options.eval_split, n_scored), options=options,
+        meta=eval_info.metadata, fingerprint=fingerprint, sealed=(src_fit.sealed_at, eval_info.sealed_at))
+
+
+def _warnings(info: CellInfo, eval_info: SplitInfo, tables: dict[str, pl.DataFrame],
+              counts: np.ndarray | None, extent: list[float]) -> pl.DataFrame:
+    """The cell's warnings (``analyze.caveats``) from its tables and what the eval pass saw."""
+    primary = tables["summary"]["estimator"][0] if tables["summary"].height else None
+    per_class = tables["per_class"].filter(pl.col("estimator") == primary)
+    return caveats.cell_warnings(
+        info.model, info.dataset, class_names=list(info.class_names), counts=counts,
+        has_ft=info.has_ft, random_init=provenance.is_random_init(eval_info.metadata),
+        zs_absmax=max(extent) if extent else None, priors=tables["priors"], per_class=per_class)
 
 
 def _kshot_sweep(store: Store, info: CellInfo, options: StoreAnalysisOptions, fit_info: SplitInfo,

@@ -20,6 +20,7 @@ COMMANDS = {
     "analyze": ("gla.pipeline.commands.analyze_cmd", "fit priors, apply GLA and baselines, write result tables"),
     "extract": ("gla.pipeline.commands.extract_cmd", "run open_clip models over datasets, write logits"),
     "diff": ("gla.pipeline.commands.diff_cmd", "what changed between two runs or stores, and whether it is real"),
+    "show": ("gla.pipeline.commands.show_cmd", "print one published result table (provenance, warnings, ...)"),
     "report": ("gla.pipeline.commands.report_cmd", "write the self-contained HTML audit report"),
     "run": ("gla.pipeline.commands.run_cmd", "run every stage for every cell of a config, incrementally"),
     "models": ("gla.pipeline.commands.models_cmd", "list the architectures and pretrained tags open_clip knows"),

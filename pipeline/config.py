@@ -117,11 +117,15 @@ class ExtractOptions(_Strict):
     on_error: Literal["raise", "skip"] = "raise"
 
 
+PRETRAINED_HINT = ('name the weights (an open_clip tag, hf-hub:ORG/NAME or a local file), '
+                   'or write pretrained = "none" for a random initialisation')
+
+
 class ModelSpec(_Strict):
     name: str
     arch: str
     model_config_file: str = Field("", alias="model_config")
-    pretrained: str = ""
+    pretrained: str  # required: "none" says random init (see _pretrained)
     templates: str = "simple"
     finetuned: dict[str, str] = Field(default_factory=dict)
     kshot: dict[str, dict[int, str]] = Field(
@@ -138,6 +142,13 @@ class ModelSpec(_Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         return check_name(v, "model")
+
+    @field_validator("pretrained")
+    @classmethod
+    def _pretrained(cls, v: str) -> str:
+        if not v.strip():  # a forgotten value must not silently mean random weights
+            raise ValueError(f"empty: {PRETRAINED_HINT}")
+        return v.strip()
 
     @field_validator("wiseft_alphas")
     @classmethod
@@ -378,7 +389,7 @@ def _explain(first: dict[str, Any]) -> str:
         return f": unknown key{did_you_mean(first['loc'][-1], known)}" + (
             f"; known keys: {', '.join(known)}" if known else "")
     if kind == "missing":
-        return ": required key is missing"
+        return ": required key is missing" + (f"; {PRETRAINED_HINT}" if first["loc"][-1] == "pretrained" else "")
     if kind == "literal_error":
         choices = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
         return f"{shown}: expected one of {', '.join(choices)}{did_you_mean(value, choices)}"

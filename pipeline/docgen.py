@@ -59,7 +59,8 @@ CONFIG_DOCS = {
     "models.arch": "open_clip architecture (`gla models` lists them), or a name for `model_config`",
     "models.model_config": "an open_clip model-config JSON for an architecture open_clip does not ship",
     "models.pretrained": "an open_clip pretrained tag (`openai`, `laion2b_s34b_b79k`; see `gla models`), "
-    "`hf-hub:org/repo`, or a local weights file; empty = random init",
+    "`hf-hub:org/repo`, a local weights file, or `none` for a random initialisation (required: an "
+    "empty or missing value is refused, so random weights are never an accident)",
     "models.templates": "`simple`, `openai-imagenet`, or a text file with one template per line "
     "(`{}` stands for the class name)",
     "models.finetuned": "dataset name → fine-tuned checkpoint (safetensors `gla-ft/1` or a WiSE-FT file); "

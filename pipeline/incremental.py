@@ -10,8 +10,7 @@ The key hashes everything the outputs depend on:
   (``Store.content_key``);
 - the analysis options (canonical JSON; a target-prior file by its content hash);
 - the schema version, this cache's format version and a hash of the analysis code
-  (``analyze/*.py``, ``pipeline/cell_analysis.py``, ``pipeline/store.py``,
-  ``pipeline/incremental.py``).
+  (``analyze/*.py`` and the pipeline modules of ``pipeline.provenance.CODE_FILES``).
 
 A rerun computes the keys (reads a few small JSON files per cell, no logits), skips
 every cell whose cache carries its key and recomputes only the rest, fanned out over
@@ -26,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -42,7 +40,7 @@ import pyarrow.parquet as pq
 from gla.extract import cellformat as cf
 from gla.extract import records
 from gla.extract.records import IntegrityError
-from gla.pipeline import results
+from gla.pipeline import provenance, results
 from gla.pipeline.cell_analysis import CellResult, StoreAnalysisOptions, analyze_cell
 from gla.pipeline.errors import UserError
 from gla.pipeline.runner import CellError, ComputeOptions, Runner
@@ -51,7 +49,6 @@ from gla.pipeline.store import Store
 CACHE_VERSION = 1
 KEY_FILE = "key.json"
 COMBINED_FILE = "_combined.json"  # in results/cells/: which cell caches the tables hold
-_CODE_FILES = ("pipeline/cell_analysis.py", "pipeline/store.py", "pipeline/incremental.py")
 
 Cell = tuple[str, str]
 # What analyses one cell: analyze_cell, or a stand-in returning {table name: DataFrame}.
@@ -62,12 +59,10 @@ Log = Callable[[str], None]
 # --------------------------------------------------------------------------- keys
 
 
-@functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """Hash of the code the cached outputs depend on (changes invalidate every cache)."""
-    root = Path(__file__).resolve().parent.parent
-    code = records.code_version(root / "analyze", files=[root / f for f in _CODE_FILES])
-    return f"{CACHE_VERSION}.{cf.SCHEMA_VERSION}.{code}"
+    """Cache format, store schema and analysis code (``provenance.code_version``): a
+    change to any invalidates every cache."""
+    return f"{CACHE_VERSION}.{cf.SCHEMA_VERSION}.{provenance.code_version()}"
 
 
 def _plain(obj: Any) -> Any:

@@ -49,6 +49,8 @@ class SplitInfo:
     class_names: tuple[str, ...]
     metadata: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     extra_logits: tuple[str, ...] = ()  # extra logit columns (wiseft@0.5, ...)
+    sealed_at: str = ""  # ISO-8601 UTC seal time (older manifests: newest part mtime)
+    part_sha256: tuple[str, ...] = ()  # the parts' checksums, as sealed
 
 
 @dataclass(frozen=True)
@@ -318,6 +320,9 @@ class Store:
             if s.names != schema.names or any(s.field(c).type != schema.field(c).type for c in logit_cols):
                 raise UserError(f"{f}: columns differ from {files[0].name} in the same split")
         dtype = str(schema.field("zs").type.value_type)
+        # Manifests written before sealed_at existed: the newest part's recorded mtime.
+        newest_part = max(int(r.get("mtime_ns") or 0) for _, _, r in entries) / 1e9
+        sealed_at = str(doc.get("sealed_at") or cf.iso_utc(newest_part))
         return SplitInfo(
             name=split,
             rows=int(doc.get("rows", 0)),
@@ -330,6 +335,8 @@ class Store:
             class_names=names,
             metadata=meta,
             extra_logits=extra,
+            sealed_at=sealed_at,
+            part_sha256=tuple(str(r.get("sha256") or "") for _, _, r in entries),
         )
 
     @staticmethod

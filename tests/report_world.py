@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 from gla.analyze import schema
+from gla.pipeline import rundiff
 from gla.pipeline.cell_analysis import StoreAnalysisOptions
 from gla.pipeline.incremental import analyze_cells
 from gla.pipeline.runner import Runner
@@ -133,3 +134,63 @@ def odd_priors(priors: pl.DataFrame) -> pl.DataFrame:
                               pl.when(bad).then(pl.lit("stopped after 3 iterations")).otherwise(pl.col("message")).alias("message"))
     same = pri.filter((pl.col("model") == COINCIDE[0]) & (pl.col("dataset") == COINCIDE[1]) & (pl.col("estimator") == "gla"))
     return schema.conform("priors", pl.concat([pri, same.with_columns(pl.lit("prior-matching").alias("estimator"))]))
+
+
+def previous_run(plain: dict[str, pl.DataFrame], audit: dict[str, pl.DataFrame | None]) -> dict[str, pl.DataFrame]:
+    """A run before ``audit`` that differs from it in known ways: clip-b/fashion was not in
+    it (added since), gla of COINCIDE got 40 more samples wrong (a significant gain
+    since), and COINCIDE's templates hash was another (a provenance change)."""
+    m, d = COINCIDE
+    keep = ~((pl.col("model") == WARNED[0]) & (pl.col("dataset") == WARNED[1]))
+    out = {k: v.filter(keep) for k, v in plain.items() if k in rundiff.READ}
+    pred = out["predictions"].with_row_index("_i")
+    mine = (pl.col("model") == m) & (pl.col("dataset") == d) & (pl.col("method") == "gla") & (pl.col("pred") == pl.col("label"))
+    worse = pred.filter(mine).head(40).get_column("_i")
+    out["predictions"] = pred.with_columns(
+        pl.when(pl.col("_i").is_in(worse.implode())).then((pl.col("label") + 1) % 12).otherwise(pl.col("pred"))
+        .cast(pl.Int32).alias("pred")).drop("_i")
+    cell = (pl.col("model") == m) & (pl.col("dataset") == d)
+    out["provenance"] = audit["provenance"].filter(keep).with_columns(
+        pl.when(cell).then(pl.lit("6" * 64)).otherwise(pl.col("templates_sha256")).alias("templates_sha256"))
+    return out
+
+
+def write_audit_store(root: Path) -> tuple[Path, tuple[str, dict]]:
+    """A store whose results carry every audit table, and a run before it
+    (:func:`previous_run`) as (label, tables) for the report's diff section. The audit
+    tables are written over results/ directly: a test's shortcut, not how a run publishes."""
+    make_store(root)
+    plain = {f.stem: pl.read_parquet(f) for f in (root / "results").glob("*.parquet")}
+    audit = audit_tables(plain)
+    for name, df in audit.items():
+        if df is not None:
+            df.write_parquet(root / "results" / f"{name}.parquet")
+    return root, ("run before", previous_run(plain, audit))
+
+
+def matrix_tables(n_models: int = 5, n_datasets: int = 10, n_classes: int = 8, seed: int = 0) -> dict:
+    """A wide matrix straight from the schema (no logits): long model and dataset names,
+    every method in each cell, the last model zero-shot only. For the overview's layout."""
+    rng = np.random.default_rng(seed)
+    models = [f"ViT-B-32-laion2b_s34b_b79k-{k}" for k in range(n_models)]
+    datasets = [f"inaturalist-subset-{k:02d}" for k in range(n_datasets)]
+    summ, pc, pri = [], [], []
+    for mi, m in enumerate(models):
+        methods = ("zs", "zs_debiased") if mi == n_models - 1 else ("zs", "zs_debiased", "ft", "ft_la", "ensemble", "gla")
+        for d in datasets:
+            prior = rng.dirichlet(np.ones(n_classes))
+            for meth in methods:
+                acc = rng.uniform(0.4, 0.95, n_classes)
+                summ.append({"model": m, "dataset": d, "estimator": "gla", "method": meth, "split": "test", "n": 800,
+                             "accuracy": acc.mean(), "balanced_accuracy": acc.mean(), "nll": 1.0, "ece": 0.05,
+                             "acc_head": acc[:2].mean(), "acc_medium": acc[2:4].mean(), "acc_tail": acc[4:].mean()})
+                pc += [{"model": m, "dataset": d, "estimator": "gla", "method": meth, "class_index": c,
+                        "class_name": f"class_{c}", "n": 100, "accuracy": acc[c], "prior_pretrain": prior[c],
+                        "prior_downstream": 1 / n_classes, "group": "head" if c < 2 else "medium" if c < 4 else "tail"}
+                       for c in range(n_classes)]
+            pri += [{"model": m, "dataset": d, "estimator": "gla", "class_index": c, "class_name": f"class_{c}",
+                     "prior": prior[c], "converged": True, "message": ""} for c in range(n_classes)]
+    tables = {name: None for name in schema.TABLES if name != "predictions"}
+    tables |= {"summary": schema.frame("summary", summ), "per_class": schema.frame("per_class", pc),
+               "priors": schema.frame("priors", pri)}
+    return tables

@@ -115,3 +115,25 @@ def test_templates_per_dataset(tmp_path):
     with pytest.raises(UserError, match=r"datasets\['fashion'\].templates: unknown template set 'openai' "
                                         r"\(did you mean 'openai-imagenet'\?\)"):
         load_config(write(tmp_path, BASE.replace('pool = "test"', 'pool = "test"\ntemplates = "openai"')))
+
+
+@pytest.mark.parametrize(("line", "needle"), [
+    ('pretrained = ""', "models['tiny'].pretrained = '': empty"),
+    ('pretrained = "  "', "models['tiny'].pretrained = '  ': empty"),
+    ("", "models['tiny'].pretrained: required key is missing"),
+])
+def test_pretrained_must_be_said_and_none_means_random_init(tmp_path, capsys, line, needle):
+    from gla.extract.models import model_identity, parse_pretrained
+    from gla.pipeline.cli import main
+
+    path = write(tmp_path, BASE.replace('pretrained = "openai"', line))
+    with pytest.raises(UserError) as err:
+        load_config(path)
+    assert needle in str(err.value) and 'pretrained = "none"' in str(err.value)
+    assert main(["check", str(path)]) == 2  # gla check: exit 2, one line naming the key
+    out = capsys.readouterr()
+    assert out.err.count("\n") == 1 and needle in out.err
+    m = load_config(write(tmp_path, BASE.replace('pretrained = "openai"', 'pretrained = "none"'))).models[0]
+    assert m.pretrained == "none" and parse_pretrained(m.pretrained).kind == "none"
+    ident = model_identity({**model_dict(m), "model_config": ""})
+    assert ident["pretrained"] == "random-init"  # the extract identity of no weights

@@ -155,7 +155,7 @@ def test_bad_declarations_are_refused_and_results_stay(world):
 def test_config_validates_evaluate_with(tmp_path):
     from gla.pipeline.config import load_config
 
-    base = 'store = "s"\n[[models]]\nname = "m"\narch = "a"\nfinetuned = { a = "ft.pt" }\n'
+    base = 'store = "s"\n[[models]]\nname = "m"\narch = "a"\npretrained = "none"\nfinetuned = { a = "ft.pt" }\n'
     cfg = tmp_path / "c.toml"
     cfg.write_text(base + '[[datasets]]\nname = "a"\nkind = "imagefolder"\n'
                    '[[datasets]]\nname = "b"\nkind = "imagefolder"\nevaluate_with = "a"\n')

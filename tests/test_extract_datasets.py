@@ -158,7 +158,7 @@ def test_gla_extract_without_torch_is_a_clear_error(tmp_path):
 
     repo = Path(__file__).resolve().parents[1]
     (tmp_path / "run.toml").write_text(
-        'store = "s"\n[[models]]\nname = "m"\narch = "ViT-B-32"\n'
+        'store = "s"\n[[models]]\nname = "m"\narch = "ViT-B-32"\npretrained = "none"\n'
         '[[datasets]]\nname = "d"\nkind = "imagefolder"\nroot = "imgs"\n')
     code = (
         "import sys\n"

@@ -133,7 +133,7 @@ def test_cli_run_on_locked_store_exits_2_naming_holder(tmp_path, sleeper):
     (store / ".gla.lock").write_text(json.dumps(_holder(sleeper.pid, command="gla run other.toml")))
     cfg = tmp_path / "run.toml"
     cfg.write_text(
-        'store = "store"\n[[models]]\nname = "m"\narch = "a"\n'
+        'store = "store"\n[[models]]\nname = "m"\narch = "a"\npretrained = "none"\n'
         '[[datasets]]\nname = "d"\nkind = "imagefolder"\n'
     )
     r = subprocess.run(

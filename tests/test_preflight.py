@@ -150,7 +150,7 @@ CASES = {
     "dataset templates missing": ('root = "images"', 'root = "images"\ntemplates = "none.txt"',
                                   ("datasets['pets'].templates", "none.txt", "not found")),
     "per_class zero": ("per_class = 2", "per_class = 0", ("datasets['pets'].splits.val.per_class = 0", "must be >= 1")),
-    "duplicate model": ("[[datasets]]", '[[models]]\nname = "tiny"\narch = "x"\n[[datasets]]',
+    "duplicate model": ("[[datasets]]", '[[models]]\nname = "tiny"\narch = "x"\npretrained = "none"\n[[datasets]]',
                         ("model names must be unique",)),
     "split with two ways": ("per_class = 2", "per_class = 2, rest = true", ("datasets['pets'].splits.val", "exactly one")),
 }

@@ -130,7 +130,9 @@ def test_calibration_worse_is_said(data, page):
     verdict = "worse" if ece["zs_debiased"] > ece["zs"] else "better"
     assert f"Calibration is {verdict} under zero-shot − log π̂p" in section(page, m, d)
     if verdict == "worse":
-        assert "not calibrated probabilities" in section(page, m, d)
+        gained = dict(summ.select("method", "accuracy").iter_rows())
+        lead = "Accuracy rises, but the" if gained["zs_debiased"] > gained["zs"] else "The"
+        assert f"{lead} adjusted logits are less well calibrated" in section(page, m, d)
 
 
 def _colour_pixels(fig, colour: str, tol: float = 0.1) -> int:
@@ -156,7 +158,7 @@ def test_coinciding_priors_both_stay_visible(data, monkeypatch):
     gla_px, pm_px = _colour_pixels(fig, gla_c), _colour_pixels(fig, pm_c)
     assert gla_px > 500 and pm_px > 500, (gla_px, pm_px)
     assert "prior-matching (= gla)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    monkeypatch.setattr(style, "hollow", lambda k, c, dashed=False: {"marker": "o", "s": 60, "color": c})
+    monkeypatch.setattr(style, "hollow", lambda k, c, dashed=False, points=0: {"marker": "o", "s": 60, "color": c})
     naive = figures.prior_scatter(view)
     assert _colour_pixels(naive, gla_c) < 0.05 * gla_px and _colour_pixels(naive, pm_c) > 500
 
@@ -192,3 +194,16 @@ def test_cells_no_longer_in_the_config_are_flagged(data):
     assert "not_in_config" in flags[("clip-a", "animals")] and "not_in_config" not in flags[("clip-a", "fashion")]
     assert "1 cell(s) in these results are no longer in the config" in text
     assert "no longer in the config" not in render(data, figures_for=lambda v: {})
+
+
+def test_overview_names_the_cells_whose_calibration_gets_worse(data, page):
+    worse = []
+    for m, d, ft in world.CELLS:
+        summ = data.summary.filter((pl.col("model") == m) & (pl.col("dataset") == d) & (pl.col("estimator") == "gla"))
+        ece = dict(summ.select("method", "ece").iter_rows())
+        base, after = ("ft", "gla") if ft else ("zs", "zs_debiased")
+        if ece[after] > ece[base]:
+            worse.append(f"{m} / {d}")
+    sentence = page.split("Calibration: ECE is higher")[1].split("</p>")[0]
+    assert f"in <b>{len(worse)} of {len(world.CELLS)}</b> cell(s)" in sentence
+    assert all(c in sentence for c in worse) and (("cell(s) (" in sentence) == bool(worse))

@@ -11,16 +11,20 @@ fails the test instead of skipping it.
 
 from __future__ import annotations
 
+import base64
 import fcntl
+import io
 import json
 import os
 import queue
 import shutil
+import struct
 import subprocess
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.browser
@@ -117,8 +121,9 @@ class Browser:
 
 
 # Layout, read from the page by the harness (the page itself has no scripts): the page's
-# scroll width against the viewport, and every element that sticks out of its parent's
-# box to the right (text, tables, figures running off the page or out of a cell).
+# scroll width against the viewport, every element that sticks out of its parent's box
+# to the right (text, tables, figures running off the page or out of a cell), and the
+# tables that only fit by scrolling inside their box (part of them hidden until scrolled).
 LAYOUT = """(() => {
   const out = [];
   for (const e of document.querySelectorAll('main *')) {
@@ -127,13 +132,76 @@ LAYOUT = """(() => {
     const r = e.getBoundingClientRect(), q = p.getBoundingClientRect();
     if (r.width > 0 && r.right > q.right + 1) out.push(e.tagName.toLowerCase() + '.' + e.className);
   }
-  return {scrollWidth: document.documentElement.scrollWidth, innerWidth: window.innerWidth, overflowing: out};
+  const scrolling = Array.from(document.querySelectorAll('div.tw')).filter(d => d.scrollWidth > d.clientWidth + 1)
+    .map(d => (d.closest('section') || {id: 'overview'}).id + ': ' + d.querySelector('tr').textContent.slice(0, 60));
+  return {scrollWidth: document.documentElement.scrollWidth, innerWidth: window.innerWidth, overflowing: out, scrolling};
 })()"""
 
 
-def load_page(browser: Browser, url: str, timeout: float = 90, width: int = 1400) -> dict:
+# Text boxes that overlap: every text node's line boxes (Range.getClientRects), pairwise,
+# for nodes of different elements; boxes that share more than 2 × 2 px are reported.
+OVERLAPS = """(() => {
+  const boxes = [];
+  const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let n; (n = walk.nextNode());) {
+    if (!n.textContent.trim()) continue;
+    const r = document.createRange();
+    r.selectNodeContents(n);
+    for (const b of r.getClientRects())
+      if (b.width > 0 && b.height > 0) boxes.push({l: b.left, t: b.top + scrollY, r: b.right, b: b.bottom + scrollY, n});
+  }
+  boxes.sort((a, b) => a.t - b.t);
+  const out = [];
+  for (let i = 0; i < boxes.length; i++)
+    for (let j = i + 1; j < boxes.length && boxes[j].t < boxes[i].b; j++) {
+      const a = boxes[i], b = boxes[j];
+      if (a.n === b.n) continue;
+      const w = Math.min(a.r, b.r) - Math.max(a.l, b.l), h = Math.min(a.b, b.b) - Math.max(a.t, b.t);
+      if (w > 2 && h > 2) out.push(a.n.textContent.trim().slice(0, 40) + ' | ' + b.n.textContent.trim().slice(0, 40));
+    }
+  return {boxes: boxes.length, overlaps: out.slice(0, 20)};
+})()"""
+
+# Per image: its displayed size and the share of its pixels that are coloured (channels
+# differing by more than 40): a plot whose axes hold no data is black, grey and white.
+IMAGES = """(() => Array.from(document.images).map(i => {
+  const r = i.getBoundingClientRect();
+  if (!i.complete || !i.naturalWidth) return {alt: i.alt, width: r.width, height: r.height, coloured: 0};
+  const c = document.createElement('canvas');
+  c.width = i.naturalWidth; c.height = i.naturalHeight;
+  const g = c.getContext('2d');
+  g.drawImage(i, 0, 0);
+  const d = g.getImageData(0, 0, c.width, c.height).data;
+  let coloured = 0;
+  for (let k = 0; k < d.length; k += 4)
+    if (Math.max(d[k], d[k + 1], d[k + 2]) - Math.min(d[k], d[k + 1], d[k + 2]) > 40) coloured++;
+  return {alt: i.alt, width: r.width, height: r.height, coloured: coloured / Math.max(1, d.length / 4)};
+}))()"""
+
+
+def evaluate(browser: Browser, sid: str, expression: str):
+    res = browser.send("Runtime.evaluate", {"expression": f"JSON.stringify({expression})", "returnByValue": True},
+                       session=sid)
+    if "exceptionDetails" in res:
+        raise RuntimeError(f"page script failed: {res['exceptionDetails']}")
+    return json.loads(res["result"]["value"])
+
+
+def screenshot(browser: Browser, sid: str, width: int) -> bytes:
+    """The whole page, ``width`` CSS px wide, as PNG bytes."""
+    height = evaluate(browser, sid, "document.documentElement.scrollHeight")
+    browser.send("Emulation.setDeviceMetricsOverride",
+                 {"width": width, "height": min(int(height), 16000), "deviceScaleFactor": 1, "mobile": False},
+                 session=sid)
+    shot = browser.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session=sid)
+    return base64.b64decode(shot["data"])
+
+
+def load_page(browser: Browser, url: str, timeout: float = 90, width: int = 1400,
+              shot: Path | None = None) -> dict:
     """Open ``url`` in a fresh tab ``width`` CSS px wide; return problems seen, the images'
-    load state and the layout (see LAYOUT)."""
+    load state and content, the layout (LAYOUT, OVERLAPS, IMAGES); with ``shot``, a
+    full-page screenshot is written there."""
     target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     sid = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
     for domain in ("Runtime", "Log", "Page", "Network"):
@@ -175,9 +243,11 @@ def load_page(browser: Browser, url: str, timeout: float = 90, width: int = 1400
             "i => [i.complete, i.naturalWidth, i.naturalHeight]), tables: document.querySelectorAll('table').length})")
     res = browser.send("Runtime.evaluate", {"expression": expr, "returnByValue": True}, session=sid)
     state = json.loads(res["result"]["value"])
-    res = browser.send("Runtime.evaluate", {"expression": f"JSON.stringify({LAYOUT})", "returnByValue": True},
-                       session=sid)
-    state["layout"] = json.loads(res["result"]["value"])
+    state["layout"] = evaluate(browser, sid, LAYOUT)
+    state["text"] = evaluate(browser, sid, OVERLAPS)
+    state["images"] = evaluate(browser, sid, IMAGES)
+    if shot is not None:
+        shot.write_bytes(screenshot(browser, sid, width))
     browser.send("Target.closeTarget", {"targetId": target})
     return {"problems": problems, "requests": requests, **state}
 
@@ -209,6 +279,12 @@ def test_harness_sees_horizontal_overflow(browser, tmp_path):
     layout = load_page(browser, wide.as_uri())["layout"]
     assert layout["scrollWidth"] > layout["innerWidth"] == 1400
     assert "table.big" in layout["overflowing"]
+    boxed = tmp_path / "boxed.html"
+    boxed.write_text("<!DOCTYPE html><html><head><title>boxed</title></head><body><main style='width:600px'>"
+                     "<div class='tw' style='overflow-x:auto'><table style='width:2000px'><tr><td>wide row</td>"
+                     "</tr></table></div></main></body></html>")
+    layout = load_page(browser, boxed.as_uri())["layout"]
+    assert layout["overflowing"] == [] and layout["scrolling"] == ["overview: wide row"]
 
 
 def test_report_renders_cleanly(browser, tmp_path):
@@ -228,3 +304,72 @@ def test_report_renders_cleanly(browser, tmp_path):
     assert layout["overflowing"] == [], layout["overflowing"]
     # Nothing but the file itself and its inline data: URIs was requested.
     assert all(u.startswith(("file:", "data:")) for u in page["requests"]), page["requests"]
+
+
+def test_harness_sees_overlapping_text_and_empty_images(browser, tmp_path):
+    blank = base64.b64encode(_png(np.full((40, 80, 3), 255, np.uint8))).decode()
+    plot = base64.b64encode(_png(np.tile(np.array([200, 40, 40], np.uint8), (40, 80, 1)))).decode()
+    bad = tmp_path / "overlap.html"
+    bad.write_text("<!DOCTYPE html><html><head><title>o</title></head><body><main>"
+                   "<p style='position:absolute;top:10px;left:10px'>first label</p>"
+                   "<p style='position:absolute;top:14px;left:20px'>second label</p>"
+                   f"<img alt='blank' src='data:image/png;base64,{blank}'>"
+                   f"<img alt='plot' src='data:image/png;base64,{plot}'></main></body></html>")
+    page = load_page(browser, bad.as_uri())
+    assert page["text"]["overlaps"] == ["first label | second label"]
+    share = {i["alt"]: i["coloured"] for i in page["images"]}
+    assert share["blank"] == 0 and share["plot"] == 1
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_audit_report_at_1400_px(browser, tmp_path):
+    """The report with every audit table, the run diff and a stale cell, as a reader sees
+    it at 1,400 px: no console problems, nothing sticking out, no two text boxes on top
+    of each other, every image loaded, shown at a readable size and holding coloured
+    marks (no empty panel). The screenshot stays in tmp_path (or $GLA_REPORT_SHOTS)."""
+    from gla.pipeline.report import write_report
+    from report_world import write_audit_store
+
+    root, previous = write_audit_store(tmp_path / "store")
+    path, _ = write_report(root, previous=previous, stale={("clip-a", "animals")})
+    html = path.read_text()
+    assert "Changes since the previous run" in html and "not_in_config" in html
+    shot = Path(os.environ.get("GLA_REPORT_SHOTS") or tmp_path) / "report-1400.png"
+    page = load_page(browser, path.as_uri(), shot=shot)
+    assert page["problems"] == []
+    layout = page["layout"]
+    assert layout["innerWidth"] == 1400 and layout["scrollWidth"] <= 1400, layout
+    assert layout["overflowing"] == [], layout["overflowing"]
+    assert layout["scrolling"] == [], layout["scrolling"]  # at 1,400 px every table fits whole
+    assert page["text"]["boxes"] > 500 and page["text"]["overlaps"] == [], page["text"]
+    assert len(page["images"]) == 2 + 4 * 3
+    for im in page["images"]:
+        assert im["width"] >= 400 and im["height"] >= 150, im  # a readable size, not squeezed
+        assert im["coloured"] > 0.003, im  # data drawn: not an empty panel
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">I", shot.read_bytes()[16:20])[0] == 1400  # the PNG is 1,400 px wide
+
+
+def test_fifty_cell_overview_at_1400_px(browser, tmp_path):
+    """A 5 × 10 matrix with long names: the heatmaps take the whole row, and nothing
+    overlaps, overflows or needs scrolling at 1,400 px."""
+    from gla.pipeline.report import ReportData, render
+    from report_world import matrix_tables
+
+    data = ReportData(store=tmp_path, tables=matrix_tables())
+    path = tmp_path / "matrix.html"
+    path.write_text(render(data, max_cells=2))
+    page = load_page(browser, path.as_uri())
+    assert page["problems"] == []
+    layout = page["layout"]
+    assert layout["scrollWidth"] <= 1400 and layout["overflowing"] == [] and layout["scrolling"] == [], layout
+    assert page["text"]["overlaps"] == [], page["text"]
+    maps = [im for im in page["images"] if im["alt"].endswith("heatmap")]
+    assert len(maps) == 2 and all(im["width"] > 1000 and im["coloured"] > 0.1 for im in maps), maps

@@ -117,7 +117,7 @@ def _synthetic_config(tmp_path: Path, workers: int) -> Path:
     for i, (m, d) in enumerate([("ma", "da"), ("ma", "db"), ("mb", "da"), ("mb", "db")]):
         write_cell(tmp_path / "store", m, d, num_classes=6, fit_per_class=8, eval_rows=300, seed=i, counts=False)
     (tmp_path / "counts.csv").write_text("class_index,count\n0,500\n1,300\n2,100\n3,50\n4,10\n5,5\n")
-    models = "".join(f'[[models]]\nname = "{m}"\narch = "x"\n' for m in ("ma", "mb"))
+    models = "".join(f'[[models]]\nname = "{m}"\narch = "x"\npretrained = "none"\n' for m in ("ma", "mb"))
     cfg = tmp_path / "run.toml"
     cfg.write_text(RUN_TOML.format(workers=workers, models=models))
     return cfg

@@ -125,6 +125,6 @@ def test_config_refuses_alpha_out_of_range(tmp_path):
     from gla.pipeline.errors import UserError
 
     cfg = tmp_path / "c.toml"
-    cfg.write_text('store = "s"\n[[models]]\nname = "m"\narch = "a"\nwiseft_alphas = [0.5, 2.0]\n')
+    cfg.write_text('store = "s"\n[[models]]\nname = "m"\narch = "a"\npretrained = "none"\nwiseft_alphas = [0.5, 2.0]\n')
     with pytest.raises(UserError, match=r"wiseft_alphas.*\[0, 1\]"):
         load_config(cfg)

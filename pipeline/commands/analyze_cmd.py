@@ -4,22 +4,26 @@
                 [--temperature none|confidence|nll] [--smoothing 0] [--target-prior FILE]
                 [--groups released|array-split] [--shot-accuracy per-class|pooled]
                 [--temperature-scope each|zs] [--fit-label-distribution uniform|counts|FILE]
-                [--allow-fit-on-eval] [--only model=M,dataset=D]
+                [--allow-fit-on-eval] [--only model=M,dataset=D] [--json | --quiet]
 
 Every selected cell is analysed before anything is written; then results/summary.parquet,
 per_class.parquet and priors.parquet are replaced together (other cells' rows are kept).
+The terminal gets a compact summary (``pipeline.terminal_summary``); ``--json`` a
+machine-readable one on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import sys
 import time
 
 from gla.analyze.cell import FIT_LABEL_DISTRIBUTIONS, TEMPERATURE_SCOPES
 from gla.analyze.priors import ESTIMATORS, parse_temperature
 from gla.analyze.stats import GROUP_AVERAGES, GROUP_SCHEMES
-from gla.pipeline import gate
+from gla.pipeline import gate, terminal_summary
 from gla.pipeline.analysis import analyze_store, select_cells
 from gla.pipeline.cell_analysis import StoreAnalysisOptions
 from gla.pipeline.errors import UserError
@@ -91,7 +95,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="how long a joined cluster may take to show a worker (default 60)")
     parser.add_argument("--force", action="store_true",
                         help="recompute every selected cell even if its inputs and options are unchanged")
-    parser.add_argument("--quiet", action="store_true", help="do not print the summary table")
+    parser.add_argument("--quiet", action="store_true", help="do not print the summary")
+    parser.add_argument("--json", action="store_true",
+                        help="print the summary as JSON on stdout (every cell's metrics, rankings, warnings)")
     gate.add_arguments(parser)
 
 
@@ -142,41 +148,17 @@ def options_from_args(args: argparse.Namespace) -> StoreAnalysisOptions:
     )
 
 
-def _label(row: dict) -> str:
-    """Method name as shown: gla_tp carries the π_t estimate it used (gla_tp[em])."""
-    t = row.get("target_estimator")
-    return f"{row['method']}[{t}]" if t else row["method"]
+def summary_tables(results) -> dict:
+    """The analysed cells' summary, comparisons and warnings, stacked (terminal summary)."""
+    return terminal_summary.concat_cells(r.tables for r in results)
 
 
-def print_summary(results, console=None) -> None:
-    """Methods × cells: accuracy (balanced accuracy) in percent, plus tail accuracy."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    table = Table(title="accuracy % (tail group by π_p)", show_lines=False)
-    table.add_column("method")
-    methods: list[str] = []
+def print_notes(results) -> None:
+    """What the summary does not say: eval rows that could not be scored."""
     for r in results:
-        table.add_column(f"{r.model}/{r.dataset}", justify="right")
-        for m in map(_label, r.summary.iter_rows(named=True)):
-            if m not in methods:
-                methods.append(m)
-    rows = {r.model + "\0" + r.dataset: {_label(d): d for d in r.summary.iter_rows(named=True)}
-            for r in results}
-    for m in methods:
-        cells = []
-        for r in results:
-            d = rows[r.model + "\0" + r.dataset].get(m)
-            if d is None:
-                cells.append("–")
-            else:
-                tail = d.get("acc_tail")
-                tail_s = "" if tail is None or (isinstance(tail, float) and math.isnan(tail)) \
-                    else f" ({100 * tail:.1f})"
-                cells.append(f"{100 * d['accuracy']:.1f}{tail_s}")
-        table.add_row(m, *cells)
-    console.print(table)
+        skipped = r.diagnostics.get("eval_rows_unlabelled", 0)
+        if skipped:
+            print(f"note: {r.model}/{r.dataset}: {skipped} eval rows with unknown label (-1) were not scored")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -189,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     check_store_analysis(store, options, select_cells(store, args.only))
     compute = ComputeOptions.from_any(
         None, workers=args.workers, threads_per_worker=args.threads_per_worker,
-        scheduler=args.scheduler or "", progress=not args.quiet, quiet=args.quiet,
+        scheduler=args.scheduler or "", progress=not args.quiet and not args.json, quiet=args.quiet,
         worker_timeout=args.worker_timeout,
     )
     spec = gate.from_args(args)
@@ -197,24 +179,23 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--gate-blocks-publish: needs publication by run (run history), not in this build")
     previous = gate.previous_tables(store.root) if spec else None
     t0 = time.perf_counter()
-    # Runner and incremental notes go to stdout: stderr carries only the error line.
+    talk = not args.quiet and not args.json
+
+    def log(msg: str) -> None:  # stdout (stderr with --json): stderr carries only the error line
+        print(f"gla: {msg}", file=sys.stderr if args.json else sys.stdout)
+
     results = analyze_store(store, options, only=args.only, compute=compute, force=args.force,
-                            log=None if args.quiet else (lambda msg: print(f"gla: {msg}")),
-                            load_results=not args.quiet)
-    if not args.quiet:
-        print_summary(results)
-        for r in results:
-            skipped = r.diagnostics.get("eval_rows_unlabelled", 0)
-            if skipped:
-                print(f"note: {r.model}/{r.dataset}: {skipped} eval rows with unknown label (-1) "
-                      "were not scored")
-            for name, est in r.diagnostics.get("estimates", {}).items():
-                if not est.get("converged", True) or est.get("message"):
-                    print(f"note: {r.model}/{r.dataset} estimator {name}: "
-                          f"{est.get('message') or 'did not converge'}")
-        run = results.run
-        print(f"wrote {store.results_dir} ({len(results)} cell(s): "
-              f"{len(run.computed)} analysed, {len(run.cached)} unchanged; "
-              f"tables {'rebuilt' if run.tables_written else 'unchanged'}; "
-              f"{time.perf_counter() - t0:.2f} s)")
+                            log=None if args.quiet else log, load_results=not args.quiet or args.json)
+    run = results.run
+    line = (f"results: {len(results)} cell(s), {len(run.computed)} analysed, {len(run.cached)} unchanged; "
+            f"tables {'rebuilt' if run.tables_written else 'unchanged'} ({time.perf_counter() - t0:.2f} s)")
+    if args.json:
+        doc = {"store": str(store.root), "analysed": [f"{m}/{d}" for m, d in run.computed],
+               "unchanged": [f"{m}/{d}" for m, d in run.cached],
+               **terminal_summary.as_json(summary_tables(results))}
+        print(json.dumps(doc, indent=1, default=str))
+    elif talk:
+        terminal_summary.render(summary_tables(results), terminal_summary.console(), str(store.root))
+        print_notes(results)
+        print(line)
     return gate.check_store(spec, previous, store.root) if spec else 0

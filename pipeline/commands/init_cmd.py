@@ -26,7 +26,7 @@ name = "my-model"                 # a short name: the store's folder for this mo
 # An open_clip architecture (`gla models` lists them), e.g. "ViT-B-32".
 arch = "<fill in: an open_clip architecture, e.g. ViT-B-32>"
 # Weights: an open_clip tag (e.g. "laion2b_s34b_b79k"), "hf-hub:ORG/NAME", or a local
-# .safetensors file (relative paths are relative to this file).
+# .safetensors file (relative paths are relative to this file); "none" for random weights.
 pretrained = "<fill in: a pretrained tag, hf-hub:ORG/NAME or a local checkpoint>"
 templates = "simple"              # or "openai-imagenet", or a text file: one template per line with {{}}
 # model_config = "my-arch.json"   # an architecture outside open_clip's registry

@@ -4,7 +4,9 @@
                    [--scheduler tcp://HOST:PORT | FILE] [--workers N] [--threads-per-worker N]
                    [--force] [--set key=value ...]
 
-A rerun with nothing changed does no work. Exit 0 when every cell succeeded, 1 when some
+A rerun with nothing changed does no work. When the analyze stage ran, stdout gets the
+compact summary of the cells (``pipeline.terminal_summary``; with ``--json`` it is the
+JSON document's ``summary``). Exit 0 when every cell succeeded, 1 when some
 cell failed (each is listed with its key), 2 for bad input (one line naming it).
 """
 
@@ -15,7 +17,7 @@ import json
 import sys
 import tomllib
 
-from gla.pipeline import gate
+from gla.pipeline import gate, terminal_summary
 from gla.pipeline.config import load_config
 from gla.pipeline.errors import UserError
 from gla.pipeline.matrix_run import run_config
@@ -83,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
                          progress=not args.no_progress)
     for line in summary.lines():
         print(f"gla run: {line}", file=sys.stderr)
+    tables = terminal_summary.cached_tables(config.store, summary.cells) if summary.analysis else None
+    if tables is not None and not args.json:
+        terminal_summary.render(tables, terminal_summary.console(), str(config.store))
     if args.json:
         print(json.dumps({
             "store": str(summary.store),
@@ -95,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
             "failed": [{"cell": e.key, "error": e.error} for e in summary.failed],
             "report": str(summary.report) if summary.report else None,
             "seconds": summary.seconds,
-        }, indent=1))
+            "summary": terminal_summary.as_json(tables) if tables is not None else None,
+        }, indent=1, default=str))
     if not summary.ok:
         return 1
     if previous is not None and summary.report is not None:  # the report shows what the gate saw

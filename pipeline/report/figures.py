@@ -161,7 +161,8 @@ def class_accuracy(view: CellView) -> Figure:
         ok = x > 0
         # Hollow, one shape and size per method: a class where two methods score the same
         # shows both marks (concentric). clip_on=False: 0 % and 100 % stay visible.
-        ax.scatter(x[ok], y[ok], **style.hollow(k, style.color(m)), label=style.label(m), clip_on=False, zorder=3)
+        ax.scatter(x[ok], y[ok], **style.hollow(k, style.color(m), points=int(ok.sum())), label=style.label(m),
+                   clip_on=False, zorder=3)
         if ok.sum() >= 3:
             coef = np.polyfit(np.log10(x[ok]), y[ok], 1)
             xs = np.geomspace(x[ok].min(), x[ok].max(), 20)
@@ -197,7 +198,7 @@ def prior_scatter(view: CellView) -> Figure | None:
             continue
         name = e + (f" (= {same[e]})" if e in same else "") + (" — NOT converged" if e in failed else "")
         c = style.ESTIMATOR_COLORS[k % len(style.ESTIMATOR_COLORS)]
-        ax.scatter(x[ok], y[ok], **style.hollow(k, c, dashed=e in failed), label=name, zorder=3)
+        ax.scatter(x[ok], y[ok], **style.hollow(k, c, dashed=e in failed, points=int(ok.sum())), label=name, zorder=3)
         plotted.append(np.concatenate([x[ok], y[ok]]))
     if not plotted:
         return None
@@ -225,7 +226,8 @@ def reliability(view: CellView) -> Figure | None:
     ax = fig.add_subplot()
     ax.plot([0, 100], [0, 100], color="black", lw=0.7, ls="--", label="perfect calibration")
     shown = False
-    for m in [x for x in (before_method(view.methods), "ft", "gla") if x in view.methods]:
+    pair = findings.adjusted_pair(view.methods) or ()  # the pair whose ECE change the cell states
+    for m in dict.fromkeys(x for x in (before_method(view.methods), *pair) if x in view.methods):
         rows = cal.filter((pl.col("method") == m) & (pl.col("count") > 0)).sort("bin")
         if not rows.height:
             continue

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
+from gla.pipeline.report.markup import short
 from gla.pipeline.report.style import label
 from gla.pipeline.report.tables import CellView
 
@@ -51,7 +52,10 @@ def calibration_sentence(view: CellView) -> str | None:
     if n0 is not None and n1 is not None:
         text += f" NLL goes from {n0:.4f} to {n1:.4f}."
     if verdict == "worse":
-        text += " The adjusted logits rank classes better but are not calibrated probabilities."
+        a0, a1 = _metric(view.summary, base, "accuracy"), _metric(view.summary, after, "accuracy")
+        gained = a0 is not None and a1 is not None and a1 > a0
+        text += (" Accuracy rises, but the" if gained else " The") + (" adjusted logits are less well calibrated: "
+                                                                       "read their softmax as scores, not probabilities.")
     return text
 
 
@@ -68,7 +72,9 @@ def cell_flags(view: CellView) -> list[Flag]:
     if warn is not None:
         flags += [Flag(c, m) for c, m in warn.select("code", "message").unique(maintain_order=True).iter_rows()]
     for est, msg in non_converged(view.priors).items():
-        flags.append(Flag("not_converged", f"estimator {est} did not converge" + (f": {msg}" if msg else "")))
+        said = f"estimator {est} did not converge"
+        if not any(f.code == "not_converged" and f.message.startswith(said) for f in flags):  # not twice
+            flags.append(Flag("not_converged", said + (f": {msg}" if msg else "")))
     return flags
 
 
@@ -121,8 +127,9 @@ class ClassChanges:
     def sentence(self) -> str:
         d = self.rows.get_column("delta")
         up, down = int((d > 0).sum()), int((d < 0).sum())
+        same = self.rows.height - up - down
         text = (f"Under {label(self.method)} against {label(self.baseline)}, {up} of {self.rows.height} classes "
-                f"gain accuracy, {down} lose and {self.rows.height - up - down} are unchanged.")
+                f"gain accuracy, {down} lose and {same} {'is' if same == 1 else 'are'} unchanged.")
         if {"helps", "hurts"} <= set(self.rows.columns) and self.has_intervals:
             helps, hurts = (int(self.rows.get_column(c).fill_null(False).sum()) for c in ("helps", "hurts"))
             text += (f" Significant after Benjamini–Hochberg control at 5 % across the classes: {helps} "
@@ -166,10 +173,6 @@ def provenance_line(view: CellView) -> str | None:
     if view.estimator is not None and "estimator" in prov.columns and (prov["estimator"] == view.estimator).any():
         prov = prov.filter(pl.col("estimator") == view.estimator)
     r = prov.row(0, named=True)
-
-    def h(v):  # hashes shortened: enough to compare two runs by eye
-        return "—" if not v else str(v)[:12]
-
     parts = [
         f"fit on {r.get('fit_split')} (n = {r.get('n_fit')})",
         f"scored on {r.get('eval_split')} (n = {r.get('n_eval')})",
@@ -186,7 +189,7 @@ def provenance_line(view: CellView) -> str | None:
                       ("dataset_fingerprint", "data"), ("options_fingerprint", "options"),
                       ("code_version", "code")):
         if key in r and r[key]:
-            parts.append(f"{name} {h(r[key])}")
+            parts.append(f"{name} {short(r[key], hashes_from=13)}")
     if r.get("created_at"):
         parts.append(f"inputs sealed {r['created_at']}")
     return " · ".join(parts)

@@ -21,12 +21,24 @@ def fmt(v: Any, kind: str = "pct") -> str:
             return f"{100 * v:.2f}"
         if kind == "pp":
             return f"{100 * v:+.2f}"
+        if kind == "p" and v < 1e-4:
+            return "&lt; 0.0001"
         return f"{v:.4f}"
     return html.escape(str(v))
 
 
+def short(v: Any, keep: int = 12, hashes_from: int = 32) -> str:
+    """A hex hash of ``hashes_from`` characters or more cut to its first ``keep`` (enough
+    to compare two runs by eye); "—" for none; other values as they are."""
+    if v is None or v == "":
+        return "—"
+    text = str(v)
+    is_hash = len(text) >= hashes_from and all(c in "0123456789abcdef" for c in text.lower())
+    return text[:keep] if is_hash else text
+
+
 def table(df: pl.DataFrame, cols: list[tuple[str, str, str]], row_class: Any = None) -> str:
-    """cols: (column, header, kind) with kind in pct/pp/num/text/int."""
+    """cols: (column, header, kind) with kind in pct/pp/num/p/text/int."""
     head = "".join(f'<th class="{"l" if kind == "text" else ""}">{html.escape(h)}</th>' for _, h, kind in cols)
     # In a horizontally scrolling box: a wide matrix scrolls inside it, the page never does.
     out = [f"<div class='tw'><table><thead><tr>{head}</tr></thead><tbody>"]

@@ -39,9 +39,10 @@ div.warn{background:#fff7e6;border-left:4px solid #d97706;padding:.3rem .7rem;ma
 div.warn ul{margin:.2rem 0;padding-left:1.2rem}span.flag{color:#b45309;font-weight:600}
 p.prov{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.72rem;color:#444;margin:.2rem 0;overflow-wrap:anywhere}
 p.finding{font-size:.9rem;margin:.4rem 0}
+ul.prov{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.75rem;overflow-wrap:anywhere}
 div.figs{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:.6rem 1rem}
-div.figs figure{margin:0}
-div.pair{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:0 1rem}
+div.figs figure{margin:0}div.figs figure.wide{grid-column:1/-1}
+div.pair{display:flex;flex-wrap:wrap;gap:0 1.5rem}div.pair>div{flex:0 1 auto;max-width:100%}
 p.cap{font-size:.82rem;font-weight:600;margin:.3rem 0 0}
 """
 
@@ -54,7 +55,7 @@ METHOD_COLUMNS = [
     ("acc_few", "few-shot", "pct"), ("nll", "NLL", "num"), ("ece", "ECE", "pct"),
 ]  # fmt: skip
 STALE = findings.Flag("not_in_config", "this cell is no longer in the config: its numbers come from an earlier "
-                      "run and are not recomputed (`gla prune` removes it)")
+                      "run and are not recomputed (gla prune removes it)")
 GAIN_LABEL = {"gain_gla_ft": "gla − ft", "gain_zs_debiased": "zs_debiased − zs"}
 
 
@@ -99,8 +100,11 @@ def _overview(data: ReportData, views: dict[tuple[str, str], CellView],
             continue
         q = GAIN_LABEL[col]
         fig = figures.heatmap(gains, col, method, baseline, flagged)
+        # A map wider than half the page gets the whole row: shrunk into a column its
+        # labels would be unreadable.
+        wide = " class='wide'" if fig.get_figwidth() * figures.DPI > 560 else ""
         out.append(
-            f"<figure>{img(figures.png_b64(fig), f'{q} per cell heatmap')}<figcaption>{html.escape(q)} per cell "
+            f"<figure{wide}>{img(figures.png_b64(fig), f'{q} per cell heatmap')}<figcaption>{html.escape(q)} per cell "
             f"in accuracy points, on its own colour scale centred at 0 (blue: {html.escape(method)} better). "
             "An outlined value marked “!” carries a warning.</figcaption></figure>"
         )
@@ -131,19 +135,21 @@ def _stale_overview(flags: dict[tuple[str, str], list]) -> list[str]:
 
 
 def _calibration_overview(views: dict[tuple[str, str], CellView]) -> list[str]:
-    worse, total = 0, 0
-    for v in views.values():
+    worse, total = [], 0
+    for (m, d), v in views.items():
         pair = findings.adjusted_pair(v.methods)
         if pair is None:
             continue
-        e0, e1 = (findings._metric(v.summary, m, "ece") for m in pair)
+        e0, e1 = (findings._metric(v.summary, k, "ece") for k in pair)
         if e0 is not None and e1 is not None:
             total += 1
-            worse += e1 > e0
+            if e1 > e0:
+                worse.append(f"{m} / {d}")
     if not total:
         return []
+    named = f" ({html.escape(', '.join(worse[:10]))}{', …' if len(worse) > 10 else ''})" if worse else ""
     return [f"<p class='finding'>Calibration: ECE is higher after de-biasing (GLA against fine-tuned, or "
-            f"zero-shot − log π̂p against zero-shot) in <b>{worse} of {total}</b> cell(s); each cell "
+            f"zero-shot − log π̂p against zero-shot) in <b>{len(worse)} of {total}</b> cell(s){named}; each cell "
             "states its own change below.</p>"]
 
 

@@ -31,10 +31,12 @@ ESTIMATOR_MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*")
 ESTIMATOR_COLORS = ("#c44e52", "#4c72b0", "#55a868", "#8172b3", "#dd8452", "#937860", "#da8bc3", "#8c8c8c")
 
 
-def hollow(k: int, color: str | None, dashed: bool = False) -> dict:
+def hollow(k: int, color: str | None, dashed: bool = False, points: int = 0) -> dict:
     """Scatter keywords for the k-th series of marks that may coincide: hollow, its own
-    shape, and a size that shrinks with k, so equal points show as concentric marks."""
-    return {"marker": ESTIMATOR_MARKERS[k % len(ESTIMATOR_MARKERS)], "s": 80.0 * 0.72 ** k,
+    shape, and a size that shrinks with k, so equal points show as concentric marks.
+    With many ``points`` per series (classes) every size shrinks too, down to a quarter."""
+    crowd = min(1.0, max(0.25, (60 / points) ** 0.5)) if points else 1.0
+    return {"marker": ESTIMATOR_MARKERS[k % len(ESTIMATOR_MARKERS)], "s": 80.0 * 0.72 ** k * crowd,
             "facecolors": "none", "edgecolors": color, "linewidths": 0.8 if dashed else 1.1,
             "linestyles": "--" if dashed else "-"}
 
@@ -46,8 +48,16 @@ def label(method: str) -> str:
     return METHOD_LABEL.get(method, method)
 
 
-def color(method: str) -> str | None:
-    return METHOD_COLOR.get(method)
+# Methods beyond adjust's registry get colours of their own too (matplotlib's default
+# cycle would repeat the blue and orange of zs_debiased and ft).
+VARIANT_COLOR = {"gla_tp": "#da8bc3", "wiseft@": "#55a868", "kshot@": "#64b5cd"}
+OTHER_COLOR = "#4d4d4d"
+
+
+def color(method: str) -> str:
+    if method in METHOD_COLOR:
+        return METHOD_COLOR[method]
+    return next((c for prefix, c in VARIANT_COLOR.items() if method.startswith(prefix)), OTHER_COLOR)
 
 
 def ordered_methods(present) -> list[str]:
