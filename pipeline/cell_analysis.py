@@ -38,8 +38,9 @@ from gla.analyze.cell import (
     evaluate,
     fit_priors,
 )
+from gla.analyze.paired import MethodTallies
 from gla.analyze.priors import LABEL_FREE, parse_temperature
-from gla.analyze.stats import GROUP_AVERAGES, GROUP_SCHEMES, Tally
+from gla.analyze.stats import GROUP_AVERAGES, GROUP_SCHEMES
 from gla.pipeline import cell_audits, provenance
 from gla.pipeline.distshift import (
     ShiftSpec,
@@ -324,10 +325,8 @@ def _fit(store: Store, info: CellInfo, fit_info: SplitInfo, options: StoreAnalys
 # --------------------------------------------------------------------------- eval split
 
 
-def _merge(total: dict[str, Tally] | None, part: dict[str, Tally]) -> dict[str, Tally]:
-    if total is None:
-        return dict(part)
-    return {m: total[m].merge(part[m]) for m in total}
+def _merge(total: MethodTallies | None, part: MethodTallies) -> MethodTallies:
+    return part if total is None else total.merge(part)
 
 
 def _threads(options: StoreAnalysisOptions) -> int:
@@ -338,7 +337,7 @@ def _threads(options: StoreAnalysisOptions) -> int:
 
 def _tally_batch(b: SplitArrays, fitted: FittedPriors, core: AnalysisOptions, c: int,
                  split: str, kept: predictions.Collector,
-                 extent: list[float]) -> tuple[dict[str, Tally], int]:
+                 extent: list[float]) -> tuple[MethodTallies, int]:
     """One batch's tallies and its count of unknown (-1) labels; appends the batch's
     max |zs| to ``extent`` (cosines instead of logits are the cell's warning)."""
     def locate(r: int) -> tuple[Path, int]:
@@ -367,7 +366,7 @@ def _tally_batch(b: SplitArrays, fitted: FittedPriors, core: AnalysisOptions, c:
 
 def _stream_eval(batches: Iterator[SplitArrays], fitted: FittedPriors, core: AnalysisOptions,
                  info: SplitInfo, split: str, threads: int, kept: predictions.Collector,
-                 extent: list[float]) -> tuple[dict[str, Tally] | None, int, int]:
+                 extent: list[float]) -> tuple[MethodTallies | None, int, int]:
     """Validate and tally the eval split batch by batch; at most threads+1 batches in memory.
 
     Returns (tallies, rows read, rows with unknown label -1, which evaluate skips).
@@ -375,17 +374,17 @@ def _stream_eval(batches: Iterator[SplitArrays], fitted: FittedPriors, core: Ana
     refuses a chunk do we re-scan it to name the file, column and row. Results are merged
     in batch order, so the figures do not depend on thread timing.
     """
-    total: dict[str, Tally] | None = None
+    total: MethodTallies | None = None
     n = unknown = 0
 
-    def add(res: tuple[dict[str, Tally], int]) -> None:
+    def add(res: tuple[MethodTallies, int]) -> None:
         nonlocal total, unknown
         tallies, u = res
         unknown += u
         if tallies:
             total = _merge(total, tallies)
 
-    def work(b: SplitArrays) -> tuple[dict[str, Tally], int]:
+    def work(b: SplitArrays) -> tuple[MethodTallies, int]:
         return _tally_batch(b, fitted, core, info.num_classes, split, kept, extent)
 
     if threads <= 1:
