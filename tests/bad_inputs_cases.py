@@ -525,7 +525,7 @@ def other_command_cases() -> list[Case]:
         Case("report: diff-from missing", ["report", "--store", S, "--out", "{w}/r.html", "--diff-from", "{w}/nope"], ("nope",)),
         Case("report: out is a folder", ["report", "--store", S, "--out", "{w}/in"], ("in",)),
         Case("report: summary table garbage", ["report", "--store", S, "--out", "{w}/r.html"], ("summary",),
-             store_file("results/summary.parquet", lambda b: b"garbage")),
+             damage("results/runs/*/summary.parquet", lambda b: b"garbage")),
         Case("diff: store missing", ["diff", "--store", "{w}/nowhere", "--from", S], ("nowhere",)),
         Case("diff: fdr out of range", ["diff", "--store", S, "--fdr", "0"], ("--fdr",)),
         Case("diff: no history and no --from", ["diff", "--store", S], ("--from",)),

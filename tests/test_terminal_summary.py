@@ -73,7 +73,7 @@ def test_50_cells_fit_100_columns_and_rank_like_the_tables(store50, capsys):
     assert [float(r[gain_col]) for r in worst] == pytest.approx([round(100 * v, 1) for v in low], abs=0.051)
     weakest = sorted(g["acc_tail"].to_list())[:5]
     assert [_tail(r) for r in tails] == pytest.approx([round(100 * v, 1) for v in weakest], abs=0.051)
-    comp = pl.read_parquet(store50 / "results" / "comparisons.parquet").filter(
+    comp = publication.read_table(store50, "comparisons").filter(
         (pl.col("method") == "gla") & (pl.col("baseline") == "ft"))
     for r in best + worst:  # the gain's paired interval is the comparisons table's
         m, d = r[0].split("/")
