@@ -473,6 +473,21 @@ def _refuse_placeholders(path: Path, root: dict[str, Any]) -> None:
             stack.append(((*loc, k), v))
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as ``load_config`` overrides: each value parsed as TOML,
+    else kept as a bare string."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set: expected KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value  # a bare string
+    return out
+
+
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Config:
     """Read, override (dotted keys, e.g. ``{"analysis.fit_split": "val"}``), resolve, validate."""
     path = Path(path)

@@ -207,3 +207,22 @@ def test_overview_names_the_cells_whose_calibration_gets_worse(data, page):
     sentence = page.split("Calibration: ECE is higher")[1].split("</p>")[0]
     assert f"in <b>{len(worse)} of {len(world.CELLS)}</b> cell(s)" in sentence
     assert all(c in sentence for c in worse) and (("cell(s) (" in sentence) == bool(worse))
+
+
+def test_warnings_of_one_code_share_a_line(data):
+    from gla.analyze import schema
+
+    m, d = world.WARNED
+    warn = schema.frame("warnings", [{"model": m, "dataset": d, "code": "small_group", "message": f"{g} group: 3 classes"}
+                                     for g in ("head", "tail")])
+    text = render(ReportData(store=data.store, tables={**data.tables, "warnings": warn}), figures_for=lambda v: {})
+    box = section(text, m, d).split("<div class='warn'>")[1].split("</div>")[0]
+    assert box.count("<li>") == 1
+    assert "<li><code>small_group</code> (2): head group: 3 classes; tail group: 3 classes</li>" in box
+
+
+def test_provenance_line_cuts_a_checkpoint_hash(data):
+    prov = data.tables["provenance"].with_columns(pl.lit("ab" * 32).alias("model_weights"))
+    text = render(ReportData(store=data.store, tables={**data.tables, "provenance": prov}), figures_for=lambda v: {})
+    line = section(text, *world.COINCIDE).split("<p class='prov'>")[1].split("</p>")[0]
+    assert f"model ViT-B-32 {'ab' * 6} ·" in line and "ab" * 7 not in line

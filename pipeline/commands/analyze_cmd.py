@@ -37,6 +37,10 @@ DEFAULT_ESTIMATORS = ("gla", "gla-reference", "eigen", "prior-matching", "batch-
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    """The options of ``gla analyze``.
+
+    Long because it is the command's flat list of options, one call each, in --help order.
+    """
     parser.add_argument("--store", required=True, help="store folder")
     parser.add_argument("--fit-split", default="val", help="split the priors are fitted on (default val)")
     parser.add_argument("--eval-split", default="test", help="split the methods are scored on (default test)")

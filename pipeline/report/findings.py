@@ -182,7 +182,7 @@ def provenance_line(view: CellView) -> str | None:
                       ("target_prior_source", "target prior")):
         if r.get(key) is not None:
             parts.append(f"{name} {r[key]:g}" if isinstance(r[key], float) else f"{name} {r[key]}")
-    model = " ".join(str(x) for x in (r.get("model_arch"), r.get("model_weights")) if x)
+    model = " ".join(short(x, hashes_from=32) for x in (r.get("model_arch"), r.get("model_weights")) if x)
     if model:
         parts.append(f"model {model[:60]}")
     for key, name in (("finetuned_sha256", "fine-tuned"), ("templates_sha256", "templates"),

@@ -156,7 +156,11 @@ def _calibration_overview(views: dict[tuple[str, str], CellView]) -> list[str]:
 def _warn_box(flags: list[findings.Flag]) -> str:
     if not flags:
         return ""
-    items = "".join(f"<li><code>{html.escape(f.code)}</code>: {html.escape(f.message)}</li>" for f in flags)
+    by_code: dict[str, list[str]] = {}
+    for f in flags:  # one line per code: six small-group warnings read as one
+        by_code.setdefault(f.code, []).append(f.message)
+    items = "".join(f"<li><code>{html.escape(code)}</code>{f' ({len(msgs)})' if len(msgs) > 1 else ''}: "
+                    f"{html.escape('; '.join(msgs))}</li>" for code, msgs in by_code.items())
     return f"<div class='warn'><span class='flag'>{WARN} Warnings for this cell</span><ul>{items}</ul></div>"
 
 
