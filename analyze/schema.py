@@ -203,6 +203,9 @@ PROVENANCE = Table(
         ("eval_split", S, "split the methods were scored on"),
         ("n_eval", I64, "labelled rows scored"),
         ("temperature", F, "temperature the zs logits were divided by (1 = none)"),
+        ("temperature_ft", F, "temperature the ft logits were divided by (1 = none, or temperature_scope zs)"),
+        ("conventions", S, "groups, shot_accuracy, temperature_scope and fit_label_distribution in force "
+         "(docs/conventions.md)"),
         ("smoothing", F, "additive smoothing of the training counts"),
         ("target_prior_source", S, "balanced, or the target-prior file (with its sha256)"),
         ("options_fingerprint", S, "hash of the analysis options that change results"),

@@ -509,7 +509,8 @@ def analyze_cell(
         fit=(options.fit_split, fit_info.rows), evaluated=(options.eval_split, n_eval - n_unknown),
         options=options, meta=eval_info.metadata, sealed=(fit_info.sealed_at, eval_info.sealed_at),
         fingerprint=provenance.dataset_fingerprint(
-            ((options.fit_split, fit_info), (options.eval_split, eval_info)), store.counts_path(dataset)))
+            ((options.fit_split, fit_info), (options.eval_split, eval_info)), store.counts_path(dataset)),
+        ft_temperature=fitted.ft_temperature)
     tables["warnings"] = _warnings(info, eval_info, tables, counts, extent)
     clock.mark()
     return CellResult(model, dataset, tables, key,
@@ -562,7 +563,7 @@ def _analyze_shifted(store: Store, info: CellInfo, options: StoreAnalysisOptions
     tables["robustness"] = robustness_table(tables["summary"], source.tables["summary"], shift.source,
                                             info.num_classes, src_info.num_classes)
     tables["provenance"] = _shifted_provenance(store, info, options, shift.source, src_info, eval_info,
-                                               tables["priors"], n_eval - n_unknown)
+                                               tables["priors"], n_eval - n_unknown, fitted.ft_temperature)
     tables["warnings"] = _warnings(info, eval_info, tables, counts, extent)
     diag = {"fit_rows": 0, "eval_rows": n_eval, "eval_rows_unlabelled": n_unknown,
             "classes": info.num_classes, "has_ft": info.has_ft,
@@ -572,7 +573,7 @@ def _analyze_shifted(store: Store, info: CellInfo, options: StoreAnalysisOptions
 
 def _shifted_provenance(store: Store, info: CellInfo, options: StoreAnalysisOptions, source: str,
                         src_info: CellInfo, eval_info: SplitInfo, priors: pl.DataFrame,
-                        n_scored: int) -> pl.DataFrame:
+                        n_scored: int, ft_temperature: float) -> pl.DataFrame:
     """A shifted set's provenance: fitted on its source's fit split (``<source>/<split>``),
     with the source's training counts; scored on its own eval split."""
     src_fit = src_info.splits[options.fit_split]
@@ -582,7 +583,8 @@ def _shifted_provenance(store: Store, info: CellInfo, options: StoreAnalysisOpti
     return provenance.provenance_table(
         info.model, info.dataset, estimators=options.estimators[:1], priors=priors,
         fit=(fit_label, src_fit.rows), evaluated=(options.eval_split, n_scored), options=options,
-        meta=eval_info.metadata, fingerprint=fingerprint, sealed=(src_fit.sealed_at, eval_info.sealed_at))
+        meta=eval_info.metadata, fingerprint=fingerprint, sealed=(src_fit.sealed_at, eval_info.sealed_at),
+        ft_temperature=ft_temperature)
 
 
 def _warnings(info: CellInfo, eval_info: SplitInfo, tables: dict[str, pl.DataFrame],

@@ -81,6 +81,12 @@ def target_prior_source(path: str | None) -> str:
         return f"{path} (unreadable)"
 
 
+def conventions(options: Any) -> str:
+    """The conventions of ``docs/conventions.md`` as one readable string."""
+    return ",".join(f"{k}={getattr(options, k)}" for k in
+                    ("groups", "shot_accuracy", "temperature_scope", "fit_label_distribution"))
+
+
 def _temperatures(priors: pl.DataFrame) -> dict[str, float]:
     first = priors.unique("estimator", keep="first", maintain_order=True)
     return {r["estimator"]: 1.0 if r["temperature"] is None else float(r["temperature"])
@@ -99,14 +105,17 @@ def provenance_table(
     meta: dict[str, Any],
     fingerprint: str,
     sealed: Iterable[str],
+    ft_temperature: float = 1.0,
 ) -> pl.DataFrame:
     """One row per estimator. ``fit``/``evaluated``: (split label, rows used); ``options``:
     a ``StoreAnalysisOptions``; ``meta``: the eval split's metadata; ``sealed``: seal
-    times (ISO-8601 UTC) of the input splits, the newest of which is ``created_at``."""
+    times (ISO-8601 UTC) of the input splits, the newest of which is ``created_at``;
+    ``ft_temperature``: what the ft logits were divided by."""
     temps = _temperatures(priors)
     common = {
         "model": model, "dataset": dataset,
         "fit_split": fit[0], "n_fit": int(fit[1]), "eval_split": evaluated[0], "n_eval": int(evaluated[1]),
+        "temperature_ft": float(ft_temperature), "conventions": conventions(options),
         "smoothing": float(options.smoothing), "target_prior_source": target_prior_source(options.target_prior),
         "options_fingerprint": options.fingerprint(), "code_version": code_version(),
         **model_identity(meta), "dataset_fingerprint": fingerprint,
