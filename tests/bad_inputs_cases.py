@@ -218,6 +218,20 @@ def store_file(rel: str, change: Callable[[bytes], bytes]) -> Callable[[Path], N
     return setup
 
 
+def _damage_published(table: str) -> Callable[[Path], None]:
+    """Garbage in a published table: the newest committed run's file (publication by
+    run, results/runs/<id>.json), else results/<table>.parquet."""
+    def setup(w: Path) -> None:
+        runs = w / "store" / "results" / "runs"
+        recs = sorted(runs.glob("*.json")) if runs.is_dir() else []
+        if recs:
+            path = runs / recs[-1].stem / json.loads(recs[-1].read_text())["tables"][table]["file"]
+        else:
+            path = w / "store" / "results" / f"{table}.parquet"
+        path.write_bytes(b"garbage")
+    return setup
+
+
 def first(pattern: str) -> Callable[[Path], Path]:
     return lambda w: sorted((w / "store").glob(pattern))[0]
 
