@@ -440,6 +440,14 @@ ESTIMATORS: dict[str, Callable] = {
 }
 # Estimators that work from unlabelled logits (and a given label distribution).
 LABEL_FREE = frozenset({"prior-matching", "batch-calibration", "eigen-iterated"})
+
+
+def unused_fit_distribution(option: str) -> str:
+    """The refusal of a fit label distribution no selected estimator would read."""
+    return (f"{option}: only the label-free estimators ({', '.join(sorted(LABEL_FREE))}) use it; "
+            "none is selected")
+
+
 # Estimators without an iterative solve: tol and max_iter mean nothing to them.
 NO_SOLVER = frozenset({"batch-calibration"})
 
@@ -488,13 +496,21 @@ def confidence_temperature(z: np.ndarray, y: np.ndarray, tol: float = 1e-10) -> 
         return float(np.exp(lo))
     if fhi >= 0:
         return float(np.exp(hi))
+    return float(np.exp(illinois_root(f, lo, flo, hi, fhi, tol=tol, max_iter=200)))
+
+
+def illinois_root(f, lo: float, flo: float, hi: float, fhi: float, *, tol: float, max_iter: int) -> float:
+    """A root of a monotone ``f`` whose values ``flo = f(lo)`` and ``fhi = f(hi)`` have
+    opposite signs: regula falsi with the Illinois update (an end kept twice in a row has
+    its value halved). Returns the last point tried: where ``|f| <= tol``, where the
+    bracket is narrower than 1e-12, or after ``max_iter`` steps."""
     side = 0
-    for _ in range(200):
+    for _ in range(max_iter):
         mid = (lo * fhi - hi * flo) / (fhi - flo)
         fm = f(mid)
         if abs(fm) <= tol or hi - lo < 1e-12:
             break
-        if fm > 0:
+        if (fm > 0) if flo > 0 else (fm < 0):  # mid is on lo's side of the root
             lo, flo = mid, fm
             if side == 1:
                 fhi /= 2
@@ -504,7 +520,7 @@ def confidence_temperature(z: np.ndarray, y: np.ndarray, tol: float = 1e-10) -> 
             if side == -1:
                 flo /= 2
             side = -1
-    return float(np.exp(mid))
+    return mid
 
 
 def _nll_derivatives(z, zy, beta):

@@ -25,7 +25,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from gla.analyze.priors import _BiasedSoftmax, _solve_matching, check_labels, check_logits
+from gla.analyze.priors import (
+    _BiasedSoftmax,
+    _solve_matching,
+    check_labels,
+    check_logits,
+    illinois_root,
+)
 
 TARGET_ESTIMATORS = ("em", "bbse")
 _FLOOR = 1e-12  # smallest prior entry kept (log π must stay finite)
@@ -124,22 +130,7 @@ def fit_bcts(logits, labels, num_classes: int | None = None, tol: float = 1e-9) 
     if lo is None:  # the optimum is at an end of [1e-3, 1e3] (separable or uninformative)
         lb = np.log(1e3) if dlo < 0 else np.log(1e-3)
     else:
-        side, lb = 0, lo
-        for _ in range(100):
-            lb = (lo * dhi - hi * dlo) / (dhi - dlo)
-            dm = d(lb)
-            if abs(dm) <= tol or hi - lo < 1e-12:
-                break
-            if dm < 0:
-                lo, dlo = lb, dm
-                if side == 1:
-                    dhi /= 2
-                side = 1
-            else:
-                hi, dhi = lb, dm
-                if side == -1:
-                    dlo /= 2
-                side = -1
+        lb = illinois_root(d, lo, dlo, hi, dhi, tol=tol, max_iter=100)
     bias = _profile_nll(z, zy_mean, p, float(np.exp(lb)))[2]
     return Calibration(float(np.exp(lb)), bias - bias.mean(), p)
 

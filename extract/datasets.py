@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gla.extract import hf_datasets
+from gla.extract import hf_datasets, sources
 from gla.extract.corruptions import CorruptedReader
 from gla.extract.errors import ExtractError, did_you_mean, unknown_name
 
@@ -405,8 +405,6 @@ def glob_base(pattern: str) -> str:
 
 def _builtin(loader_name: str, default_pool: str) -> Callable[[dict[str, Any], str], Pool]:
     def build(spec: dict[str, Any], root: str) -> Pool:
-        from gla.extract import sources
-
         pool = spec.get("pool") or default_pool
         try:
             if loader_name == "fashion-mnist":
@@ -480,8 +478,6 @@ def _files_webdataset(spec: dict[str, Any], root: str) -> list[Any]:
 
 def _files_builtin(kind: str) -> Callable[[dict[str, Any], str], list[Any]]:
     def files(spec: dict[str, Any], root: str) -> list[Any]:
-        from gla.extract import sources
-
         try:
             folder = sources.fashion_mnist_dir(root or None) if kind == "fashion-mnist" else sources.animal_mnist_dir()
         except sources.SourceError:

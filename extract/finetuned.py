@@ -88,10 +88,6 @@ def load_finetuned(path: str | os.PathLike, clip_model: Any, arch: str, num_clas
     that covers a subset of the checkpoint's classes (a shifted test set such as
     ImageNet-R) keeps those head rows, in that order, when the head is wider than it.
     """
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-
     path = Path(path)
     tensors, meta = _read(path)
     layout, visual_sd, weight, bias = _split_layout(tensors, path)
@@ -103,25 +99,40 @@ def load_finetuned(path: str | os.PathLike, clip_model: Any, arch: str, num_clas
         weight = weight[list(rows)]
         bias = None if bias is None else bias.reshape(-1)[list(rows)]
     if layout == FORMAT and meta:
-        fmt = meta.get("format", FORMAT)
-        if fmt != FORMAT:
-            raise ExtractError(f"fine-tuned checkpoint {path}: format {fmt!r}, expected {FORMAT!r}")
-        ck_arch = meta.get("arch", "")
-        if ck_arch and arch and ck_arch != arch:
-            raise ExtractError(
-                f"fine-tuned checkpoint {path} was made for arch {ck_arch!r}, not {arch!r}"
-            )
-        if meta.get("num_classes") and int(meta["num_classes"]) != (full if subset else num_classes):
-            raise ExtractError(
-                f"fine-tuned checkpoint {path} has {meta['num_classes']} classes, "
-                f"the dataset has {num_classes}"
-            )
+        _check_metadata(meta, path, arch, full if subset else num_classes, num_classes)
     normalize = str(meta.get("normalize", "true")).lower() != "false"
     if weight.ndim != 2 or weight.shape[0] != num_classes:
         raise ExtractError(
             f"fine-tuned checkpoint {path} has a head for {weight.shape[0]} classes, "
             f"the dataset has {num_classes}"
         )
+    visual = _fitted_visual(clip_model, visual_sd, path, arch)
+    ft = _classifier(visual, weight, bias, normalize, path).eval()
+    device = next(clip_model.parameters()).device
+    ft.to(device)
+    return ft, {**finetuned_identity(path), "layout": layout, "normalize": normalize}
+
+
+def _check_metadata(meta: dict[str, str], path: Path, arch: str, head_classes: int, num_classes: int) -> None:
+    """A gla-ft/1 checkpoint's metadata names its format, arch and class count: all must fit."""
+    fmt = meta.get("format", FORMAT)
+    if fmt != FORMAT:
+        raise ExtractError(f"fine-tuned checkpoint {path}: format {fmt!r}, expected {FORMAT!r}")
+    ck_arch = meta.get("arch", "")
+    if ck_arch and arch and ck_arch != arch:
+        raise ExtractError(
+            f"fine-tuned checkpoint {path} was made for arch {ck_arch!r}, not {arch!r}"
+        )
+    if meta.get("num_classes") and int(meta["num_classes"]) != head_classes:
+        raise ExtractError(
+            f"fine-tuned checkpoint {path} has {meta['num_classes']} classes, "
+            f"the dataset has {num_classes}"
+        )
+
+
+def _fitted_visual(clip_model: Any, visual_sd: dict[str, Any], path: Path, arch: str) -> Any:
+    """A float32 copy of the pretrained image encoder holding the checkpoint's tensors,
+    which must match its own exactly (names and shapes)."""
     if not visual_sd:
         raise ExtractError(f"fine-tuned checkpoint {path} holds no image-encoder tensors")
     visual = copy.deepcopy(clip_model.visual).float()
@@ -139,6 +150,16 @@ def load_finetuned(path: str | os.PathLike, clip_model: Any, arch: str, num_clas
             f"fine-tuned checkpoint {path} does not fit the image encoder of arch {arch!r}: {what}"
         )
     visual.load_state_dict({k: v.float() for k, v in visual_sd.items()}, strict=True)
+    return visual
+
+
+def _classifier(visual: Any, weight: Any, bias: Any, normalize: bool, path: Path) -> Any:
+    """images -> head(normalize(visual(x))) as an ``nn.Module`` (no normalisation when
+    ``normalize`` is false)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
     head = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
     with torch.no_grad():
         head.weight.copy_(weight.float())
@@ -163,10 +184,7 @@ def load_finetuned(path: str | os.PathLike, clip_model: Any, arch: str, num_clas
                 f = F.normalize(f, dim=-1)
             return self.head(f)
 
-    ft = FineTuned().eval()
-    device = next(clip_model.parameters()).device
-    ft.to(device)
-    return ft, {**finetuned_identity(path), "layout": layout, "normalize": normalize}
+    return FineTuned()
 
 
 def finetuned_identity(path: str | os.PathLike) -> dict[str, Any]:

@@ -73,14 +73,25 @@ def _temp_beside(path: Path) -> tuple[int, str]:
             continue
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
+def _synced_temp(path: Path, data: bytes) -> str:
+    """``data`` in a new temporary file beside ``path``, on disk (fsync'd); the file is
+    removed again when writing fails."""
     fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    tmp = _synced_temp(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -111,13 +122,7 @@ def check_file(path: str | os.PathLike, record: dict[str, Any], sealed_by: str |
     ``full``. Otherwise the sha256 must match.
     """
     p = Path(path)
-    try:
-        st = p.stat()
-    except OSError:
-        raise IntegrityError(f"{p}: missing, but {sealed_by} lists it") from None
-    size = record.get("size")
-    if size is not None and st.st_size != size:
-        raise IntegrityError(f"{p}: {st.st_size} bytes, but {sealed_by} records {size} (changed since sealed)")
+    st = _sized_stat(p, record, sealed_by)
     if not full and st.st_mtime_ns == record.get("mtime_ns"):
         return False
     want = record.get("sha256")
@@ -129,7 +134,11 @@ def check_file(path: str | os.PathLike, record: dict[str, Any], sealed_by: str |
 def stat_changed(path: str | os.PathLike, record: dict[str, Any], sealed_by: str | os.PathLike) -> bool:
     """The no-change fast path: stat only. Missing or other size: ``IntegrityError``;
     returns True when the mtime differs from the record (the bytes need a check)."""
-    p = Path(path)
+    return _sized_stat(Path(path), record, sealed_by).st_mtime_ns != record.get("mtime_ns")
+
+
+def _sized_stat(p: Path, record: dict[str, Any], sealed_by: str | os.PathLike) -> os.stat_result:
+    """The file's stat; ``IntegrityError`` when it is missing or its size is not the record's."""
     try:
         st = p.stat()
     except OSError:
@@ -137,7 +146,7 @@ def stat_changed(path: str | os.PathLike, record: dict[str, Any], sealed_by: str
     size = record.get("size")
     if size is not None and st.st_size != size:
         raise IntegrityError(f"{p}: {st.st_size} bytes, but {sealed_by} records {size} (changed since sealed)")
-    return st.st_mtime_ns != record.get("mtime_ns")
+    return st
 
 
 # --------------------------------------------------------------------------- records
@@ -255,12 +264,8 @@ class Ledger:
         file and a hard link, so the record appears whole or not at all."""
         path = self._path(gen)
         data = json.dumps({"id": gen, **doc}, indent=1, sort_keys=True, default=str).encode()
-        fd, tmp = _temp_beside(path)
+        tmp = _synced_temp(path, data)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
             os.link(tmp, path)  # exclusive: an existing record is never replaced
         finally:
             Path(tmp).unlink(missing_ok=True)

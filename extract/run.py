@@ -35,19 +35,20 @@ import numpy as np
 import pyarrow.parquet as pq
 from gla.extract import cellformat as cf
 from gla.extract import records
+from gla.extract.cellkey import cell_key, generation
 from gla.extract.datasets import Source, build_source
 from gla.extract.errors import ExtractError
 from gla.extract.finetuned import finetuned_identity, load_finetuned, wiseft_column, wiseft_model
 from gla.extract.models import (
     autocast,
     effective_precision,
-    identity_key,
     load_model,
     model_identity,
     resolve_device,
 )
 from gla.extract.prompts import prompt_only_change
 from gla.extract.records import IntegrityError
+from gla.extract.reembed import rezero_cell
 from gla.extract.templates import load_templates, templates_hash
 from gla.extract.zeroshot import logit_params, zeroshot_head
 
@@ -111,10 +112,6 @@ def wiseft_alphas(model: dict[str, Any], dataset: str) -> list[float]:
     return sorted({float(a) for a in model.get("wiseft_alphas") or []})
 
 
-def cell_key(components: dict[str, Any]) -> str:
-    return identity_key(components)
-
-
 def plan_parts(source: Source, shard_rows: int) -> list[PartPlan]:
     plans = []
     for name, split in source.splits.items():
@@ -130,12 +127,6 @@ def _part_key(path: Path) -> str | None:
     except Exception:
         return None
     return meta.get("cell_key")
-
-
-def generation(key: str) -> str:
-    """The generation tag of a cell key: the same inputs always write the same names, so
-    sharded and resumed runs meet on the same files."""
-    return key[:12]
 
 
 def _skip_sidecar(cell: Path, split: str, index: int, gen: str) -> Path:
@@ -340,8 +331,6 @@ def _rezero(store, model: dict[str, Any], dataset: dict[str, Any], key: str,
             summary: dict[str, Any]) -> bool:
     """Only the prompts changed: re-derive zs from the stored image embeddings (CPU, text
     tower only). False (a full extraction follows) when that cannot give this key."""
-    from gla.extract.reembed import rezero_cell
-
     t0 = time.perf_counter()
     try:
         out = rezero_cell(store, model, dataset)
@@ -388,12 +377,7 @@ def extract_cell(
     components = cell_components(model, source, t_hash, opts, device)
     key = cell_key(components)
     splits = list(source.splits)
-    summary: dict[str, Any] = {
-        "cell": str(cell), "model": model_name, "dataset": dataset_name, "cell_key": key,
-        "images": 0, "skipped_images": 0, "parts_written": 0,
-        "seconds": {"read": 0.0, "infer": 0.0, "write": 0.0, "setup": 0.0, "total": 0.0},
-        "images_per_s": 0.0, "sealed": [],
-    }
+    summary = _new_summary(cell, model_name, dataset_name, key)
     if cell.is_dir() and is_complete(cell, splits, key):
         log.info("%s/%s: complete, skipped", model_name, dataset_name)
         summary["status"] = "skipped"
@@ -415,13 +399,27 @@ def extract_cell(
     complete = is_complete(cell, splits, key)
     summary["status"] = "written" if complete else "partial"
     summary["seconds"]["total"] = time.perf_counter() - t_start
+    _log_done(summary)
+    return summary
+
+
+def _new_summary(cell: Path, model_name: str, dataset_name: str, key: str) -> dict[str, Any]:
+    """``extract_cell``'s summary before any work."""
+    return {
+        "cell": str(cell), "model": model_name, "dataset": dataset_name, "cell_key": key,
+        "images": 0, "skipped_images": 0, "parts_written": 0,
+        "seconds": {"read": 0.0, "infer": 0.0, "write": 0.0, "setup": 0.0, "total": 0.0},
+        "images_per_s": 0.0, "sealed": [],
+    }
+
+
+def _log_done(summary: dict[str, Any]) -> None:
+    seconds = summary["seconds"]
     log.info(
         "%s/%s: %s, %d images, %.1f img/s; read %.2fs, infer %.2fs, write %.2fs, setup %.2fs",
-        model_name, dataset_name, summary["status"], summary["images"], summary["images_per_s"],
-        summary["seconds"]["read"], summary["seconds"]["infer"], summary["seconds"]["write"],
-        summary["seconds"]["setup"],
+        summary["model"], summary["dataset"], summary["status"], summary["images"],
+        summary["images_per_s"], seconds["read"], seconds["infer"], seconds["write"], seconds["setup"],
     )
-    return summary
 
 
 @dataclass
@@ -604,6 +602,25 @@ def _encode(enc: _Encoders, x: Any, pin: bool, want_emb: bool) -> tuple[Any, ...
             f.half().cpu().numpy() if want_emb else None, extra)
 
 
+@contextlib.contextmanager
+def _thread_budget(device: str, num_workers: int):
+    """On a CPU, loader workers and the model share the cores: cap the model's threads so
+    they do not oversubscribe them (one extra busy thread halves throughput on 2 cores);
+    the previous count is restored on the way out."""
+    import torch
+
+    threads_before = torch.get_num_threads()
+    budget = main_thread_budget(device, num_workers)
+    if budget < threads_before:
+        torch.set_num_threads(budget)
+        log.info("torch threads %d -> %d beside %d loader workers", threads_before, budget, num_workers)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads_before:
+            torch.set_num_threads(threads_before)
+
+
 def _run_parts(store: str | os.PathLike, cell: Path, model: dict[str, Any], dataset_name: str,
                source: Source, templates: list[str], t_hash: str, components: dict[str, Any],
                key: str, todo: list[PartPlan], opts: dict[str, Any], device: str,
@@ -624,46 +641,37 @@ def _run_parts(store: str | os.PathLike, cell: Path, model: dict[str, Any], data
     writer = _PartWriter(cell, source, key, enc, want_emb, summary)
     summary["seconds"]["setup"] = time.perf_counter() - t0
 
-    # On a CPU, loader workers and the model share the cores: cap the model's threads so
-    # they do not oversubscribe them (one extra busy thread halves throughput on 2 cores).
-    threads_before = torch.get_num_threads()
-    budget = main_thread_budget(enc.device, int(opts["num_workers"]))
-    if budget < threads_before:
-        torch.set_num_threads(budget)
-        log.info("torch threads %d -> %d beside %d loader workers", threads_before, budget,
-                 int(opts["num_workers"]))
-    prog = _progress(progress, len(refs), f"{model['name']}/{dataset_name}")
-    current, done_images, t_read, t_infer = 0, 0, 0.0, 0.0
-    t_loop = time.perf_counter()
-    it = None
-    try:
-        it = iter(loader)
-        with torch.inference_mode():
-            for bi in range(len(batches)):
-                tr = time.perf_counter()
-                x, ok, errs = next(it)
-                t_read += time.perf_counter() - tr
-                if batch_part[bi] != current:
+    with _thread_budget(enc.device, int(opts["num_workers"])):
+        prog = _progress(progress, len(refs), f"{model['name']}/{dataset_name}")
+        current, done_images, t_read, t_infer = 0, 0, 0.0, 0.0
+        t_loop = time.perf_counter()
+        it = None
+        try:
+            it = iter(loader)
+            with torch.inference_mode():
+                for bi in range(len(batches)):
+                    tr = time.perf_counter()
+                    x, ok, errs = next(it)
+                    t_read += time.perf_counter() - tr
+                    if batch_part[bi] != current:
+                        writer.flush(todo[current])
+                        current = batch_part[bi]
+                    ok_np = ok.numpy().astype(bool)
+                    if not ok_np.all() and opts["on_error"] == "raise":
+                        raise ExtractError(errs[int(np.flatnonzero(~ok_np)[0])])
+                    ti = time.perf_counter()
+                    writer.add(*_encode(enc, x, pin, want_emb), ok_np, list(errs))
+                    t_infer += time.perf_counter() - ti
+                    done_images += len(ok_np)
+                    if prog is not None:
+                        rate = done_images / max(time.perf_counter() - t_loop, 1e-9)
+                        prog.update(prog.task_ids[0], advance=len(ok_np), rate=f"{rate:.1f}")
+                if batches:
                     writer.flush(todo[current])
-                    current = batch_part[bi]
-                ok_np = ok.numpy().astype(bool)
-                if not ok_np.all() and opts["on_error"] == "raise":
-                    raise ExtractError(errs[int(np.flatnonzero(~ok_np)[0])])
-                ti = time.perf_counter()
-                writer.add(*_encode(enc, x, pin, want_emb), ok_np, list(errs))
-                t_infer += time.perf_counter() - ti
-                done_images += len(ok_np)
-                if prog is not None:
-                    rate = done_images / max(time.perf_counter() - t_loop, 1e-9)
-                    prog.update(prog.task_ids[0], advance=len(ok_np), rate=f"{rate:.1f}")
-            if batches:
-                writer.flush(todo[current])
-    finally:
-        if prog is not None:
-            prog.stop()
-        del it, loader  # shuts the loader workers down, also when raising
-        if torch.get_num_threads() != threads_before:
-            torch.set_num_threads(threads_before)
+        finally:
+            if prog is not None:
+                prog.stop()
+            del it, loader  # shuts the loader workers down, also when raising
     elapsed = time.perf_counter() - t_loop
     summary["images"] = done_images
     summary["images_per_s"] = done_images / elapsed if elapsed > 0 else 0.0

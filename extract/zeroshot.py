@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from gla.extract.cellformat import atomic_write_bytes, text_hash
+from gla.extract.models import autocast
 
 log = logging.getLogger("extract")
 
@@ -44,7 +45,6 @@ def _encode_prompts(loaded: Any, prompts: list[str]) -> np.ndarray:
     """Normalised text embeddings (len(prompts), D) float32; the only text-tower call."""
     import torch
     import torch.nn.functional as F
-    from gla.extract.models import autocast
 
     out = []
     with torch.inference_mode(), autocast(loaded.device, loaded.precision):

@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from gla.pipeline import __version__
-from gla.pipeline.errors import UserError
+from gla.pipeline.errors import UserError, detach_stdout
 
 # name -> (module, one-line help). Modules must not import torch at module level.
 COMMANDS = {
@@ -90,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"gla {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (| head): no traceback, but not a success
+        detach_stdout()
+        return 1
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from gla.analyze.priors import ESTIMATORS, parse_temperature
+from gla.analyze.priors import ESTIMATORS, LABEL_FREE, parse_temperature, unused_fit_distribution
 from gla.extract.cellformat import check_name
 from gla.extract.datasets import KINDS
 from gla.extract.errors import did_you_mean, unknown_name
@@ -97,6 +97,12 @@ class AnalysisSettings(_Strict):
         except ValueError:
             raise ValueError("expected 'none', 'confidence', 'nll' or a positive number") from None
         return v
+
+    @model_validator(mode="after")
+    def _fit_label_distribution_is_used(self) -> AnalysisSettings:
+        if self.fit_label_distribution not in ("", "uniform") and not set(self.estimators) & LABEL_FREE:
+            raise ValueError(unused_fit_distribution("analysis.fit_label_distribution"))
+        return self
 
 
 class GateSettings(_Strict):
@@ -465,6 +471,21 @@ def _refuse_placeholders(path: Path, root: dict[str, Any]) -> None:
             if isinstance(v, str) and v.startswith(PLACEHOLDER):
                 raise UserError(f"{path}: {_key_path((*loc, k), root)}: fill in the placeholder {v!r}")
             stack.append(((*loc, k), v))
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as ``load_config`` overrides: each value parsed as TOML,
+    else kept as a bare string."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set: expected KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value  # a bare string
+    return out
 
 
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> Config:

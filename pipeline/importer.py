@@ -40,8 +40,19 @@ def _split_spec(spec: str | os.PathLike) -> tuple[Path, str | None]:
 
 
 def _parquet_array(path: Path, key: str | None, ndim: int) -> tuple[np.ndarray, str]:
+    """The array of ``path`` (``key``: its column): a named column, the one label column
+    or list column, else several numeric columns stacked in order."""
+    table = _read_parquet(path, key)
+    if key is None:
+        key = _pick_column(path, table, ndim)
+    if key is not None:
+        return _column_array(table.column(key), f"{path}: column {key}"), f"{path}: column {key}"
+    return _stacked_columns(path, table), str(path)
+
+
+def _read_parquet(path: Path, key: str | None) -> pa.Table:
     try:
-        table = pq.read_table(path, columns=[key] if key else None)
+        return pq.read_table(path, columns=[key] if key else None)
     except (pa.ArrowInvalid, OSError, KeyError) as e:
         if key is not None:
             names = pq.read_schema(path).names if path.exists() else []
@@ -50,56 +61,63 @@ def _parquet_array(path: Path, key: str | None, ndim: int) -> tuple[np.ndarray, 
                     f"{path}: column {key} not found (columns: {', '.join(names)})"
                 ) from None
         raise UserError(f"{path}: not a readable Parquet file ({e})") from None
-    where = f"{path}: column {key}" if key else str(path)
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_fixed_size_list(t) or pa.types.is_large_list(t)
+
+
+def _pick_column(path: Path, table: pa.Table, ndim: int) -> str | None:
+    """The column an unnamed Parquet input means: for 1-D, its only column or a label
+    column; for 2-D, its only list column (None: stack the numeric columns)."""
     cols = table.column_names
-    if key is None:
-        list_cols = [
-            c for c in cols if pa.types.is_list(table.schema.field(c).type)
-            or pa.types.is_fixed_size_list(table.schema.field(c).type)
-            or pa.types.is_large_list(table.schema.field(c).type)
-        ]
-        if ndim == 1:
-            preferred = [c for c in ("label", "labels", "y", "count") if c in cols]
-            if len(cols) == 1:
-                key = cols[0]
-            elif preferred:
-                key = preferred[0]
-            else:
-                raise UserError(
-                    f"{path}: {len(cols)} columns; name one with {path}:COLUMN "
-                    f"(columns: {', '.join(cols)})"
-                )
-            where = f"{path}: column {key}"
-        elif len(list_cols) == 1:
-            key = list_cols[0]
-            where = f"{path}: column {key}"
-        elif list_cols:
+    list_cols = [c for c in cols if _is_list(table.schema.field(c).type)]
+    if ndim == 1:
+        preferred = [c for c in ("label", "labels", "y", "count") if c in cols]
+        if len(cols) == 1:
+            return cols[0]
+        if preferred:
+            return preferred[0]
+        raise UserError(
+            f"{path}: {len(cols)} columns; name one with {path}:COLUMN "
+            f"(columns: {', '.join(cols)})"
+        )
+    if len(list_cols) == 1:
+        return list_cols[0]
+    if list_cols:
+        raise UserError(
+            f"{path}: several list columns ({', '.join(list_cols)}); name one with "
+            f"{path}:COLUMN"
+        )
+    return None
+
+
+def _column_array(col: pa.ChunkedArray, where: str) -> np.ndarray:
+    """One column as an array: a list column as (rows, width), all rows equally long."""
+    t = col.type
+    if col.null_count:
+        raise UserError(f"{where}: has missing (null) values")
+    if _is_list(t):
+        col = col.combine_chunks()
+        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+        if len(lengths) and (lengths != lengths[0]).any():
+            bad = int(np.flatnonzero(lengths != lengths[0])[0])
             raise UserError(
-                f"{path}: several list columns ({', '.join(list_cols)}); name one with "
-                f"{path}:COLUMN"
+                f"{where}: row {bad} has {lengths[bad]} values but row 0 has {lengths[0]}"
             )
-    if key is not None:
-        col = table.column(key)
-        t = col.type
-        if col.null_count:
+        flat = col.flatten()
+        if flat.null_count:
             raise UserError(f"{where}: has missing (null) values")
-        if pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t):
-            col = col.combine_chunks()
-            lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
-            if len(lengths) and (lengths != lengths[0]).any():
-                bad = int(np.flatnonzero(lengths != lengths[0])[0])
-                raise UserError(
-                    f"{where}: row {bad} has {lengths[bad]} values but row 0 has {lengths[0]}"
-                )
-            flat = col.flatten()
-            if flat.null_count:
-                raise UserError(f"{where}: has missing (null) values")
-            width = int(lengths[0]) if len(lengths) else 0
-            return flat.to_numpy(zero_copy_only=False).reshape(len(col), width), where
-        if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
-            raise UserError(f"{where}: has type {t}, expected numbers")
-        return col.to_numpy(), where
-    # Several numeric scalar columns: one per class, in order.
+        width = int(lengths[0]) if len(lengths) else 0
+        return flat.to_numpy(zero_copy_only=False).reshape(len(col), width)
+    if not (pa.types.is_integer(t) or pa.types.is_floating(t)):
+        raise UserError(f"{where}: has type {t}, expected numbers")
+    return col.to_numpy()
+
+
+def _stacked_columns(path: Path, table: pa.Table) -> np.ndarray:
+    """Several numeric scalar columns: one per class, in order."""
+    cols = table.column_names
     bad = [
         c for c in cols
         if not (pa.types.is_integer(table.schema.field(c).type)
@@ -110,8 +128,7 @@ def _parquet_array(path: Path, key: str | None, ndim: int) -> tuple[np.ndarray, 
     for c in cols:
         if table.column(c).null_count:
             raise UserError(f"{path}: column {c} has missing (null) values")
-    arr = np.stack([table.column(c).to_numpy() for c in cols], axis=1) if cols else np.empty((0, 0))
-    return arr, str(path)
+    return np.stack([table.column(c).to_numpy() for c in cols], axis=1) if cols else np.empty((0, 0))
 
 
 def load_array(spec: str | os.PathLike, what: str, ndim: int) -> tuple[np.ndarray, str]:

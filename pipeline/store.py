@@ -153,6 +153,41 @@ def _read_schema(path: Path) -> pa.Schema:
         raise UserError(f"{path}: unreadable Parquet part ({str(e).splitlines()[0]})") from None
 
 
+def _logit_layout(first: Path, schema: pa.Schema, meta: dict[str, Any]
+                  ) -> tuple[int, bool, tuple[str, ...], tuple[str, ...]]:
+    """(class count, has ft, class names, extra logit columns) of a split, from its first
+    part's schema: every logit column a fixed-size list as wide as zs."""
+    if "zs" not in schema.names:
+        raise UserError(f"{first}: column zs is missing")
+    width = _logit_width(schema.field("zs").type)
+    if width is None:
+        raise UserError(
+            f"{first}: column zs has type {schema.field('zs').type}, "
+            "expected fixed_size_list<float>[C]"
+        )
+    has_ft = "ft" in schema.names
+    if has_ft:
+        fw = _logit_width(schema.field("ft").type)
+        if fw != width:
+            raise UserError(
+                f"{first}: column ft has width {fw} but column zs has width {width}"
+            )
+    names = tuple(str(s) for s in meta.get("class_names") or [])
+    if names and len(names) != width:
+        raise UserError(
+            f"{first}: metadata lists {len(names)} class names but column zs has "
+            f"width {width}"
+        )
+    if not names:
+        names = tuple(f"class_{i}" for i in range(width))
+    extra = tuple(cf.extra_logit_columns(schema))
+    for col in extra:
+        if _logit_width(schema.field(col).type) != width:
+            raise UserError(f"{first}: column {col} has width "
+                            f"{_logit_width(schema.field(col).type)} but column zs has width {width}")
+    return width, has_ft, names, extra
+
+
 def _part_batches(path: Path, rows: int, batch_rows: int, columns: Sequence[str]) -> Iterator[pa.RecordBatch]:
     """A part's record batches, its row count checked against the manifest and its page
     checksums verified while decoding. Buffered column streams: without them pyarrow
@@ -272,48 +307,10 @@ class Store:
         except ValueError as e:
             raise UserError(str(e)) from None
         mpath, doc = self._manifest(cell, split)
-        try:
-            entries = [(str(e["file"]), int(e["rows"]), e) for e in doc["parts"]]
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise UserError(f"{mpath}: unreadable manifest ({e})") from None
-        files, part_rows = [], []
-        for name, rows, record in entries:
-            f = cell / name
-            self._check_part(f, record, mpath)
-            files.append(f)
-            part_rows.append(rows)
-        if not files:
-            raise UserError(f"{mpath}: lists no parts")
+        files, part_rows, records = self._part_files(cell, mpath, doc)
         schema = _read_schema(files[0])
         meta = cf.table_metadata(schema)
-        if "zs" not in schema.names:
-            raise UserError(f"{files[0]}: column zs is missing")
-        width = _logit_width(schema.field("zs").type)
-        if width is None:
-            raise UserError(
-                f"{files[0]}: column zs has type {schema.field('zs').type}, "
-                "expected fixed_size_list<float>[C]"
-            )
-        has_ft = "ft" in schema.names
-        if has_ft:
-            fw = _logit_width(schema.field("ft").type)
-            if fw != width:
-                raise UserError(
-                    f"{files[0]}: column ft has width {fw} but column zs has width {width}"
-                )
-        names = tuple(str(s) for s in meta.get("class_names") or [])
-        if names and len(names) != width:
-            raise UserError(
-                f"{files[0]}: metadata lists {len(names)} class names but column zs has "
-                f"width {width}"
-            )
-        if not names:
-            names = tuple(f"class_{i}" for i in range(width))
-        extra = tuple(cf.extra_logit_columns(schema))
-        for col in extra:
-            if _logit_width(schema.field(col).type) != width:
-                raise UserError(f"{files[0]}: column {col} has width "
-                                f"{_logit_width(schema.field(col).type)} but column zs has width {width}")
+        width, has_ft, names, extra = _logit_layout(files[0], schema, meta)
         logit_cols = [c for c in ("zs", "ft", *extra) if c in schema.names]
         for f in files[1:]:
             s = _read_schema(f)
@@ -321,7 +318,7 @@ class Store:
                 raise UserError(f"{f}: columns differ from {files[0].name} in the same split")
         dtype = str(schema.field("zs").type.value_type)
         # Manifests written before sealed_at existed: the newest part's recorded mtime.
-        newest_part = max(int(r.get("mtime_ns") or 0) for _, _, r in entries) / 1e9
+        newest_part = max(int(r.get("mtime_ns") or 0) for r in records) / 1e9
         sealed_at = str(doc.get("sealed_at") or cf.iso_utc(newest_part))
         return SplitInfo(
             name=split,
@@ -336,8 +333,26 @@ class Store:
             metadata=meta,
             extra_logits=extra,
             sealed_at=sealed_at,
-            part_sha256=tuple(str(r.get("sha256") or "") for _, _, r in entries),
+            part_sha256=tuple(str(r.get("sha256") or "") for r in records),
         )
+
+    def _part_files(self, cell: Path, mpath: Path, doc: dict[str, Any]
+                    ) -> tuple[list[Path], list[int], list[dict[str, Any]]]:
+        """The split's part files (each checked against its manifest entry), their row
+        counts and their manifest entries."""
+        try:
+            entries = [(str(e["file"]), int(e["rows"]), e) for e in doc["parts"]]
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"{mpath}: unreadable manifest ({e})") from None
+        files, part_rows = [], []
+        for name, rows, record in entries:
+            f = cell / name
+            self._check_part(f, record, mpath)
+            files.append(f)
+            part_rows.append(rows)
+        if not files:
+            raise UserError(f"{mpath}: lists no parts")
+        return files, part_rows, [record for _, _, record in entries]
 
     @staticmethod
     def locate_row(info: SplitInfo, row: int) -> tuple[Path, int]:

@@ -161,13 +161,18 @@ def test_config_refuses_unknown_convention_names(tmp_path):
     cfg.write_text('store = "S"\n[analysis]\ngroups = "thirds"\n')
     with pytest.raises(UserError, match="groups"):
         load_config(cfg)
-    cfg.write_text('store = "S"\n[analysis]\nshot_accuracy = "pooled"\ntemperature_scope = "zs"\n'
-                   'fit_label_distribution = "fit.npy"\n')
+    cfg.write_text('store = "S"\n[analysis]\nshot_accuracy = "pooled"\ntemperature_scope = "zs"\n')
     a = load_config(cfg).analysis
     assert (a.shot_accuracy, a.temperature_scope) == ("pooled", "zs")
+    cfg.write_text('store = "S"\n[analysis]\nestimators = ["gla", "prior-matching"]\n'
+                   'fit_label_distribution = "fit.npy"\n')
+    a = load_config(cfg).analysis
     assert a.fit_label_distribution == str(tmp_path / "fit.npy")  # relative to the config file
     o = StoreAnalysisOptions.from_mapping(a.model_dump())
     assert o.fit_label_distribution == str(tmp_path / "fit.npy") and o.groups == "released"
+    cfg.write_text('store = "S"\n[analysis]\nfit_label_distribution = "counts"\n')  # gla alone: unused
+    with pytest.raises(UserError, match="analysis.fit_label_distribution: only the label-free estimators"):
+        load_config(cfg)
 
 
 # ------------------------------------------------------------- gla analyze, end to end
@@ -282,7 +287,9 @@ def test_bad_convention_options_exit_2_results_untouched(store, capsys, tmp_path
         (["--groups", "thirds"], "--groups"),
         (["--shot-accuracy", "mean"], "--shot-accuracy"),
         (["--temperature-scope", "ft"], "--temperature-scope"),
-        (["--fit-label-distribution", tmp_path / "missing.npy"], "missing.npy: file not found"),
+        (["--fit-label-distribution", "counts"], "--fit-label-distribution: only the label-free estimators"),
+        (["--estimator", "eigen-iterated", "--fit-label-distribution", tmp_path / "missing.npy"],
+         "missing.npy: file not found"),
         (["--estimator", "prior-matching", "--fit-label-distribution", tmp_path / "short.npy"],
          "short.npy: fit label distribution has 9 values but the cell has 10 classes"),
     ]

@@ -222,7 +222,7 @@ def test_show_prints_rows_and_json_equals_the_table(imported, capsys):
     assert code == 2 and err.count("\n") == 1 and "missing" in err
 
 
-def test_show_piped_into_head_ends_quietly(tmp_path):
+def test_output_piped_into_head_ends_without_a_traceback(tmp_path):
     store = tmp_path / "s"
     write_matrix(store, 2, 25, num_classes=5, fit_per_class=4, eval_rows=50)
     assert main(["analyze", "--store", str(store), "--workers", "0", "--quiet",
@@ -235,3 +235,10 @@ def test_show_piped_into_head_ends_quietly(tmp_path):
     assert p.stdout.splitlines()[0].startswith("model-0/data-0")
     assert len(p.stdout.splitlines()) == 3
     assert p.stderr.strip() == "rc=0", p.stderr
+    # Any command: a reader that goes away gives no traceback, and exit 1 (the output was cut).
+    cmd = (f"{sys.executable} -m gla.pipeline.cli analyze --store {store} --workers 0 --json | head -n 2; "
+           'echo "rc=${PIPESTATUS[0]}" >&2')
+    p = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert p.stdout.splitlines() == ["{", f' "store": "{store}",']
+    assert "Traceback" not in p.stderr and p.stderr.strip().endswith("rc=1"), p.stderr

@@ -21,7 +21,7 @@ import sys
 import time
 
 from gla.analyze.cell import FIT_LABEL_DISTRIBUTIONS, TEMPERATURE_SCOPES
-from gla.analyze.priors import ESTIMATORS, parse_temperature
+from gla.analyze.priors import ESTIMATORS, LABEL_FREE, parse_temperature, unused_fit_distribution
 from gla.analyze.stats import GROUP_AVERAGES, GROUP_SCHEMES
 from gla.pipeline import gate, terminal_summary
 from gla.pipeline.analysis import analyze_store, select_cells
@@ -37,6 +37,10 @@ DEFAULT_ESTIMATORS = ("gla", "gla-reference", "eigen", "prior-matching", "batch-
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    """The options of ``gla analyze``.
+
+    Long because it is the command's flat list of options, one call each, in --help order.
+    """
     parser.add_argument("--store", required=True, help="store folder")
     parser.add_argument("--fit-split", default="val", help="split the priors are fitted on (default val)")
     parser.add_argument("--eval-split", default="test", help="split the methods are scored on (default test)")
@@ -119,6 +123,8 @@ def options_from_args(args: argparse.Namespace) -> StoreAnalysisOptions:
         raise UserError(f"--smoothing: must be >= 0, got {args.smoothing}")
     if args.target_prior is not None:
         load_array(args.target_prior, "target prior", 1)  # fails early, naming the file
+    if args.fit_label_distribution != "uniform" and not set(estimators) & LABEL_FREE:
+        raise UserError(unused_fit_distribution("--fit-label-distribution"))
     if args.fit_label_distribution not in FIT_LABEL_DISTRIBUTIONS:
         load_array(args.fit_label_distribution, "fit label distribution", 1)  # fails early, naming the file
     targets = tuple(dict.fromkeys(args.target_estimators or ()))

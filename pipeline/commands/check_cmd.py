@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from gla.pipeline.commands.run_cmd import parse_overrides
-from gla.pipeline.config import load_config
+from gla.pipeline.config import load_config, parse_overrides
 from gla.pipeline.preflight import check_config
 
 

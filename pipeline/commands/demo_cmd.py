@@ -19,7 +19,7 @@ import polars as pl
 from gla.extract.demo import build_assets
 from gla.pipeline import demo, demo_audits
 from gla.pipeline.errors import UserError
-from gla.pipeline.matrix_run import run_config
+from gla.pipeline.matrix_run import RunSummary, run_config
 from gla.pipeline.report.figures import kshot_curve, png_b64
 from gla.pipeline.report.tables import CellView
 
@@ -58,15 +58,9 @@ def run(args: argparse.Namespace) -> int:
         demo_audits.plant(config.store)
         summary = run_config(demo_audits.with_audits(config), stages=("analyze", "report"),
                              progress=not args.no_progress)
-    for line in summary.lines():
-        print(f"gla demo: {line}", file=sys.stderr)
-    if not summary.ok:
+    results = _results(summary, config.store)
+    if results is None:
         return 1
-    results = Path(config.store) / "results"
-    pl.Config.set_tbl_hide_dataframe_shape(True)
-    pl.Config.set_tbl_hide_column_data_types(True)
-    pl.Config.set_float_precision(3)
-    pl.Config.set_tbl_rows(50)
     print("\nAccuracy on the balanced test split (methods × datasets):")
     print(demo.accuracy_table(results))
     shift = demo.robustness(results)
@@ -92,15 +86,9 @@ def _kshot(args: argparse.Namespace) -> int:
     config = demo.kshot_config(args.store or "demo-store-kshot", limit_per_class=args.limit_per_class,
                                workers=args.workers)
     summary = run_config(config, progress=not args.no_progress)
-    for line in summary.lines():
-        print(f"gla demo: {line}", file=sys.stderr)
-    if not summary.ok:
+    results = _results(summary, config.store)
+    if results is None:
         return 1
-    results = Path(config.store) / "results"
-    pl.Config.set_tbl_hide_dataframe_shape(True)
-    pl.Config.set_tbl_hide_column_data_types(True)
-    pl.Config.set_float_precision(3)
-    pl.Config.set_tbl_rows(50)
     print("\nFew-shot GLA (temperatures on): accuracy against training images per class")
     print(demo.kshot_curves(results))
     table = pl.read_parquet(results / "kshot.parquet")
@@ -114,3 +102,17 @@ def _kshot(args: argparse.Namespace) -> int:
             print(f"Figure: {png}")
     print(f"Report: {summary.report or Path(config.store) / 'report' / 'index.html'}")
     return 0
+
+
+def _results(summary: RunSummary, store: str | Path) -> Path | None:
+    """Print the run's summary lines; the results folder when the run succeeded (with the
+    tables' print format set for the demo's), else None."""
+    for line in summary.lines():
+        print(f"gla demo: {line}", file=sys.stderr)
+    if not summary.ok:
+        return None
+    pl.Config.set_tbl_hide_dataframe_shape(True)
+    pl.Config.set_tbl_hide_column_data_types(True)
+    pl.Config.set_float_precision(3)
+    pl.Config.set_tbl_rows(50)
+    return Path(store) / "results"

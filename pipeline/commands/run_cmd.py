@@ -15,10 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tomllib
 
 from gla.pipeline import gate, terminal_summary
-from gla.pipeline.config import load_config
+from gla.pipeline.config import load_config, parse_overrides
 from gla.pipeline.errors import UserError
 from gla.pipeline.matrix_run import run_config
 from gla.pipeline.preflight import check_config
@@ -47,19 +46,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--json", action="store_true", help="print the run summary as JSON on stdout")
     gate.add_arguments(parser)
-
-
-def parse_overrides(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set: expected KEY=VALUE, got {item!r}")
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = value  # a bare string
-    return out
 
 
 def run(args: argparse.Namespace) -> int:

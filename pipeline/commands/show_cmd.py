@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import polars as pl
 from gla.analyze import schema
 from gla.pipeline.config import CellFilter
-from gla.pipeline.errors import UserError
+from gla.pipeline.errors import UserError, detach_stdout
 
 WIDTH = 100
 _HEAD = ("model", "dataset", "estimator", "method", "target_estimator")  # a block's title
@@ -84,11 +83,8 @@ def emit(lines: Iterable[str]) -> None:
         for line in lines:
             sys.stdout.write(line + "\n")
         sys.stdout.flush()
-    except BrokenPipeError:
-        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+    except BrokenPipeError:  # printing is all show does: the rest was not wanted
+        detach_stdout()
 
 
 def run(args: argparse.Namespace) -> int:
