@@ -176,7 +176,8 @@ def matrix_tables(n_models: int = 5, n_datasets: int = 10, n_classes: int = 8, s
     datasets = [f"inaturalist-subset-{k:02d}" for k in range(n_datasets)]
     summ, pc, pri = [], [], []
     for mi, m in enumerate(models):
-        methods = ("zs", "zs_debiased") if mi == n_models - 1 else ("zs", "zs_debiased", "ft", "ft_la", "ensemble", "gla")
+        methods = ("zs", "zs_debiased") if mi == n_models - 1 else (
+            "zs", "zs_debiased", "ft", "ft_la", "ensemble", "gla", "gla_tp", "wiseft@0.5")
         for d in datasets:
             prior = rng.dirichlet(np.ones(n_classes))
             for meth in methods:
@@ -193,4 +194,5 @@ def matrix_tables(n_models: int = 5, n_datasets: int = 10, n_classes: int = 8, s
     tables = {name: None for name in schema.TABLES if name != "predictions"}
     tables |= {"summary": schema.frame("summary", summ), "per_class": schema.frame("per_class", pc),
                "priors": schema.frame("priors", pri)}
+    tables["comparisons"] = comparisons(tables["summary"])  # the gains' interval columns
     return tables

@@ -395,7 +395,7 @@ def test_cells_with_warnings_are_visibly_marked(data):
     assert "<a href='#cell-clip-b--fashion'>⚠ clip-b / fashion</a>" in text
     assert "<a href='#cell-clip-a--fashion'>clip-a / fashion</a>" in text  # a clean cell is not marked
     overview = [rows for sec, rows in parse(text).tables if sec == "overview"][0]
-    flags = {(r[0], r[1]): r[-1] for r in overview[1:]}
+    flags = {(r[0], r[1]): r[2] for r in overview[1:]}  # flags follow the cell name
     assert flags[("clip-b", "fashion")] == "⚠ uniform_pi_s" and flags[("clip-a", "fashion")] == ""
 
 
