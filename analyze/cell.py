@@ -7,12 +7,13 @@ of any size is analysed in memory bounded by one chunk.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 import polars as pl
-from gla.analyze import adjust, schema, stats
+from gla.analyze import adjust, intervals, paired, schema, stats
 from gla.analyze.priors import (
     ESTIMATORS,
     LABEL_FREE,
@@ -138,7 +139,7 @@ def fit_priors(zs_fit, y_fit, num_classes: int, class_counts=None, options: Anal
 
 
 def evaluate(chunks: Iterable[tuple], fitted: FittedPriors, options: AnalysisOptions | None = None,
-             predictions: dict[str, list] | None = None) -> dict[str, stats.Tally]:
+             predictions: dict[str, list] | None = None) -> paired.MethodTallies:
     """Merge per-method tallies over (zs, ft | None, labels[, extra]) chunks of the eval split.
 
     ``extra`` maps further classifiers' logits by name (``wiseft@0.5``): each is scored
@@ -148,64 +149,79 @@ def evaluate(chunks: Iterable[tuple], fitted: FittedPriors, options: AnalysisOpt
     estimate's temperature first, so log π_p is removed in the scale it was fitted in, and
     the ft logits by ``fitted.ft_temperature`` (1 unless temperature_scope is "each").
     Every chunk must agree on whether ft logits exist (that decides the method set).
+    Beside each method's tally, the result counts per class the samples every pair of
+    methods gets right (``analyze.paired``): the paired comparisons need nothing else.
     With ``predictions`` (a dict), each method's predicted classes of the labelled rows
     are appended to ``predictions[method]`` block by block (see ``analyze.predictions``).
     """
     options = options or AnalysisOptions()
-    keep_pred = predictions.setdefault if predictions is not None else None
     C = fitted.pi_p.shape[0]
-    inv_t = np.float32(1.0 / fitted.temperature)
-    inv_t_ft = np.float32(1.0 / fitted.ft_temperature)
-    tallies: dict[str, stats.Tally] = {}
+    total = paired.MethodTallies({})
     has_ft = None
     for i, chunk in enumerate(chunks):
-        zs, ft, y = chunk[:3]
-        extra = chunk[3] if len(chunk) > 3 else {}
-        if np.shape(zs)[:1] == (0,):  # an empty part contributes nothing
+        if np.shape(chunk[0])[:1] == (0,):  # an empty part contributes nothing
             continue
-        z = check_logits(zs, f"zs logits (chunk {i})")
-        if z.shape[1] != C:
-            raise ValueError(f"zs logits (chunk {i}) have {z.shape[1]} columns, expected {C}")
+        z, f, y, extra = _chunk_arrays(i, chunk, C)
         if has_ft is None:
-            has_ft = ft is not None
-            tallies = {m: stats.Tally.empty(C, options.n_bins) for m in (*adjust.methods_for(has_ft), *extra)}
-        elif has_ft != (ft is not None):
+            has_ft = f is not None
+            total = paired.MethodTallies.empty((*adjust.methods_for(has_ft), *extra), C, options.n_bins)
+        elif has_ft != (f is not None):
             raise ValueError(f"chunk {i}: ft logits present in some chunks and missing in others")
-        f = None if ft is None else check_logits(ft, f"ft logits (chunk {i})")
-        if f is not None and f.shape != z.shape:
-            raise ValueError(f"ft logits (chunk {i}) shape {f.shape} differs from zs {z.shape}")
-        y = np.asarray(y)
-        if y.shape != (z.shape[0],):
-            raise ValueError(f"labels (chunk {i}) have shape {y.shape}, expected ({z.shape[0]},)")
-        extra = {n: check_logits(x, f"{n} logits (chunk {i})") for n, x in extra.items()}
-        if set(extra) != set(tallies) - set(adjust.methods_for(has_ft)):
+        if set(extra) != set(total) - set(adjust.methods_for(has_ft)):
             raise ValueError(f"chunk {i}: extra logits {sorted(extra)} differ from the first chunk's")
-        keep = y >= 0
-        if not keep.all():
-            z, y = z[keep], y[keep]
-            f = None if f is None else f[keep]
-            extra = {n: x[keep] for n, x in extra.items()}
-        y = check_labels(y, z.shape[0], C, f"labels (chunk {i})")
+        extra = {n: extra[n] for n in total if n in extra}  # the first chunk's order
         # Sub-blocks keep every adjusted copy small (cache-friendly, no page-faulting
         # of chunk-sized temporaries per method).
         for a in range(0, z.shape[0], _EVAL_ROWS):
-            zb, yb = z[a : a + _EVAL_ROWS], y[a : a + _EVAL_ROWS]
-            fb = None if f is None else f[a : a + _EVAL_ROWS]
-            if inv_t != 1:
-                zb = zb * inv_t
-            if fb is not None and inv_t_ft != 1:
-                fb = fb * inv_t_ft
-            for m, logits in adjust.iter_methods(
-                zb, fb, pi_s=fitted.pi_s, pi_p=fitted.pi_p, target_prior=options.target_prior
-            ):
-                tallies[m] = tallies[m].merge(stats.tally(logits, yb, C, options.n_bins))
-                if keep_pred:
-                    keep_pred(m, []).append(logits.argmax(axis=1).astype(np.int32))
-            for n, x in extra.items():
-                tallies[n] = tallies[n].merge(stats.tally(x[a : a + _EVAL_ROWS], yb, C, options.n_bins))
-                if keep_pred:
-                    keep_pred(n, []).append(x[a : a + _EVAL_ROWS].argmax(axis=1).astype(np.int32))
-    return tallies
+            rows = slice(a, a + _EVAL_ROWS)
+            total = total.merge(_score_block(z[rows], None if f is None else f[rows], y[rows],
+                                             {n: x[rows] for n, x in extra.items()}, fitted, options,
+                                             predictions))
+    return total
+
+
+def _chunk_arrays(i: int, chunk: tuple, C: int) -> tuple:
+    """(zs, ft | None, labels, extra) of chunk ``i``, checked, rows of unknown label dropped."""
+    zs, ft, y = chunk[:3]
+    extra = chunk[3] if len(chunk) > 3 else {}
+    z = check_logits(zs, f"zs logits (chunk {i})")
+    if z.shape[1] != C:
+        raise ValueError(f"zs logits (chunk {i}) have {z.shape[1]} columns, expected {C}")
+    f = None if ft is None else check_logits(ft, f"ft logits (chunk {i})")
+    if f is not None and f.shape != z.shape:
+        raise ValueError(f"ft logits (chunk {i}) shape {f.shape} differs from zs {z.shape}")
+    y = np.asarray(y)
+    if y.shape != (z.shape[0],):
+        raise ValueError(f"labels (chunk {i}) have shape {y.shape}, expected ({z.shape[0]},)")
+    extra = {n: check_logits(x, f"{n} logits (chunk {i})") for n, x in extra.items()}
+    keep = y >= 0
+    if not keep.all():
+        z, y = z[keep], y[keep]
+        f = None if f is None else f[keep]
+        extra = {n: x[keep] for n, x in extra.items()}
+    return z, f, check_labels(y, z.shape[0], C, f"labels (chunk {i})"), extra
+
+
+def _score_block(zb, fb, yb, extra: dict, fitted: FittedPriors, options: AnalysisOptions,
+                 predictions: dict[str, list] | None) -> paired.MethodTallies:
+    """Tallies of one block for every method, and the pair counts of their hits."""
+    C = fitted.pi_p.shape[0]
+    inv_t = np.float32(1.0 / fitted.temperature)
+    inv_t_ft = np.float32(1.0 / fitted.ft_temperature)
+    if inv_t != 1:
+        zb = zb * inv_t
+    if fb is not None and inv_t_ft != 1:
+        fb = fb * inv_t_ft
+    methods = adjust.iter_methods(zb, fb, pi_s=fitted.pi_s, pi_p=fitted.pi_p, target_prior=options.target_prior)
+    tallies, hits = {}, {}
+    for m, logits in chain(methods, extra.items()):
+        tallies[m], pred = stats.tally_and_predictions(logits, yb, C, options.n_bins)
+        hits[m] = pred == yb
+        if predictions is not None:
+            predictions.setdefault(m, []).append(pred)
+    pairs = paired.PairTally.empty(tallies, C)
+    pairs.add(yb, hits)
+    return paired.MethodTallies(tallies, pairs)
 
 
 def build_tables(
@@ -214,14 +230,19 @@ def build_tables(
     eval_split: str,
     class_names: Sequence[str],
     fitted: FittedPriors,
-    tallies: dict[str, stats.Tally],
+    tallies: Mapping[str, stats.Tally],
     class_counts=None,
+    fdr: float = paired.DEFAULT_FDR,
     options: AnalysisOptions | None = None,
 ) -> dict[str, pl.DataFrame]:
     """{table name: DataFrame} of one cell, each with its ``analyze.schema`` columns.
 
     Head/medium/tail sizes follow ``options.groups`` (pooled accuracy); many/medium/few
-    accuracy averages per ``options.shot_accuracy``."""
+    accuracy averages per ``options.shot_accuracy``. With
+    :class:`~analyze.paired.MethodTallies` (what ``evaluate`` returns) the cell also gets
+    its comparisons table and per-class helps / hurts flags (BH at level ``fdr``); with a
+    plain dict of tallies those are empty / null.
+    """
     options = options or AnalysisOptions()
     C = fitted.pi_p.shape[0]
     names = [str(c) for c in class_names]
@@ -234,34 +255,56 @@ def build_tables(
             raise ValueError(f"class counts have shape {counts.shape}, expected ({C},)")
         cgroup = stats.count_groups(counts)
     pgroup = stats.prior_groups(fitted.pi_p, options.groups)
+    if not isinstance(tallies, paired.MethodTallies):
+        tallies = paired.MethodTallies(dict(tallies))
     # target_estimator names the π_t estimate of gla_tp rows (analyze.audits); empty here.
     cell = {"model": model, "dataset": dataset, "estimator": fitted.primary, "target_estimator": ""}
     summary_rows, per_class, calibration = [], [], []
     for m, t in tallies.items():
-        row = {**cell, "method": m, "split": eval_split, **stats.summary_metrics(t)}
-        ga = stats.group_accuracy(t, pgroup)
-        row.update({f"acc_{g}": ga.get(g, np.nan) for g in ("head", "medium", "tail")})
-        gc = {} if cgroup is None else stats.group_accuracy(t, cgroup, options.shot_accuracy)
-        for g, col in (("many", "acc_many"), ("medium", "acc_medium_shot"), ("few", "acc_few")):
-            row[col] = gc.get(g, np.nan)
-        summary_rows.append(row)
-        pc = stats.per_class_metrics(t)
-        per_class.append({
+        summary_rows.append({**cell, "method": m, "split": eval_split,
+                             **_summary_metrics(t, pgroup, cgroup, options.shot_accuracy)})
+        per_class.append(schema.frame("per_class", {
             **{k: [v] * C for k, v in cell.items()}, "method": [m] * C,
             "class_index": np.arange(C, dtype=np.int32), "class_name": names,
-            "n": pc["n"].astype(np.int64), "accuracy": pc["accuracy"],
-            "precision": pc["precision"], "pred_share": pc["pred_share"],
-            "prior_pretrain": fitted.pi_p, "prior_downstream": fitted.pi_s,
+            **stats.per_class_metrics(t), "prior_pretrain": fitted.pi_p, "prior_downstream": fitted.pi_s,
             "group": pgroup.tolist(),
             "count_group": pl.Series([None] * C if cgroup is None else cgroup.tolist(), dtype=pl.String),
-        })  # fmt: skip
+            **paired.class_flags(tallies, m, fdr),
+        }))  # fmt: skip
         calibration.append(_calibration(cell, m, eval_split, t))
     return {
         "summary": schema.frame("summary", summary_rows),
-        "per_class": schema.concat("per_class", [schema.frame("per_class", d) for d in per_class]),
+        "per_class": schema.concat("per_class", per_class),
         "priors": _priors_frame(model, dataset, names, fitted),
         "calibration": schema.concat("calibration", calibration),
+        "comparisons": _comparisons(cell, tallies),
     }
+
+
+_GROUPS = {"acc_head": "head", "acc_medium": "medium", "acc_tail": "tail"}
+_COUNT_GROUPS = {"acc_many": "many", "acc_medium_shot": "medium", "acc_few": "few"}
+
+
+def _summary_metrics(t: stats.Tally, pgroup: np.ndarray, cgroup: np.ndarray | None, shot_accuracy: str) -> dict:
+    """summary's metrics of one method: the overall ones, group accuracies, their intervals
+    (head/medium/tail pooled; the shot groups pooled or per-class as ``shot_accuracy``)."""
+    row = stats.summary_metrics(t)
+    ga = stats.group_accuracy(t, pgroup)
+    row.update({col: ga.get(g, np.nan) for col, g in _GROUPS.items()})
+    gc = {} if cgroup is None else stats.group_accuracy(t, cgroup, shot_accuracy)
+    row.update({col: gc.get(g, np.nan) for col, g in _COUNT_GROUPS.items()})
+    shot_kind = intervals.kind_of_average(shot_accuracy)
+    groups = {col: (pgroup == g, intervals.POOLED) for col, g in _GROUPS.items()}
+    groups.update({col: (None if cgroup is None else cgroup == g, shot_kind) for col, g in _COUNT_GROUPS.items()})
+    row.update(intervals.summary_intervals(t, groups))
+    return row
+
+
+def _comparisons(cell: dict, tallies: paired.MethodTallies) -> pl.DataFrame:
+    if tallies.pairs is None:
+        return schema.empty("comparisons")
+    base = {k: v for k, v in cell.items() if k != "target_estimator"}
+    return schema.frame("comparisons", [{**base, **r} for r in paired.comparison_rows(tallies)])
 
 
 def _calibration(cell: dict, method: str, split: str, t: stats.Tally) -> pl.DataFrame:

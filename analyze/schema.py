@@ -66,11 +66,15 @@ _METHOD = (("method", S, "zs, zs_debiased, ft, ft_la, ensemble, gla (and gla_tp,
 _TARGET = (("target_estimator", S, "π_t estimate gla_tp used (em, bbse); empty for other methods"),)
 
 
-def _with_ci(metric: str, doc: str) -> tuple:
+_WILSON, _CLASS_MEAN = "Wilson", "adjusted Wald for a mean of class accuracies"
+_SHOT = "adjusted Wald for the per-class mean; Wilson with --shot-accuracy pooled"
+
+
+def _with_ci(metric: str, doc: str, how: str = _WILSON) -> tuple:
     return (
         (metric, F, doc),
-        (f"{metric}_se", F, f"standard error of {metric}"),
-        (f"{metric}_ci_low", F, f"lower end of the 95 % interval of {metric}"),
+        (f"{metric}_se", F, f"standard error of {metric} (docs/statistics.md)"),
+        (f"{metric}_ci_low", F, f"lower end of the 95 % interval of {metric} ({how})"),
         (f"{metric}_ci_high", F, f"upper end of the 95 % interval of {metric}"),
     )
 
@@ -82,17 +86,17 @@ SUMMARY = Table(
         *_CELL, *_EST, *_METHOD, *_TARGET,
         ("split", S, "eval split the metrics are computed on"),
         ("n", I64, "labelled eval samples scored"),
-        ("accuracy", F, "top-1 accuracy (pooled over samples)"),
-        ("balanced_accuracy", F, "mean of the per-class accuracies (classes with samples)"),
+        *_with_ci("accuracy", "top-1 accuracy (pooled over samples)"),
+        *_with_ci("balanced_accuracy", "mean of the per-class accuracies (classes with samples)", _CLASS_MEAN),
         ("top5", F, "top-5 accuracy (label among the 5 highest logits; 1 when C ≤ 5)"),
         ("nll", F, "mean negative log-likelihood of softmax(logits)"),
         ("ece", F, "expected calibration error, top-label, equal-width bins"),
-        ("acc_head", F, "head-group accuracy (classes by π_p; see docs/conventions.md)"),
-        ("acc_medium", F, "medium-group accuracy (classes by π_p)"),
-        ("acc_tail", F, "tail-group accuracy (classes by π_p)"),
-        ("acc_many", F, "many-shot accuracy (training count > 100)"),
-        ("acc_medium_shot", F, "medium-shot accuracy (count 20–100)"),
-        ("acc_few", F, "few-shot accuracy (count < 20)"),
+        *_with_ci("acc_head", "head-group accuracy (classes by π_p; see docs/conventions.md)"),
+        *_with_ci("acc_medium", "medium-group accuracy (classes by π_p)"),
+        *_with_ci("acc_tail", "tail-group accuracy (classes by π_p)"),
+        *_with_ci("acc_many", "many-shot accuracy (training count > 100)", _SHOT),
+        *_with_ci("acc_medium_shot", "medium-shot accuracy (count 20–100)", _SHOT),
+        *_with_ci("acc_few", "few-shot accuracy (count < 20)", _SHOT),
     ),
     keys=("model", "dataset", "estimator", "method", "target_estimator"),
     required=("model", "dataset", "estimator", "method", "split", "n", "accuracy",
@@ -114,6 +118,17 @@ PER_CLASS = Table(
         ("prior_downstream", F, "π_s of the class (training counts; uniform without)"),
         ("group", S, "head / medium / tail by π_p"),
         ("count_group", S, "many / medium / few by training count (null without counts)"),
+        ("baseline", S, "method this one is compared with per class: ft for ft_la, ensemble, gla "
+                        "and wiseft@α, zs for zs_debiased and kshot@k; null for zs, ft (and gla_tp)"),
+        ("n_better", I64, "samples of the class method gets right and baseline wrong"),
+        ("n_worse", I64, "samples of the class method gets wrong and baseline right"),
+        ("delta", F, "accuracy(method) − accuracy(baseline) on the class"),
+        ("delta_ci_low", F, "lower end of the paired 95 % interval of delta (Bonett–Price)"),
+        ("delta_ci_high", F, "upper end of the paired 95 % interval of delta"),
+        ("mcnemar_p", F, "exact McNemar two-sided p-value of the class"),
+        ("q_value", F, "Benjamini–Hochberg adjusted p over the cell's classes with samples"),
+        ("helps", B, "q_value ≤ 0.05 and delta > 0 (null without a test)"),
+        ("hurts", B, "q_value ≤ 0.05 and delta < 0 (null without a test)"),
     ),
     keys=("model", "dataset", "estimator", "method", "class_index", "target_estimator"),
     required=("model", "dataset", "method", "class_index", "class_name", "n", "accuracy",
@@ -167,7 +182,7 @@ COMPARISONS = Table(
         ("n_better", I64, "samples method gets right and baseline wrong"),
         ("n_worse", I64, "samples method gets wrong and baseline right"),
         ("delta", F, "accuracy(method) − accuracy(baseline)"),
-        ("delta_ci_low", F, "lower end of the paired 95 % interval of delta"),
+        ("delta_ci_low", F, "lower end of the paired 95 % interval of delta (Bonett–Price)"),
         ("delta_ci_high", F, "upper end of the paired 95 % interval of delta"),
         ("mcnemar_p", F, "exact (binomial) McNemar two-sided p-value"),
     ),

@@ -7,6 +7,8 @@ p-values and intervals out:
   pairs and the Bonett–Price adjusted-Wald interval for the accuracy difference;
 - unpaired (different samples, e.g. a resampled split): Fisher's exact test and
   Newcombe's hybrid-score interval;
+- one proportion: the Wilson score interval; a mean of independent per-class
+  proportions (balanced accuracy): an adjusted Wald interval (``class_mean_interval``);
 - Benjamini–Hochberg and Holm adjusted p-values.
 
 Every function is checked against statsmodels (or a bootstrap) on random inputs in
@@ -92,21 +94,56 @@ def paired_interval(n: int, n_better: int, n_worse: int, level: float = 0.95) ->
     return (max(-1.0, d - z * se), min(1.0, d + z * se))
 
 
-def _wilson(x: int, n: int, z: float) -> tuple[float, float]:
-    p = x / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return centre - half, centre + half
+def wilson_interval(x, n, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval for x successes of n trials (arrays broadcast); NaN where n = 0.
+
+    Same as ``statsmodels.stats.proportion.proportion_confint(method="wilson")``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    if np.any(x < 0) or np.any(x > n):
+        raise ValueError("need 0 <= x <= n")
+    z2 = _z(level) ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = x / n
+        centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+        half = math.sqrt(z2) / (1 + z2 / n) * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    lo, hi = np.where(n > 0, centre - half, np.nan), np.where(n > 0, centre + half, np.nan)
+    return np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
+
+
+def class_mean_interval(x, n, level: float = 0.95) -> tuple[float, float, float]:
+    """(se, low, high) of the mean of K independent proportions x_k / n_k (all n_k >= 1).
+
+    An adjusted Wald interval (docs/statistics.md): Price & Bonett's pseudo-counts (2/K
+    successes and 4/K trials added to each class, so K = 2 is Agresti–Caffo and a world
+    of perfect classes still gets a width), with each class's variance estimated without
+    bias, x̃(ñ − x̃) / (ñ²(ñ − 1)), since the plug-in p(1 − p)/n undercovers when classes
+    have few samples; a class of one sample gets the Bernoulli maximum 1/4. NaN when K = 0.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    if x.shape != n.shape or x.ndim != 1 or np.any(n < 1) or np.any(x < 0) or np.any(x > n):
+        raise ValueError("need 1-D counts with 0 <= x <= n and n >= 1")
+    K = x.size
+    if K == 0:
+        return (math.nan, math.nan, math.nan)
+    xt, nt = x + 2.0 / K, n + 4.0 / K
+    with np.errstate(invalid="ignore", divide="ignore"):
+        var = np.where(n > 1, xt * (nt - xt) / (nt * nt * (nt - 1.0)), 0.25)
+    se = math.sqrt(float(np.minimum(var, 0.25 / np.maximum(n - 1.0, 1.0)).sum())) / K
+    centre = float((xt / nt).mean())
+    z = _z(level)
+    return (se, max(0.0, centre - z * se), min(1.0, centre + z * se))
 
 
 def unpaired_interval(x_new: int, n_new: int, x_old: int, n_old: int, level: float = 0.95) -> tuple[float, float]:
     """Newcombe's hybrid-score interval for x_new/n_new − x_old/n_old (independent samples)."""
     if n_new <= 0 or n_old <= 0:
         return (math.nan, math.nan)
-    z = _z(level)
     p1, p2 = x_new / n_new, x_old / n_old
-    l1, u1 = _wilson(x_new, n_new, z)
-    l2, u2 = _wilson(x_old, n_old, z)
+    l1, u1 = (float(v) for v in wilson_interval(x_new, n_new, level))
+    l2, u2 = (float(v) for v in wilson_interval(x_old, n_old, level))
     d = p1 - p2
     return (d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2))
 

@@ -78,6 +78,11 @@ def _block_stats(z: np.ndarray, y: np.ndarray):
 
 def tally(logits, labels, num_classes: int, n_bins: int = N_BINS) -> Tally:
     """Sufficient statistics of (logits, labels); logits (N, C) finite, labels in [0, C)."""
+    return tally_and_predictions(logits, labels, num_classes, n_bins)[0]
+
+
+def tally_and_predictions(logits, labels, num_classes: int, n_bins: int = N_BINS) -> tuple[Tally, np.ndarray]:
+    """The tally and the (N,) int32 predicted classes (argmax), from one pass over the logits."""
     z = np.asarray(logits)
     y = np.asarray(labels).astype(np.int64, copy=False)
     C = int(num_classes)
@@ -88,9 +93,11 @@ def tally(logits, labels, num_classes: int, n_bins: int = N_BINS) -> Tally:
     if not np.issubdtype(z.dtype, np.floating) or z.dtype.itemsize < 4:
         z = z.astype(np.float32)
     t = Tally.empty(C, n_bins)
+    preds = np.empty(z.shape[0], dtype=np.int32)
     for s in range(0, z.shape[0], _CHUNK_ROWS):
         zb, yb = z[s : s + _CHUNK_ROWS], y[s : s + _CHUNK_ROWS]
         pred, conf, nll, top5 = _block_stats(zb, yb)
+        preds[s : s + _CHUNK_ROWS] = pred
         hit = pred == yb
         b = confidence_bins(conf, n_bins)
         t.support += np.bincount(yb, minlength=C)
@@ -101,7 +108,7 @@ def tally(logits, labels, num_classes: int, n_bins: int = N_BINS) -> Tally:
         t.bin_conf += np.bincount(b, weights=conf, minlength=n_bins)
         t.bin_correct += np.bincount(b[hit], minlength=n_bins)
         t.correct5 += np.bincount(yb[top5], minlength=C)
-    return t
+    return t, preds
 
 
 def _ratio(a, b) -> np.ndarray:

@@ -142,20 +142,24 @@ def table_metadata(schema: pa.Schema) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
-atomic_write_bytes = records.atomic_write_bytes
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """``records.atomic_write_bytes``; a failed write names the file."""
+    with records.naming(path):
+        records.atomic_write_bytes(path, data)
 
 
 def atomic_write_table(path: str | os.PathLike, table: pa.Table, **kwargs: Any) -> None:
     """Write Parquet to a temporary file in the same folder, then rename into place."""
     path = Path(path)
-    fd, tmp = records._temp_beside(path)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp, **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with records.naming(path):
+        fd, tmp = records._temp_beside(path)
+        os.close(fd)
+        try:
+            pq.write_table(table, tmp, **kwargs)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 ROW_GROUP_BYTES = 64 << 20

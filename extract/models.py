@@ -104,7 +104,7 @@ def parse_pretrained(text: str | None, base: str | os.PathLike | None = None) ->
     if text.startswith(HF_HUB_PREFIX):
         return PretrainedRef("hub", text[len(HF_HUB_PREFIX):])
     p = Path(os.path.expanduser(text))
-    if "/" in text or os.sep in text or "." in p.name or (Path(base or ".") / p).is_file():
+    if "/" in text or os.sep in text or "." in p.name or (Path(base or ".") / p).exists():
         return PretrainedRef("file", str(p))
     return PretrainedRef("tag", text)
 

@@ -273,3 +273,15 @@ class Ledger:
 
     def drop(self, gen: str) -> None:
         self._path(gen).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def naming(path: str | os.PathLike):
+    """An OSError while writing ``path`` names it: a failed write() (a full disk) carries
+    no file name, and the one error line must say which file could not be written."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror or " ".join(str(e).split()), os.fspath(path)) from None
+        raise

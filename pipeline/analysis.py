@@ -67,7 +67,7 @@ def analyze_store(
     store = store if isinstance(store, Store) else Store(store)
     options = options or StoreAnalysisOptions()
     cells = select_cells(store, only)
-    with store_lock(store.root, "gla analyze"):
+    with store_lock(store.root, "gla analyze", read_only_ok=True):  # no change: nothing written
         run = analyze_cells(store, options, cells=cells, runner=runner, compute=compute,
                             force=force, strict=True, log=log)
     if run.failed:

@@ -38,8 +38,9 @@ from gla.analyze.cell import (
     evaluate,
     fit_priors,
 )
+from gla.analyze.paired import MethodTallies
 from gla.analyze.priors import LABEL_FREE, parse_temperature
-from gla.analyze.stats import GROUP_AVERAGES, GROUP_SCHEMES, Tally
+from gla.analyze.stats import GROUP_AVERAGES, GROUP_SCHEMES
 from gla.pipeline import cell_audits, provenance
 from gla.pipeline.distshift import (
     ShiftSpec,
@@ -50,7 +51,7 @@ from gla.pipeline.distshift import (
     robustness_table,
 )
 from gla.pipeline.errors import UserError
-from gla.pipeline.importer import load_array
+from gla.pipeline.importer import load_target_prior
 from gla.pipeline.store import DEFAULT_BATCH_ROWS, CellInfo, SplitArrays, SplitInfo, Store
 
 Locate = Callable[[int], tuple[Path, int]]
@@ -246,15 +247,7 @@ def _check_sample_ids(store: Store, model: str, dataset: str, splits: Iterable[s
 
 def _load_target_prior(path: str, c: int, what: str = "target prior") -> np.ndarray:
     """A (C,) distribution file (target prior, fit label distribution), normalised."""
-    arr, where = load_array(path, what, 1)
-    if arr.dtype.kind not in "iuf":
-        raise UserError(f"{where}: {what} must be numbers, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
-    if len(arr) != c:
-        raise UserError(f"{where}: {what} has {len(arr)} values but the cell has {c} classes")
-    if not np.isfinite(arr).all() or (arr <= 0).any():
-        raise UserError(f"{where}: {what} values must be finite and > 0")
-    return arr / arr.sum()
+    return load_target_prior(path, c, what=what)[0]
 
 
 def _core(options: StoreAnalysisOptions, c: int, target: np.ndarray | None) -> AnalysisOptions:
@@ -272,7 +265,7 @@ def _check_options(options: StoreAnalysisOptions) -> None:
         raise UserError("--estimator: give at least one estimator")
 
 
-def _class_counts(store: Store, info: CellInfo, smoothing: float) -> np.ndarray | None:
+def cell_class_counts(store: Store, info: CellInfo, smoothing: float) -> np.ndarray | None:
     counts_obj = store.read_class_counts(info.dataset)
     if counts_obj is None:
         return None
@@ -332,10 +325,8 @@ def _fit(store: Store, info: CellInfo, fit_info: SplitInfo, options: StoreAnalys
 # --------------------------------------------------------------------------- eval split
 
 
-def _merge(total: dict[str, Tally] | None, part: dict[str, Tally]) -> dict[str, Tally]:
-    if total is None:
-        return dict(part)
-    return {m: total[m].merge(part[m]) for m in total}
+def _merge(total: MethodTallies | None, part: MethodTallies) -> MethodTallies:
+    return part if total is None else total.merge(part)
 
 
 def _threads(options: StoreAnalysisOptions) -> int:
@@ -346,7 +337,7 @@ def _threads(options: StoreAnalysisOptions) -> int:
 
 def _tally_batch(b: SplitArrays, fitted: FittedPriors, core: AnalysisOptions, c: int,
                  split: str, kept: predictions.Collector,
-                 extent: list[float]) -> tuple[dict[str, Tally], int]:
+                 extent: list[float]) -> tuple[MethodTallies, int]:
     """One batch's tallies and its count of unknown (-1) labels; appends the batch's
     max |zs| to ``extent`` (cosines instead of logits are the cell's warning)."""
     def locate(r: int) -> tuple[Path, int]:
@@ -375,7 +366,7 @@ def _tally_batch(b: SplitArrays, fitted: FittedPriors, core: AnalysisOptions, c:
 
 def _stream_eval(batches: Iterator[SplitArrays], fitted: FittedPriors, core: AnalysisOptions,
                  info: SplitInfo, split: str, threads: int, kept: predictions.Collector,
-                 extent: list[float]) -> tuple[dict[str, Tally] | None, int, int]:
+                 extent: list[float]) -> tuple[MethodTallies | None, int, int]:
     """Validate and tally the eval split batch by batch; at most threads+1 batches in memory.
 
     Returns (tallies, rows read, rows with unknown label -1, which evaluate skips).
@@ -383,17 +374,17 @@ def _stream_eval(batches: Iterator[SplitArrays], fitted: FittedPriors, core: Ana
     refuses a chunk do we re-scan it to name the file, column and row. Results are merged
     in batch order, so the figures do not depend on thread timing.
     """
-    total: dict[str, Tally] | None = None
+    total: MethodTallies | None = None
     n = unknown = 0
 
-    def add(res: tuple[dict[str, Tally], int]) -> None:
+    def add(res: tuple[MethodTallies, int]) -> None:
         nonlocal total, unknown
         tallies, u = res
         unknown += u
         if tallies:
             total = _merge(total, tallies)
 
-    def work(b: SplitArrays) -> tuple[dict[str, Tally], int]:
+    def work(b: SplitArrays) -> tuple[MethodTallies, int]:
         return _tally_batch(b, fitted, core, info.num_classes, split, kept, extent)
 
     if threads <= 1:
@@ -484,7 +475,7 @@ def analyze_cell(
     if shift is not None:  # a shifted set: the source cell's priors, no fit of its own
         return _analyze_shifted(store, info, options, shift, key)
     fit_info, eval_info = _split_infos(store, info, options)
-    counts = _class_counts(store, info, options.smoothing)
+    counts = cell_class_counts(store, info, options.smoothing)
     target = _load_target_prior(options.target_prior, info.num_classes) if options.target_prior else None
     _check_sample_ids(store, model, dataset, (options.fit_split, options.eval_split))
     core = _core(options, info.num_classes, target)

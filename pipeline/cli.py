@@ -8,6 +8,7 @@ raises ``UserError``; it becomes one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -35,6 +36,22 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def one_line(message: str) -> str:
+    """A message with line breaks (a library's) joined into one line; others unchanged."""
+    if "\n" not in message and "\r" not in message:
+        return message
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line naming the file: ``<file>: No space left on device (errno ENOSPC)``."""
+    names = [str(f) for f in (e.filename, e.filename2) if f is not None]
+    code = errno.errorcode.get(e.errno or 0, "")
+    what = e.strerror or str(e) or type(e).__name__
+    where = f"{' -> '.join(names)}: " if names else ""
+    return one_line(f"{where}{what}{f' ({code})' if code else ''}")
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -84,15 +101,20 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 2
     try:
         return int(args._run(args) or 0)
-    except UserError as e:
-        print(f"gla {args.command}: error: {e}", file=sys.stderr)
+    except UserError as e:  # one line, even when a library's message had several
+        print(f"gla {args.command}: error: {one_line(str(e))}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader went away (| head): no traceback, but not a success
+        detach_stdout()
+        return 1
+    except OSError as e:  # the environment: read-only or full store, unreadable file
+        if e.errno is None:  # not the system's: a bug, shown as one
+            raise
+        print(f"gla {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gla {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader went away (| head): no traceback, but not a success
-        detach_stdout()
-        return 1
 
 
 if __name__ == "__main__":

@@ -492,9 +492,13 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     """Read, override (dotted keys, e.g. ``{"analysis.fit_split": "val"}``), resolve, validate."""
     path = Path(path)
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not a config file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: config file is not readable UTF-8 text ({e})") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML: {e}") from None
     for key, value in (overrides or {}).items():

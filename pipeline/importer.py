@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -174,13 +175,28 @@ def load_array(spec: str | os.PathLike, what: str, ndim: int) -> tuple[np.ndarra
             )
     except UserError:
         raise
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path}: cannot read {what} ({e})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # empty, truncated, not numpy
+        raise UserError(f"{path}: cannot read {what} ({type(e).__name__}: {e})") from None
     if arr.dtype == object:
         raise UserError(f"{where}: {what} must be numeric, got object array")
     if arr.ndim != ndim:
         raise UserError(f"{where}: {what} must be {ndim}-D, got shape {arr.shape}")
     return arr, where
+
+
+def load_target_prior(spec: str | os.PathLike, c: int | None = None, context: str = "the cell",
+                      what: str = "target prior") -> tuple[np.ndarray, str]:
+    """A label distribution file (the target prior π_t, a fit label distribution): C
+    finite values > 0, normalised; and where it came from."""
+    arr, where = load_array(spec, what, 1)
+    if arr.dtype.kind not in "iuf":
+        raise UserError(f"{where}: {what} must be numbers, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if c is not None and len(arr) != c:
+        raise UserError(f"{where}: {what} has {len(arr)} values but {context} has {c} classes")
+    if not np.isfinite(arr).all() or (arr <= 0).any():
+        raise UserError(f"{where}: {what} values must be finite and > 0")
+    return arr / arr.sum(), where
 
 
 _INT_LIMIT = 2**53  # integers beyond this are not exact in float64 (and no class index or count)
@@ -312,6 +328,8 @@ def _load_inputs(labels: Spec, zs: Spec, ft: Spec | None) -> tuple[np.ndarray, n
     y, y_where = load_labels(labels)
     zs_arr, zs_where = load_logits(zs, "zs")
     n, c = zs_arr.shape
+    if n == 0:
+        raise UserError(f"{zs_where}: zs logits have no rows")
     if c < 2:
         raise UserError(f"{zs_where}: zs logits have {c} column(s); need at least 2 classes")
     if len(y) != n:

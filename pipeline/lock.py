@@ -26,7 +26,7 @@ from typing import Any
 from gla.pipeline.errors import UserError
 
 LOCK_NAME = ".gla.lock"
-_GUARD_NAME = ".gla.lock.guard"
+GUARD_NAME = ".gla.lock.guard"
 
 _held: dict[str, int] = {}  # lock path -> re-entrancy depth (this process)
 _held_mutex = threading.Lock()
@@ -126,7 +126,7 @@ def is_stale(holder: dict[str, Any], path: Path, *, empty_grace: float = 10.0) -
 
 @contextlib.contextmanager
 def _guard(store: Path) -> Iterator[None]:
-    fd = os.open(store / _GUARD_NAME, os.O_CREAT | os.O_RDWR, 0o666)  # the umask decides: teammates share the store
+    fd = os.open(store / GUARD_NAME, os.O_CREAT | os.O_RDWR, 0o666)  # the umask decides: teammates share the store
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -135,8 +135,20 @@ def _guard(store: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def acquire(store: str | os.PathLike, command: str) -> Path:
-    """Take the store's lock or raise ``StoreLocked``. Returns the lock path."""
+def is_read_only(folder: str | os.PathLike) -> bool:
+    """The folder is on a file system mounted read-only (root cannot write there either)."""
+    try:
+        return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def acquire(store: str | os.PathLike, command: str, *, read_only_ok: bool = False) -> Path:
+    """Take the store's lock or raise ``StoreLocked``. Returns the lock path.
+
+    On a store mounted read-only nothing can be written, by us or anyone, so there is
+    nothing to lock: with ``read_only_ok`` (a command that writes only when something
+    changed, such as gla analyze) it goes on unlocked; otherwise one line refuses it."""
     store = Path(store)
     try:
         store.mkdir(parents=True, exist_ok=True)
@@ -148,6 +160,13 @@ def acquire(store: str | os.PathLike, command: str) -> Path:
         if key in _held:
             _held[key] += 1
             return path
+    if is_read_only(store):
+        if not read_only_ok:
+            raise UserError(f"store {store} is on a read-only file system and {command} writes to it "
+                            "(commands that only read, such as gla report --out DIR, still work)")
+        with _held_mutex:
+            _held[key] = 1
+        return path
     with _guard(store):
         for _ in range(3):
             try:
@@ -162,10 +181,16 @@ def acquire(store: str | os.PathLike, command: str) -> Path:
                     path.unlink(missing_ok=True)
                     continue
                 raise StoreLocked(path, holder) from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(holder_info(command), f)
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump(holder_info(command), f)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except BaseException as e:  # a full disk: no empty lock file may block the next run
+                path.unlink(missing_ok=True)
+                if isinstance(e, OSError):
+                    raise UserError(f"{path}: cannot write the lock file ({e.strerror or e})") from None
+                raise
             break
         else:  # pragma: no cover - only under a storm of concurrent stale takeovers
             raise StoreLocked(path, read_holder(path))
@@ -190,9 +215,9 @@ def release(store: str | os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def store_lock(store: str | os.PathLike, command: str = "gla") -> Iterator[Path]:
+def store_lock(store: str | os.PathLike, command: str = "gla", *, read_only_ok: bool = False) -> Iterator[Path]:
     """``with store_lock(store, "gla run"):`` — one run at a time per store."""
-    path = acquire(store, command)
+    path = acquire(store, command, read_only_ok=read_only_ok)
     try:
         yield path
     finally:

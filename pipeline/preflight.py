@@ -39,9 +39,12 @@ from gla.extract.models import is_local_file
 from gla.extract.sources import SourceError
 from gla.extract.templates import BUILTIN as TEMPLATE_SETS
 from gla.extract.templates import load_templates
+from gla.pipeline import gate
+from gla.pipeline.cell_analysis import cell_class_counts
 from gla.pipeline.config import CellFilter, Config, DatasetSpec, ModelSpec, model_dict
+from gla.pipeline.distshift import read_shift
 from gla.pipeline.errors import UserError
-from gla.pipeline.importer import load_array, read_counts
+from gla.pipeline.importer import load_target_prior, read_counts
 
 STAGES = ("extract", "analyze", "report")
 
@@ -102,6 +105,7 @@ def check_config(config: Config, *, stages=STAGES, only: Any = None, writing: bo
     for d in dict((d.name, d) for _, d in cells).values():
         if extract:  # an analyze-only run may not see the images
             report.sources[d.name] = ck.run(build_source, d.model_dump())
+            ck.run(_check_listing, d, report.sources[d.name])
         if d.train_counts:
             ck.run(_check_counts, config, d, report.sources.get(d.name))
         if analyze and d.name in report.sources:
@@ -126,6 +130,10 @@ def check_config(config: Config, *, stages=STAGES, only: Any = None, writing: bo
                        rows)
     if analyze:
         ck.run(_check_target_prior, config, report.sources)
+        try:  # the [gate] rules parse (gla run would refuse them only after the checks)
+            gate.parse(config.gate.rules, config.gate.alpha, where="gate.rules")
+        except UserError as e:
+            raise ck.fail(str(e)) from None
     report.checks = ck.count
     report.seconds = time.perf_counter() - t0
     return report
@@ -171,7 +179,8 @@ def _check_model(m: ModelSpec) -> dict[str, Any]:
     cfg = _model_config(m)
     if m.pretrained and is_local_file(m.pretrained):
         if not Path(m.pretrained).is_file():
-            raise ExtractError(f"models[{m.name!r}].pretrained: checkpoint {m.pretrained} not found")
+            why = "is a folder, not a weights file" if Path(m.pretrained).is_dir() else "not found"
+            raise ExtractError(f"models[{m.name!r}].pretrained: checkpoint {m.pretrained} {why}")
         return check_pretrained(m.pretrained, cfg, f"models[{m.name!r}].pretrained")
     return {}
 
@@ -206,6 +215,20 @@ def _check_counts(config: Config, d: DatasetSpec, source: Source | None) -> None
                            "class (or set analysis.smoothing > 0)")
 
 
+def _check_listing(d: DatasetSpec, source: Source) -> None:
+    """At least two classes, and every file a manifest names is there (a stat per row)."""
+    if len(source.class_names) < 2:
+        raise ExtractError(f"datasets[{d.name!r}]: {len(source.class_names)} class(es) "
+                           f"{source.class_names}; a zero-shot head needs at least 2")
+    if d.kind != "manifest":
+        return
+    for split in source.splits.values():
+        for sid, ref in zip(split.sample_ids, split.refs, strict=True):
+            if not os.path.isfile(ref):
+                raise ExtractError(f"datasets[{d.name!r}]: manifest {d.root}: the file of sample {sid!r} "
+                                   f"(split {split.name!r}) is not there: {ref} not found")
+
+
 def _check_analysis_splits(config: Config, d: DatasetSpec, source: Source) -> None:
     a = config.analysis
     for key, split in (("fit_split", a.fit_split), ("eval_split", a.eval_split)):
@@ -236,7 +259,7 @@ def _check_target_prior(config: Config, sources: dict[str, Source]) -> None:
         if not path:
             continue
         try:
-            prior, where = load_array(path, what, 1)
+            prior, where = load_target_prior(path, what=what)
         except UserError as e:
             raise ExtractError(f"analysis.{key}: {e}") from None
         for name, src in sources.items():
@@ -249,13 +272,27 @@ def _check_target_prior(config: Config, sources: dict[str, Source]) -> None:
 
 
 def check_store_analysis(store: Any, options: Any, cells: list[tuple[str, str]]) -> None:
-    """``gla analyze``'s checks from manifests only: splits exist and differ, counts fit."""
+    """``gla analyze``'s checks before any cell is analysed: the splits exist and differ;
+    every split the analysis reads matches its seal (stat, and sha256 where a part was
+    touched); the class counts and the target prior are readable and as wide as the cell.
+    So a damaged input fails the whole run before any other cell's cache is rewritten."""
     if options.fit_split == options.eval_split and not options.allow_fit_on_eval:
         raise UserError(f"--fit-split and --eval-split are both {options.fit_split!r}: fitting priors "
                         "on the eval split leaks; pass --allow-fit-on-eval to do it anyway")
+    used = (options.fit_split, options.eval_split, options.label_issue_split, options.clean_split,
+            *options.window_splits)
     for m, d in cells:
         have = store.splits(m, d)
         for opt, split in (("--fit-split", options.fit_split), ("--eval-split", options.eval_split)):
             if split not in have:
                 raise UserError(f"{store.cell_path(m, d)}: split {split!r} not found (splits present: "
                                 f"{', '.join(have) or 'none'}){did_you_mean(split, have)} ({opt})")
+        for s in dict.fromkeys(used):
+            if s in have:
+                store.split_info(m, d, s)  # each part against its seal
+        if read_shift(store.root, d) is not None:
+            continue  # a shifted set is scored with its source cell's counts and prior
+        info = store.cell_info(m, d)
+        cell_class_counts(store, info, options.smoothing)
+        if options.target_prior:
+            load_target_prior(options.target_prior, info.num_classes)

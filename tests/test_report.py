@@ -415,8 +415,35 @@ def test_class_gain_loss_table(data):
     assert got.gains(3)["delta"].to_list() == pytest.approx([delta[c] for c in up[:3]])
     same = sum(1 for v in delta.values() if v == 0)
     verb = "is" if same == 1 else "are"
+    gla = pc.filter(pl.col("method") == "gla")  # the analysis's own BH flags against ft
+    helped, hurt = int(gla["helps"].sum()), int(gla["hurts"].sum())
     assert got.sentence() == (f"Under GLA against fine-tuned, {len(up)} of {len(delta)} classes gain accuracy, "
-                              f"{len(down)} lose and {same} {verb} unchanged.")
+                              f"{len(down)} lose and {same} {verb} unchanged. Significant after Benjamini–Hochberg "
+                              f"control at 5 % across the classes: {helped} helped, {hurt} hurt.")
+
+
+def test_the_analysis_gives_the_report_its_intervals(data, report):
+    """The store's own tables (no planted columns): the methods table shows summary's
+    accuracy interval and the class tables each class's paired interval and BH verdict."""
+    text = report[2]
+    methods, *class_tables = [r for sec, r in parse(text).tables if sec == "cell-clip-a--fashion"]
+    class_tables = [t for t in class_tables if "Δ pp" in t[0]]  # gains, losses (one may be empty)
+    summ = data.summary.filter((pl.col("model") == "clip-a") & (pl.col("dataset") == "fashion")
+                               & (pl.col("estimator") == "gla") & (pl.col("method") == "gla")).row(0, named=True)
+    gla = next(r for r in methods[1:] if r[0] == "gla")
+    ci = methods[0].index("95 % CI")
+    assert gla[ci] == f"[{100 * summ['accuracy_ci_low']:.2f}, {100 * summ['accuracy_ci_high']:.2f}]"
+    pc = data.per_class.filter((pl.col("model") == "clip-a") & (pl.col("dataset") == "fashion")
+                               & (pl.col("estimator") == "gla") & (pl.col("method") == "gla"))
+    by_name = {r["class_name"]: r for r in pc.iter_rows(named=True)}
+    for rows in class_tables:
+        assert rows[0][-3:] == ["Δ pp", "95 % CI (pp)", "BH 5 %"]
+        for row in rows[1:]:
+            r = by_name[row[0]]
+            assert r["baseline"] == "ft"
+            assert row[-2] == f"[{100 * r['delta_ci_low']:+.2f}, {100 * r['delta_ci_high']:+.2f}]"
+            assert row[-1] == ("helps" if r["helps"] else "hurts" if r["hurts"] else "")
+    assert class_tables and sum(len(t) - 1 for t in class_tables) >= 3  # some classes are shown
 
 
 # The per-class comparison columns the analysis writes (this test plants its own).

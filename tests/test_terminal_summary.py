@@ -45,6 +45,16 @@ def _section(lines: list[str], title: str) -> list[list[str]]:
     return rows
 
 
+def _gain_ci(r: list[str]) -> tuple[float, float]:
+    """The "[lo, hi]" after the gain (fields 7 and 8 of a ranking row)."""
+    assert r[7].startswith("[") and r[8].endswith("]"), r
+    return float(r[7][1:-1]), float(r[8][:-1])
+
+
+def _tail(r: list[str]) -> float:
+    return float(r[9] if r[7].startswith("[") else r[7])
+
+
 def test_50_cells_fit_100_columns_and_rank_like_the_tables(store50, capsys):
     capsys.readouterr()
     assert main(["analyze", "--store", str(store50), "--workers", "0"]) == 0
@@ -61,7 +71,14 @@ def test_50_cells_fit_100_columns_and_rank_like_the_tables(store50, capsys):
     low = sorted(g["gain"].to_list())[:5]
     assert [float(r[gain_col]) for r in worst] == pytest.approx([round(100 * v, 1) for v in low], abs=0.051)
     weakest = sorted(g["acc_tail"].to_list())[:5]
-    assert [float(r[7]) for r in tails] == pytest.approx([round(100 * v, 1) for v in weakest], abs=0.051)
+    assert [_tail(r) for r in tails] == pytest.approx([round(100 * v, 1) for v in weakest], abs=0.051)
+    comp = pl.read_parquet(store50 / "results" / "comparisons.parquet").filter(
+        (pl.col("method") == "gla") & (pl.col("baseline") == "ft"))
+    for r in best + worst:  # the gain's paired interval is the comparisons table's
+        m, d = r[0].split("/")
+        c = comp.filter((pl.col("model") == m) & (pl.col("dataset") == d)).row(0, named=True)
+        assert _gain_ci(r) == pytest.approx((round(100 * c["delta_ci_low"], 1), round(100 * c["delta_ci_high"], 1)),
+                                            abs=0.051)
     for r in best:  # each row's figures are its cell's
         row = g.filter(pl.col("cell") == r[0]).row(0, named=True)
         assert [float(x) for x in r[2:6]] == pytest.approx([round(100 * row[m], 1) for m in ts.SHOWN], abs=0.051)

@@ -19,6 +19,7 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 
 from gla.analyze.cell import FIT_LABEL_DISTRIBUTIONS, TEMPERATURE_SCOPES
 from gla.analyze.priors import ESTIMATORS, LABEL_FREE, parse_temperature, unused_fit_distribution
@@ -167,13 +168,27 @@ def print_notes(results) -> None:
             print(f"note: {r.model}/{r.dataset}: {skipped} eval rows with unknown label (-1) were not scored")
 
 
+def check_compute_args(args: argparse.Namespace) -> None:
+    """The compute options, named as the command line spells them."""
+    if args.workers is not None and args.workers < 0:
+        raise UserError(f"--workers: must be >= 0, got {args.workers}")
+    if args.threads < 0:
+        raise UserError(f"--threads: must be >= 0 (0 = up to 2), got {args.threads}")
+    if args.threads_per_worker < 1:
+        raise UserError(f"--threads-per-worker: must be >= 1, got {args.threads_per_worker}")
+    if args.worker_timeout is not None and not args.worker_timeout > 0:
+        raise UserError(f"--worker-timeout: must be > 0 seconds, got {args.worker_timeout}")
+    sched = args.scheduler or ""
+    if sched and "://" not in sched and not Path(sched).is_file():
+        raise UserError(f"--scheduler: scheduler file {sched} not found (or give tcp://HOST:PORT)")
+
+
 def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     store = Store(args.store)
     if not store.root.is_dir():
         raise UserError(f"{store.root}: store folder not found (--store)")
-    if args.workers is not None and args.workers < 0:
-        raise UserError(f"--workers: must be >= 0, got {args.workers}")
+    check_compute_args(args)
     check_store_analysis(store, options, select_cells(store, args.only))
     compute = ComputeOptions.from_any(
         None, workers=args.workers, threads_per_worker=args.threads_per_worker,

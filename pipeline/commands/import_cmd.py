@@ -11,10 +11,11 @@ columns; file.parquet:column picks one).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from gla.pipeline.errors import UserError
 from gla.pipeline.importer import import_counts, import_logits
-from gla.pipeline.lock import store_lock
+from gla.pipeline.lock import GUARD_NAME, store_lock
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -36,8 +37,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with store_lock(args.store, "gla import"):  # one writer at a time per store
-        return _run(args)
+    made = _folders_to_make(Path(args.store))
+    try:
+        with store_lock(args.store, "gla import"):  # one writer at a time per store
+            return _run(args)
+    except UserError:
+        _unmake(made)  # bad input into a new store leaves no store folder behind
+        raise
+
+
+def _folders_to_make(store: Path) -> list[Path]:
+    """The folders that taking the lock will create (deepest last)."""
+    out = []
+    while not store.exists() and store != store.parent:
+        out.insert(0, store)
+        store = store.parent
+    return out
+
+
+def _unmake(made: list[Path]) -> None:
+    for folder in reversed(made):
+        (folder / GUARD_NAME).unlink(missing_ok=True)
+        try:
+            folder.rmdir()  # only if empty: never removes anything but the lock's guard
+        except OSError:
+            return
 
 
 def _run(args: argparse.Namespace) -> int:

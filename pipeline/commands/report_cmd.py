@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
     store = Path(args.store)
     if not store.is_dir():
         raise UserError(f"{store}: store folder not found (--store)")
+    if args.out and Path(args.out).is_dir():
+        raise UserError(f"--out {args.out}: is a folder; give the path of the HTML file to write")
     max_cells = DEFAULT_MAX_CELLS if args.max_cells is None else args.max_cells
     if max_cells < 0:
         raise UserError(f"--max-cells: must be >= 0, got {max_cells}")
