@@ -218,6 +218,20 @@ def store_file(rel: str, change: Callable[[bytes], bytes]) -> Callable[[Path], N
     return setup
 
 
+def _damage_published(table: str) -> Callable[[Path], None]:
+    """Garbage in a published table: the newest committed run's file (publication by
+    run, results/runs/<id>.json), else results/<table>.parquet."""
+    def setup(w: Path) -> None:
+        runs = w / "store" / "results" / "runs"
+        recs = sorted(runs.glob("*.json")) if runs.is_dir() else []
+        if recs:
+            path = runs / recs[-1].stem / json.loads(recs[-1].read_text())["tables"][table]["file"]
+        else:
+            path = w / "store" / "results" / f"{table}.parquet"
+        path.write_bytes(b"garbage")
+    return setup
+
+
 def first(pattern: str) -> Callable[[Path], Path]:
     return lambda w: sorted((w / "store").glob(pattern))[0]
 
@@ -525,7 +539,7 @@ def other_command_cases() -> list[Case]:
         Case("report: diff-from missing", ["report", "--store", S, "--out", "{w}/r.html", "--diff-from", "{w}/nope"], ("nope",)),
         Case("report: out is a folder", ["report", "--store", S, "--out", "{w}/in"], ("in",)),
         Case("report: summary table garbage", ["report", "--store", S, "--out", "{w}/r.html"], ("summary",),
-             store_file("results/summary.parquet", lambda b: b"garbage")),
+             _damage_published("summary")),
         Case("diff: store missing", ["diff", "--store", "{w}/nowhere", "--from", S], ("nowhere",)),
         Case("diff: fdr out of range", ["diff", "--store", S, "--fdr", "0"], ("--fdr",)),
         Case("diff: no history and no --from", ["diff", "--store", S], ("--from",)),

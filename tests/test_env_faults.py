@@ -156,7 +156,7 @@ def test_read_only_store_readers_work_writers_refuse_in_one_line(how, tmpfs, tmp
     assert cli(capsys, "analyze", "--store", store, "--workers", "0", "--quiet") == (0, [])
     rc, err = cli(capsys, "report", "--store", store, "--out", tmp_path / "out" / "report.html")
     assert rc == 0 and (tmp_path / "out" / "report.html").stat().st_size > 1000, err
-    assert cli(capsys, "diff", "--store", store, "--from", store / "results")[0] == 0
+    assert cli(capsys, "diff", "--store", store, "--against", store)[0] == 0  # either results layout
     # writers: one line each, naming the store or the file
     writers = [
         ("import", "--store", store, "--model", "m1", "--dataset", "d", "--split", "new",
