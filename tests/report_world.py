@@ -18,6 +18,7 @@ from gla.analyze import schema
 from gla.pipeline import rundiff
 from gla.pipeline.cell_analysis import StoreAnalysisOptions
 from gla.pipeline.incremental import analyze_cells
+from gla.pipeline.report import ReportData, diff_section, load_tables, render
 from gla.pipeline.runner import Runner
 from gla.pipeline.synthetic import write_cell
 from statsmodels.stats.proportion import proportion_confint
@@ -155,17 +156,16 @@ def previous_run(plain: dict[str, pl.DataFrame], audit: dict[str, pl.DataFrame |
     return out
 
 
-def write_audit_store(root: Path) -> tuple[Path, tuple[str, dict]]:
-    """A store whose results carry every audit table, and a run before it
-    (:func:`previous_run`) as (label, tables) for the report's diff section. The audit
-    tables are written over results/ directly: a test's shortcut, not how a run publishes."""
-    make_store(root)
-    plain = {f.stem: pl.read_parquet(f) for f in (root / "results").glob("*.parquet")}
-    audit = audit_tables(plain)
-    for name, df in audit.items():
-        if df is not None:
-            df.write_parquet(root / "results" / f"{name}.parquet")
-    return root, ("run before", previous_run(plain, audit))
+def audit_page(root: Path, stale=()) -> str:
+    """The report page of the analysed store at ``root`` with the audit tables and a
+    diff section against :func:`previous_run`, rendered from the tables (nothing is
+    written into the store, so the page does not depend on how runs are published)."""
+    plain = load_tables(make_store(root))
+    audit = audit_tables(plain.tables)
+    latest = rundiff.latest_tables(root)  # with the per-sample predictions (the report never reads them)
+    new = {"predictions": latest["predictions"], **{k: audit[k] for k in ("summary", "per_class", "provenance")}}
+    section = diff_section.render(rundiff.compute(previous_run(latest, audit), new), "run before", "these results")
+    return render(ReportData(store=plain.store, tables=audit), extra_sections=(section,), stale=stale)
 
 
 def matrix_tables(n_models: int = 5, n_datasets: int = 10, n_classes: int = 8, seed: int = 0) -> dict:
@@ -176,7 +176,8 @@ def matrix_tables(n_models: int = 5, n_datasets: int = 10, n_classes: int = 8, s
     datasets = [f"inaturalist-subset-{k:02d}" for k in range(n_datasets)]
     summ, pc, pri = [], [], []
     for mi, m in enumerate(models):
-        methods = ("zs", "zs_debiased") if mi == n_models - 1 else ("zs", "zs_debiased", "ft", "ft_la", "ensemble", "gla")
+        methods = ("zs", "zs_debiased") if mi == n_models - 1 else (
+            "zs", "zs_debiased", "ft", "ft_la", "ensemble", "gla", "gla_tp", "wiseft@0.5")
         for d in datasets:
             prior = rng.dirichlet(np.ones(n_classes))
             for meth in methods:
@@ -193,4 +194,5 @@ def matrix_tables(n_models: int = 5, n_datasets: int = 10, n_classes: int = 8, s
     tables = {name: None for name in schema.TABLES if name != "predictions"}
     tables |= {"summary": schema.frame("summary", summ), "per_class": schema.frame("per_class", pc),
                "priors": schema.frame("priors", pri)}
+    tables["comparisons"] = comparisons(tables["summary"])  # the gains' interval columns
     return tables

@@ -395,7 +395,7 @@ def test_cells_with_warnings_are_visibly_marked(data):
     assert "<a href='#cell-clip-b--fashion'>⚠ clip-b / fashion</a>" in text
     assert "<a href='#cell-clip-a--fashion'>clip-a / fashion</a>" in text  # a clean cell is not marked
     overview = [rows for sec, rows in parse(text).tables if sec == "overview"][0]
-    flags = {(r[0], r[1]): r[-1] for r in overview[1:]}
+    flags = {(r[0], r[1]): r[2] for r in overview[1:]}  # flags follow the cell name
     assert flags[("clip-b", "fashion")] == "⚠ uniform_pi_s" and flags[("clip-a", "fashion")] == ""
 
 
@@ -665,3 +665,31 @@ def test_methods_table_shows_the_accuracy_interval(data):
         (pl.col("model") == "clip-a") & (pl.col("dataset") == "fashion")).iter_rows(named=True)}
     for r in rows[1:]:
         assert r[col] == f"[{100 * acc[r[0]] - 1:.2f}, {100 * acc[r[0]] + 2:.2f}]"
+
+
+def test_diff_section_against_the_run_before(tmp_path):
+    """After a second analysis the report shows what changed since the run before, when
+    the store keeps that run (gla diff's default pair), and only then; diff=False
+    leaves the section out."""
+    from gla.pipeline import rundiff
+
+    root = make_store(tmp_path / "store")
+    write_cell(root, "clip-a", "animals", num_classes=12, fit_per_class=10, eval_rows=300, seed=9)
+    make_store(root)
+    try:
+        label, before = rundiff.resolve(root, "previous")
+    except UserError:  # a store without run history has no run before
+        label = before = None
+    path, written = write_report(root)
+    text = path.read_text()
+    assert written and ("Changes since the previous run" in text) == (before is not None)
+    if before is not None:
+        section = text.split("<h2 id='changes'>")[1].split("<h2")[0]
+        assert f"run {label} →" in section and "Accuracy of gla per cell" in section
+        old = before["summary"].filter((pl.col("model") == "clip-a") & (pl.col("dataset") == "animals")
+                                       & (pl.col("method") == "gla"))["accuracy"][0]
+        rows = [r for s, t in parse(section).tables for r in t]
+        row = next(r for r in rows if r[:4] == ["clip-a/animals", "gla", "gla", "accuracy"])
+        assert row[4] == f"{100 * old:.2f}"
+    path, written = write_report(root, diff=False)
+    assert written and "Changes since the previous run" not in path.read_text()

@@ -63,7 +63,7 @@ def test_one_provenance_line_per_cell_from_the_table(data, page):
 def test_warned_and_non_converged_cells_are_marked(page):
     marked = {world.WARNED: "uniform_pi_s", world.NOT_CONVERGED: "not_converged"}
     overview = [rows for sec, rows in parse(page).tables if sec == "overview"][0]
-    flags = {(r[0], r[1]): r[-1] for r in overview[1:]}
+    flags = {(r[0], r[1]): r[2] for r in overview[1:]}  # flags follow the cell name
     for m, d, _ in world.CELLS:
         sec = section(page, m, d)
         opening = page.split(f"id='cell-{m}--{d}'")[0].rsplit("<section", 1)[1]
@@ -190,7 +190,7 @@ def test_cells_no_longer_in_the_config_are_flagged(data):
     sec = section(text, "clip-a", "animals")
     assert "<code>not_in_config</code>" in sec and "gla prune" in sec
     overview = [rows for s, rows in parse(text).tables if s == "overview"][0]
-    flags = {(r[0], r[1]): r[-1] for r in overview[1:]}
+    flags = {(r[0], r[1]): r[2] for r in overview[1:]}  # flags follow the cell name
     assert "not_in_config" in flags[("clip-a", "animals")] and "not_in_config" not in flags[("clip-a", "fashion")]
     assert "1 cell(s) in these results are no longer in the config" in text
     assert "no longer in the config" not in render(data, figures_for=lambda v: {})

@@ -24,6 +24,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="rewrite even if the tables are unchanged")
     parser.add_argument("--diff-from", metavar="RUN",
                         help="add a 'changes since' section against RUN (a folder of result tables)")
+    parser.add_argument("--no-diff", action="store_true",
+                        help="leave out the 'changes since the previous run' section (by default the "
+                             "latest run is compared with the run before it, when the store keeps one)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if max_cells < 0:
         raise UserError(f"--max-cells: must be >= 0, got {max_cells}")
     previous = rundiff.resolve(store, args.diff_from) if args.diff_from else None
-    path, written = write_report(store, args.out, max_cells=max_cells, force=args.force, previous=previous)
+    path, written = write_report(store, args.out, max_cells=max_cells, force=args.force, previous=previous,
+                                 diff=not args.no_diff)
     print(f"{'wrote' if written else 'unchanged'} {path}")
     return 0

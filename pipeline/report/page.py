@@ -21,7 +21,7 @@ DEFAULT_MAX_CELLS = 60
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
-main{max-width:1200px;margin:0 auto;padding:1.5rem}
+main{max-width:1320px;margin:0 auto;padding:1.5rem}
 h1{font-size:1.6rem;margin:.2rem 0}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ddd;padding-bottom:.3rem}
 h3{font-size:1.05rem;margin:1.6rem 0 .4rem}h4{font-size:.92rem;margin:1rem 0 .2rem}
 p.meta,p.note{color:#555;font-size:.85rem;margin:.2rem 0}
@@ -109,14 +109,15 @@ def _overview(data: ReportData, views: dict[tuple[str, str], CellView],
             "An outlined value marked “!” carries a warning.</figcaption></figure>"
         )
     out.append("</div>")
-    cols = [("model", "model", "text"), ("dataset", "dataset", "text")]
+    # Flags right after the cell's name: in a wide matrix the table scrolls, and what
+    # scrolls out of view must not be the warning.
+    cols = [("model", "model", "text"), ("dataset", "dataset", "text"), ("flags", "flags", "text")]
     cols += [(m, m, "pct") for m in methods(data.summary)]  # short names: the matrix stays narrow
     for c, _, _ in GAINS:
         cols.append((c, f"{GAIN_LABEL[c]} (pp)", "pp"))
         if f"{c}_ci_low" in gains.columns:
             gains = gains.with_columns(interval(f"{c}_ci_low", f"{c}_ci_high", signed=True).alias(f"{c}_ci"))
             cols.append((f"{c}_ci", "95 % CI (pp)", "text"))
-    cols += [("flags", "flags", "text")]
     out.append(table(gains, cols))
     out.append("<p class='note'>Accuracy (%) per method: zs zero-shot, zs_debiased = zs − log π̂p, ft fine-tuned, "
                "ft_la = ft − log πs (logit adjustment), ensemble = zs + ft, gla = zs + ft − log πs − log π̂p; "

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from gla.extract import cellformat as cf
 from gla.pipeline import rundiff
+from gla.pipeline.errors import UserError
 from gla.pipeline.report import diff_section, figures, page
 from gla.pipeline.report.tables import CellView, load_tables, tables_digest
 
@@ -90,6 +91,16 @@ class FigureCache:
                     f.unlink(missing_ok=True)
 
 
+def run_before(store: Path) -> tuple[str, dict] | None:
+    """(label, tables) of the run before the latest one, or None when the store keeps
+    no such run (a single run, or no run history)."""
+    try:
+        label, tables = rundiff.resolve(store, "previous")
+    except UserError:
+        return None
+    return f"run {label}", tables
+
+
 def write_report(
     store: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -97,15 +108,19 @@ def write_report(
     max_cells: int = page.DEFAULT_MAX_CELLS,
     force: bool = False,
     previous: tuple[str, dict] | None = None,
+    diff: bool = True,
     stale: Collection[tuple[str, str]] = (),
 ) -> tuple[Path, bool]:
     """Write the report (atomically). Returns (path, written); ``written`` is False when
     the tables are unchanged since the report at ``path`` was made. ``previous``:
-    (label, tables) of the run to show the changes since; ``stale``: the cells of the
-    results that the config no longer lists (flagged in the page)."""
+    (label, tables) of the run to show the changes since; without it (and with
+    ``diff``) the run before the latest one, when the store keeps one. ``stale``: the
+    cells of the results that the config no longer lists (flagged in the page)."""
     store = Path(store)
     path = Path(out) if out else store / "report" / "index.html"
-    key = f"{tables_key(store)}-{max_cells}" + (f"-diff:{previous[0]}" if previous else "")
+    # The run before the latest is fixed by the latest run, so "auto" suffices in the key.
+    shown = previous[0] if previous else "auto" if diff else ""
+    key = f"{tables_key(store)}-{max_cells}" + (f"-diff:{shown}" if shown else "")
     if stale:
         key += "-stale:" + hashlib.sha256(repr(sorted(stale)).encode()).hexdigest()[:12]
     marker = path.parent / f".{path.name}.key.json"
@@ -117,6 +132,8 @@ def write_report(
             pass
     data = load_tables(store)
     cache = FigureCache(path.parent / f".{path.stem}.figures")
+    if previous is None and diff:
+        previous = run_before(store)
     sections = ()
     if previous is not None:  # (label, tables) of the run to show the changes since
         d = rundiff.compute(previous[1], rundiff.latest_tables(store))  # predictions too: paired
