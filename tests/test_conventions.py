@@ -262,7 +262,7 @@ def test_analyze_temperature_scope(store, capsys):
         t_zs = t["priors"]["temperature"][0]
         gla = t["summary"].filter(pl.col("method") == "gla")["accuracy"][0]
         assert gla == pytest.approx(_direct_gla_accuracy(store, t_zs, t_ft if own_ft else 1.0), abs=1e-12)
-        prov = pl.read_parquet(store / "results" / "provenance.parquet").row(0, named=True)
+        prov = publication.read_table(store, "provenance").row(0, named=True)
         assert prov["temperature"] == t_zs
         assert prov["temperature_ft"] == (pytest.approx(t_ft, rel=1e-5) if own_ft else 1.0)
         assert prov["conventions"] == ("groups=released,shot_accuracy=per-class,temperature_scope="
