@@ -13,7 +13,6 @@ Recovery reruns happen in this process (fast: no interpreter start-up).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -33,9 +32,6 @@ from gla.pipeline.store import Store
 REPO = Path(__file__).resolve().parents[1]
 INJECT = [sys.executable, str(REPO / "tests" / "fault_inject.py")]
 C = 5
-# publication by run (results/runs/<id>/ + a commit record) makes a publication atomic;
-# before it, results/<table>.parquet are replaced one after another
-BY_RUN = importlib.util.find_spec("gla.pipeline.publication") is not None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -169,9 +165,6 @@ def test_kill_9_at_every_step_of_analyze_old_or_new_publication_then_rerun_ident
         assert rc == 0, (k, err)
         assert published(store) == new, k
         assert not (store / ".gla.lock").exists(), k
-    if mixes and not BY_RUN:
-        pytest.xfail(f"kill at steps {mixes} of {m} left a mix of old and new tables: results/<table>.parquet "
-                     "are replaced one by one until publication by run lands")
     assert not mixes, f"readers saw a mix of two publications after a kill at steps {mixes} of {m}"
 
 
@@ -193,8 +186,6 @@ def test_failing_analysis_over_good_results_changes_no_published_byte(world, tmp
         assert snapshot(world / "logits") == logits
 
 
-@pytest.mark.xfail(not BY_RUN, strict=True, reason="gla run publishes the cells that succeeded and "
-                   "drops the failing cell's rows until publication by run lands")
 def test_failing_run_over_good_results_changes_no_published_byte(world, tmp_path, capsys):
     old = published(world)
     _break_one_cell(capsys, world, tmp_path)
@@ -389,7 +380,4 @@ def test_kill_9_at_steps_of_gla_run_old_or_new_publication_then_rerun_identical(
         assert main(["run", str(w / "run.toml"), "--no-progress"]) == 0
         assert comparable(w / "store") == after, k
         assert _cell_arrays(w / "store") == _cell_arrays(new / "store"), k
-    if mixes and not BY_RUN:
-        pytest.xfail(f"kill at steps {mixes} of {m} of gla run left a mix of old and new tables "
-                     "(until publication by run lands)")
     assert not mixes, f"a kill at steps {mixes} of {m} left a mix of two publications"
