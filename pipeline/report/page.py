@@ -71,8 +71,9 @@ def _head(data: ReportData, cells: list) -> list[str]:
         f"<p class='meta'>store <code>{html.escape(str(data.store))}</code> · {len(cells)} cell(s) · "
         f"evaluation split <code>{html.escape(str(split))}</code> · generated "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}</p>",
-        "<p class='note'>Every number and plot below is read from the store's Parquet tables "
-        + ", ".join(f"<code>results/{n}.parquet</code>" for n in present)
+        "<p class='note'>Every number and plot below is read from the Parquet tables of the store's "
+        "latest published run (<code>results/runs/&lt;run id&gt;/</code>; <code>gla history</code> lists "
+        "the runs): " + ", ".join(f"<code>{n}</code>" for n in present)
         + ". Accuracies are in %; π̂p is the estimated pretraining label prior, πs the downstream "
         "training distribution. Head / medium / tail: the classes sorted by π̂p, C//3 head, C//3 medium, "
         "the rest tail (by default; docs/conventions.md); many / medium / few-shot are classes with more "
