@@ -19,6 +19,8 @@ from gla.analyze import adjust, noise, schema, shift, stats
 from gla.analyze.cell import AnalysisOptions, FittedPriors, build_tables
 
 Parts = Callable[[], Iterable[tuple]]  # () -> iterator of (zs, ft | None, labels, windows | None)
+# keep(make) -> a re-iterable over what make() yields (kept in memory, on disk, or remade)
+Keep = Callable[[Callable[[], Iterable]], Callable[[], Iterable]]
 
 
 @dataclass(frozen=True)
@@ -65,12 +67,21 @@ class TargetResult:
     calibration: shift.Calibration | None
 
 
+def in_memory(make: Callable[[], Iterable]) -> Callable[[], Iterable]:
+    """Keep what ``make()`` yields in a list: the default ``keep`` of ``estimate_targets``."""
+    cache = list(make())
+    return lambda: iter(cache)
+
+
 def estimate_targets(fit: tuple, parts: Parts, fitted: FittedPriors, options: AuditOptions,
-                     n_windows: int = 0) -> TargetResult:
+                     n_windows: int = 0, keep: Keep = in_memory) -> TargetResult:
     """π_t of the eval split (whole, and per window when ``n_windows`` > 0).
 
     ``fit`` = (zs, ft | None, labels) of the labelled fit split: BCTS for EM and the
-    confusion matrix for BBSE are fitted there, on the same de-biased logits.
+    confusion matrix for BBSE are fitted there, on the same de-biased logits. EM computes
+    the eval split's calibrated posteriors once, in one pass over ``parts``, and hands them
+    to ``keep``, which returns a re-iterable over them for the EM passes (a caller with a
+    split larger than memory keeps them on disk; one that cannot may return ``make``).
     """
     zs_f, ft_f, y_f = fit
     g_fit = debiased(zs_f, ft_f, fitted)
@@ -78,15 +89,16 @@ def estimate_targets(fit: tuple, parts: Parts, fitted: FittedPriors, options: Au
     whole, per_window, cal = {}, {}, None
     if "em" in options.target_estimators:
         cal = shift.fit_bcts(g_fit, y_f, C)
+        posteriors = keep(lambda: ((shift.source_posteriors(cal(debiased(zs, ft, fitted))), t)
+                                   for zs, ft, _, t in parts()))
 
         def reducer(windowed: bool):
             W = n_windows if windowed else 1
 
             def reduce(log_w):
                 total = shift.EMStats.empty(W, C)
-                for zs, ft, _, t in parts():
-                    total = total.merge(shift.em_part(cal(debiased(zs, ft, fitted)), log_w,
-                                                      t if windowed else None))
+                for post, t in posteriors():
+                    total = total.merge(shift.em_part(post, log_w, t if windowed else None))
                 return total
             return reduce
 
@@ -150,17 +162,19 @@ def score_targets(parts: Parts, fitted: FittedPriors, result: TargetResult, n_wi
     return whole, win
 
 
-def label_shares(parts: Parts, C: int, n_windows: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(C,) and (W, C) label fractions of the labelled rows (NaN where none is labelled)."""
-    W = max(n_windows, 1)
-    counts = np.zeros((W, C))
-    for _, _, y, t in parts():
-        y = np.asarray(y)
-        keep = y >= 0
-        tw = np.zeros(keep.sum(), dtype=np.int64) if not n_windows else np.asarray(t)[keep]
-        counts += np.bincount(tw * C + y[keep], minlength=W * C).reshape(W, C)
+def label_shares(whole_tallies: dict, window_tallies: dict, C: int, n_windows: int = 0):
+    """(C,) and (W, C) label fractions of the labelled rows, read off the tallies of
+    ``score_targets`` (their class supports); NaN where no row is labelled."""
+    whole = next(iter(whole_tallies.values()), stats.Tally.empty(C)).support.astype(np.float64)
+    per_window = np.zeros((max(n_windows, 1), C))
+    if n_windows:
+        for (_, e, w), t in window_tallies.items():
+            if not e:  # the de-biased model's own tally of window w
+                per_window[w] = t.support
+    else:
+        per_window[0] = whole
     with np.errstate(invalid="ignore", divide="ignore"):
-        return counts.sum(0) / counts.sum(), counts / counts.sum(axis=1, keepdims=True)
+        return whole / whole.sum(), per_window / per_window.sum(axis=1, keepdims=True)
 
 
 def target_tables(model: str, dataset: str, split: str, class_names: Sequence[str],

@@ -197,8 +197,11 @@ def _gap(g: np.ndarray, shat: np.ndarray) -> float:
     return 0.5 * float(g @ (g / np.maximum(shat, _TINY)))
 
 
-def _solve_matching(ev: _BiasedSoftmax, p: np.ndarray, tol: float, max_iter: int, memory: int = 12):
-    """Minimise F(b) = mean lse(z − b) + p·b, i.e. solve mean softmax(z − b) = p.
+def _solve_matching(ev: _BiasedSoftmax, p: np.ndarray, tol: float, max_iter: int, memory: int = 12,
+                    b_init: np.ndarray | None = None):
+    """Minimise F(b) = mean lse(z − b) + p·b, i.e. solve mean softmax(z − b) = p, from
+    ``b_init`` (default 0: a warm start helps a caller that solves a sequence of nearby
+    problems).
 
     Start: majorise-minimise (MM) steps ``b ← b + log(ŝ/p)`` (the Saerens-style fixed
     point; an exact MM for F, so monotone) while far from the solution, then L-BFGS whose
@@ -207,7 +210,7 @@ def _solve_matching(ev: _BiasedSoftmax, p: np.ndarray, tol: float, max_iter: int
     curvature) is ≤ tol. Returns (b, iterations, F, converged, message).
     """
     logp = np.log(p)
-    b = _center(np.zeros_like(p))
+    b = _center(np.zeros_like(p) if b_init is None else np.asarray(b_init, dtype=np.float64))
     lse, shat = ev(b)
     f = lse + p @ b
     g = p - shat

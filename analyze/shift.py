@@ -11,8 +11,9 @@ Two estimators, both on a de-biased model's logits (gla, or zs_debiased without 
   prediction frequencies, as a least-squares problem kept on the simplex.
 
 Everything over the eval set is a reduction over parts. BBSE needs one pass (prediction
-counts). EM needs one pass per iteration: ``em_part`` maps one part to its sufficient
-statistics (posterior sums, log-likelihood, count) for the current weights, and the
+counts). EM needs one pass per iteration: ``em_part`` maps one part's source posteriors
+(``source_posteriors``, computed once) to its sufficient statistics (posterior sums,
+log-likelihood, count) for the current weights, two matrix-vector products, and the
 statistics of parts add up; ``estimate_em`` drives the iterations (SQUAREM-accelerated, so
 a few dozen passes) through a caller-supplied ``reduce`` that runs the map over all parts.
 Windows (time slices of the eval set) are estimated in the same passes, one row of
@@ -35,6 +36,7 @@ from gla.analyze.priors import (
 
 TARGET_ESTIMATORS = ("em", "bbse")
 _FLOOR = 1e-12  # smallest prior entry kept (log π must stay finite)
+_INNER_TOL = 1e-9  # BCTS inner gap: its error in the β-derivative stays below the outer tol
 
 
 @dataclass(frozen=True)
@@ -79,16 +81,18 @@ class _Softmax64:
         return float(np.mean(m[:, 0] + np.log(s))), a.mean(axis=0)
 
 
-def _profile_nll(z: np.ndarray, zy_mean: float, p: np.ndarray, beta: float):
+def _profile_nll(z: np.ndarray, zy_mean: float, p: np.ndarray, beta: float,
+                 b_init: np.ndarray | None = None):
     """min over b of mean NLL(softmax(βz + b), y), its derivative in β, and the optimal b.
 
     The inner minimum over b is the matching problem mean softmax(βz + b) = p (labels enter
-    only through the class fractions p), solved by the project's log-space solver. By the
-    envelope theorem the β-derivative at the optimal b is mean_i E_softmax[z_i] − z_iy.
+    only through the class fractions p), solved by the project's log-space solver from
+    ``b_init`` (the solution at a nearby β). By the envelope theorem the β-derivative at
+    the optimal b is mean_i E_softmax[z_i] − z_iy.
     """
     zb = (z * beta).astype(np.float32)
     try:  # float32, two matrix-vector products per evaluation (analyze.priors)
-        b, _, f, _, _ = _solve_matching(_BiasedSoftmax(zb), p, 1e-10, 500)
+        b, _, f, _, _ = _solve_matching(_BiasedSoftmax(zb), p, _INNER_TOL, 500, b_init=b_init)
     except RecursionError:  # whole rows underflow at an extreme β: exact float64 instead
         b, _, f, _, _ = _solve_matching(_Softmax64(zb.astype(np.float64)), p, 1e-12, 500)
     nll = f - beta * zy_mean  # f = mean lse(zb − b) + p·b, and mean_i b_{y_i} = p·b
@@ -111,7 +115,7 @@ def _bracket(d, lo: float = np.log(1e-3), hi: float = np.log(1e3)):
     return None, da, None, None
 
 
-def fit_bcts(logits, labels, num_classes: int | None = None, tol: float = 1e-9) -> Calibration:
+def fit_bcts(logits, labels, num_classes: int | None = None, tol: float = 1e-6) -> Calibration:
     """Fit β > 0 and b minimising mean NLL of softmax(β·logits + b) on a labelled set.
 
     Jointly convex in (β, b), so the profile NLL over β is convex: its derivative is
@@ -125,13 +129,22 @@ def fit_bcts(logits, labels, num_classes: int | None = None, tol: float = 1e-9) 
         raise ValueError(f"calibration: class {int(np.flatnonzero(n == 0)[0])} has no labelled sample")
     p = n / n.sum()
     zy_mean = float(z[np.arange(z.shape[0]), y].astype(np.float64).mean())
-    d = lambda lb: _profile_nll(z, zy_mean, p, float(np.exp(lb)))[1]  # noqa: E731
+    last: dict = {}  # the latest β and its solve: the next solve starts from its b, rescaled
+
+    def profile(beta: float):
+        if last and last["beta"] == beta:
+            return last["out"]
+        b_init = None if not last else -last["out"][2] * (beta / last["beta"])
+        last.update(beta=beta, out=_profile_nll(z, zy_mean, p, beta, b_init))
+        return last["out"]
+
+    d = lambda lb: profile(float(np.exp(lb)))[1]  # noqa: E731
     lo, dlo, hi, dhi = _bracket(d)
     if lo is None:  # the optimum is at an end of [1e-3, 1e3] (separable or uninformative)
         lb = np.log(1e3) if dlo < 0 else np.log(1e-3)
     else:
         lb = illinois_root(d, lo, dlo, hi, dhi, tol=tol, max_iter=100)
-    bias = _profile_nll(z, zy_mean, p, float(np.exp(lb)))[2]
+    bias = profile(float(np.exp(lb)))[2]
     return Calibration(float(np.exp(lb)), bias - bias.mean(), p)
 
 
@@ -154,43 +167,45 @@ class EMStats:
         return EMStats(self.post + other.post, self.n + other.n, self.loglik + other.loglik)
 
 
-def em_part(cal_logits: np.ndarray, log_w: np.ndarray, windows: np.ndarray | None = None) -> EMStats:
+def source_posteriors(cal_logits) -> np.ndarray:
+    """softmax of calibrated logits in float32: the posteriors under the fit split's prior ρ.
+
+    EM re-weights these and nothing else, so they are computed once (the only exp) and every
+    EM pass after that is two matrix-vector products per part (``em_part``).
+    """
+    e = np.array(cal_logits, dtype=np.float32)  # a copy: normalised in place
+    e -= e.max(axis=1, keepdims=True)
+    np.exp(e, out=e)
+    e /= e.sum(axis=1, keepdims=True)
+    return e
+
+
+def em_part(post: np.ndarray, log_w: np.ndarray, windows: np.ndarray | None = None) -> EMStats:
     """One part's EM statistics at weights w = π/ρ per window (log_w: (W, C)).
 
-    Posterior of row i: softmax(c_i + log w_{t(i)}) ∝ e_i ∘ w with e_i = exp(c_i − max c_i)
-    (one exp per row and pass); log Σ_k q_ik w_k = log(e_i·w) − log Σ e_i is the row's
-    log-likelihood ratio to the source prior.
+    ``post`` are the part's ``source_posteriors``. With r_i = post_i·w, the re-weighted
+    posterior of row i is post_i ∘ w / r_i, so Σ_i of it is w ∘ (postᵀ (1/r)), and log r_i is
+    the row's log-likelihood ratio to the source prior: two matrix-vector products.
+    w is scaled to max 1. ``estimate_em`` keeps π ≥ 1e-12 and ρ ≥ 1/n_fit, so the scaled w
+    stays above e^-50, a normal float32, and r_i ≥ max_k post_ik · min w ≥ e^-50 / C > 0.
     """
-    c = np.asarray(cal_logits, dtype=np.float32)
+    p = np.asarray(post, dtype=np.float32)
     W, C = log_w.shape
-    t = np.zeros(c.shape[0], dtype=np.int64) if windows is None else np.asarray(windows, dtype=np.int64)
     out = EMStats.empty(W, C)
-    if c.shape[0] == 0:
+    if p.shape[0] == 0:
         return out
     shift_w = log_w.max(axis=1)
-    w = np.exp(log_w - shift_w[:, None]).astype(np.float32)  # ≤ 1
-    e = c - c.max(axis=1, keepdims=True)
-    np.exp(e, out=e)
-    s0 = e.sum(axis=1, dtype=np.float64)
-    for k in np.unique(t):
-        sel = slice(None) if W == 1 else t == k
-        ek = e if W == 1 else e[sel]
-        a = ek * w[k]
-        s = a.sum(axis=1, dtype=np.float64)
-        if not (s.min() > 0):  # every weighted term underflowed: the direct, slower form
-            a = c[sel] + log_w[k].astype(np.float32)
-            a = np.exp(a - a.max(axis=1, keepdims=True))
-            s = None
-        sa = a.sum(axis=1, dtype=np.float64)
-        out.post[k] = (a / sa[:, None].astype(np.float32)).sum(axis=0, dtype=np.float64)
-        out.n[k] = a.shape[0]
-        if s is not None:
-            out.loglik[k] = float((np.log(s) - np.log(s0 if W == 1 else s0[sel])).sum()
-                                  + a.shape[0] * shift_w[k])
-        else:
-            lse = np.log(sa) + (c[sel] + log_w[k]).max(axis=1)
-            lse0 = np.log(s0 if W == 1 else s0[sel]) + c[sel].max(axis=1)
-            out.loglik[k] = float((lse - lse0).sum())
+    w = np.exp(log_w - shift_w[:, None])
+    t = None if windows is None else np.asarray(windows, dtype=np.int64)
+    for k in range(W) if t is not None else (0,):
+        pk = p if t is None or W == 1 else p[t == k]
+        if pk.shape[0] == 0:
+            continue
+        wk = w[k].astype(np.float32)  # the statistics depend on π only through wk, so EM
+        r = pk @ wk  # settles exactly once π stops moving at float32 resolution
+        out.post[k] = wk.astype(np.float64) * (pk.T @ (1.0 / r)).astype(np.float64)
+        out.n[k] = pk.shape[0]
+        out.loglik[k] = float(np.log(r, dtype=np.float64).sum() + pk.shape[0] * shift_w[k])
     return out
 
 
@@ -260,16 +275,17 @@ def estimate_em(
 
 
 def array_reducer(cal_logits: np.ndarray, windows: np.ndarray | None = None, rows: int = 65536):
-    """A ``reduce`` for estimate_em over an in-memory array, in parts of ``rows``."""
-    c = np.asarray(cal_logits, dtype=np.float32)
+    """A ``reduce`` for estimate_em over an in-memory array of calibrated logits, in parts of
+    ``rows`` (the posteriors are computed once, as a store's parts are by the pipeline)."""
+    p = source_posteriors(cal_logits)
     t = None if windows is None else np.asarray(windows, dtype=np.int64)
     n_windows = 1 if t is None else int(t.max()) + 1
 
     def reduce(log_w):
-        total = EMStats.empty(n_windows, c.shape[1])
-        for a in range(0, c.shape[0], rows):
+        total = EMStats.empty(n_windows, p.shape[1])
+        for a in range(0, p.shape[0], rows):
             tw = None if t is None else t[a : a + rows]
-            total = total.merge(em_part(c[a : a + rows], log_w, tw))
+            total = total.merge(em_part(p[a : a + rows], log_w, tw))
         return total
 
     return reduce

@@ -8,11 +8,14 @@ C = 1,000: 8 GB of logits) is written with ``pipeline.synthetic.write_cell``. Th
 - ``gla analyze --store S --workers 0 --force`` (in-process: peak RSS is the process's
   ru_maxrss) and ``--workers 1`` (one Dask worker: peak of the summed RSS of the process
   tree, sampled every 50 ms).
+- with ``--audits``, the same two runs again with the audits beyond the paper:
+  ``--target-estimator em --target-estimator bbse --label-issues`` (π_t by EM and BBSE,
+  gla_tp, and the label-issue audit of the eval split against the fit split).
 
 The eval split is streamed in row batches and reduced per class, so peak memory should
 not grow with N: the same figures are also taken at N/4 for comparison (goal ≤ 2 GB).
 
-    .venv/bin/python bench/bench_bigcell.py [--rows 2000000] [--classes 1000] [--no-small]
+    .venv/bin/python bench/bench_bigcell.py [--rows 2000000] [--classes 1000] [--no-small] [--audits]
 """
 
 from __future__ import annotations
@@ -47,8 +50,9 @@ def make_store(root: Path, rows: int, classes: int) -> None:
 SCAN = """
 import sys, time
 import pyarrow.parquet as pq
-from pathlib import Path
-files = sorted((Path(sys.argv[1]) / "logits" / "big" / "cell").glob("part-test-*.parquet"))
+from gla.pipeline.store import Store
+files = Store(sys.argv[1]).split_info("big", "cell", "test").files  # through the manifest
+assert files, "no parts found"
 best = float("inf")
 for _ in range(2):
     t = time.perf_counter()
@@ -85,13 +89,16 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def run_analyze(root: Path, workers: int) -> tuple[float, int, int]:
+AUDITS = ("--target-estimator", "em", "--target-estimator", "bbse", "--label-issues")
+
+
+def run_analyze(root: Path, workers: int, extra: tuple[str, ...] = ()) -> tuple[float, int, int]:
     """Wall time, peak summed RSS of the process tree (sampled), and the gla process's own
     peak RSS (exact, from wait4)."""
     import tempfile
 
     cmd = [str(REPO / ".venv" / "bin" / "gla"), "analyze", "--store", str(root), "--force", "--quiet",
-           "--workers", str(workers)]
+           "--workers", str(workers), *extra]
     with tempfile.TemporaryFile("w+") as err:
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
@@ -117,21 +124,24 @@ def run_analyze(root: Path, workers: int) -> tuple[float, int, int]:
     return wall, peak, usage.ru_maxrss * 1024
 
 
-def measure(root: Path, rows: int, classes: int) -> dict:
+def measure(root: Path, rows: int, classes: int, audits: bool) -> dict:
     make_store(root, rows, classes)
     s = scan(root)
-    w0, peak0, maxrss0 = run_analyze(root, 0)
-    w1, peak1, _ = run_analyze(root, 1)
-    peak0 = max(peak0, maxrss0)
     gb = 1 << 30
     data = rows * classes * 2 * 2 / gb
     print(f"  N={rows:,} C={classes}: logits {data:.2f} GB (zs+ft float16)")
     print(f"    pyarrow scan (warm)              {s:7.2f} s")
-    print(f"    gla analyze --workers 0          {w0:7.2f} s  ratio {w0 / s:5.2f} x scan   "
-          f"peak RSS {peak0 / gb:.2f} GB")
-    print(f"    gla analyze --workers 1 (Dask)   {w1:7.2f} s  ratio {w1 / s:5.2f} x scan   "
-          f"peak RSS (all processes) {peak1 / gb:.2f} GB")
-    return {"rows": rows, "scan": s, "w0": w0, "w1": w1, "rss0": peak0, "rss1": peak1}
+    out = {"rows": rows, "scan": s}
+    for label, extra in [("", ())] + ([("+ audits ", AUDITS)] if audits else []):
+        w0, peak0, maxrss0 = run_analyze(root, 0, extra)
+        w1, peak1, _ = run_analyze(root, 1, extra)
+        peak0 = max(peak0, maxrss0)
+        print(f"    gla analyze {label}--workers 0 {' ' * (9 - len(label))}{w0:7.2f} s  ratio {w0 / s:5.2f} x scan   "
+              f"peak RSS {peak0 / gb:.2f} GB")
+        print(f"    gla analyze {label}--workers 1 {' ' * (9 - len(label))}{w1:7.2f} s  ratio {w1 / s:5.2f} x scan   "
+              f"peak RSS (all processes, Dask) {peak1 / gb:.2f} GB")
+        out[label.strip() or "plain"] = {"w0": w0, "w1": w1, "rss0": peak0, "rss1": peak1}
+    return out
 
 
 def main() -> None:
@@ -141,6 +151,7 @@ def main() -> None:
     ap.add_argument("--no-small", action="store_true", help="skip the N/4 comparison")
     ap.add_argument("--workdir", default=str(REPO / "bench" / "out" / "bigcell"))
     ap.add_argument("--keep", action="store_true", help="keep the generated store")
+    ap.add_argument("--audits", action="store_true", help="also time the π_t and label-issue audits")
     a = ap.parse_args()
     os.environ.setdefault("POLARS_MAX_THREADS", "2")
     work = Path(a.workdir)
@@ -148,14 +159,17 @@ def main() -> None:
     rows = ([a.rows // 4] if not a.no_small else []) + [a.rows]
     results = []
     for n in rows:
-        results.append(measure(work / f"n{n}", n, a.classes))
+        results.append(measure(work / f"n{n}", n, a.classes, a.audits))
         if not a.keep:
             shutil.rmtree(work / f"n{n}", ignore_errors=True)
     if len(results) == 2:
-        r0, r1 = results
-        print(f"  peak RSS at N vs N/4: {r1['rss0'] / r0['rss0']:.2f}x (in-process), "
-              f"{r1['rss1'] / r0['rss1']:.2f}x (Dask); goal: flat, <= 2 GB")
-    print(f"command: .venv/bin/python bench/bench_bigcell.py --rows {a.rows} --classes {a.classes}")
+        for key in [k for k in results[1] if isinstance(results[1][k], dict)]:
+            r0, r1 = results[0][key], results[1][key]
+            print(f"  {key}: peak RSS at N vs N/4: {r1['rss0'] / r0['rss0']:.2f}x (in-process), "
+                  f"{r1['rss1'] / r0['rss1']:.2f}x (Dask); time {r1['w0'] / r0['w0']:.2f}x and "
+                  f"{r1['w1'] / r0['w1']:.2f}x for 4x the rows; goal: flat memory, <= 2 GB")
+    print(f"command: .venv/bin/python bench/bench_bigcell.py --rows {a.rows} --classes {a.classes}"
+          + (" --audits" if a.audits else ""))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,12 @@
 windows, and label issues (``gla analyze --target-estimator em|bbse``, ``--label-issues``).
 
 The thin store side of ``gla.analyze.audits``: it reads the fit split whole (small), and
-hands the eval split to the estimators as a re-iterable stream of parts. EM makes one pass
-per iteration; a split whose logits fit in ``_CACHE_BYTES`` is read once and kept, a larger
-one is re-read from disk on every pass, so memory stays bounded by a batch.
+hands the eval split to the estimators as a re-iterable stream of parts. A split whose
+logits fit in ``_CACHE_BYTES`` is read once and kept in memory. A larger one is streamed
+from the store on each of the few passes (BBSE, scoring, label issues), and EM, which
+makes one pass per iteration, keeps the split's calibrated posteriors in an unlinked
+scratch file (``_Scratch``): each EM pass then reads them back part by part, and memory
+stays bounded by a part.
 
 Windows come from the eval split's optional ``window`` column (``gla import --window``), or
 from several splits named in order (``analysis.window_splits``), each a window.
@@ -12,7 +15,11 @@ from several splits named in order (``analysis.window_splits``), each a window.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import replace
 from typing import Any
 
@@ -78,6 +85,43 @@ class _Stream:
         return iter(self.cache) if self.cache is not None else self._read()
 
 
+class _Scratch:
+    """``keep`` for EM over a large split: (posteriors, windows) parts written once to an
+    unlinked temporary file under $TMPDIR (no name, so nothing is left behind even after
+    kill -9), read back part by part on every pass. Without room for it, the posteriors are
+    recomputed from the store on every pass instead (slower, same numbers)."""
+
+    def __init__(self, stack: ExitStack):
+        self.stack = stack
+
+    def __call__(self, make: Callable[[], Iterable]) -> Callable[[], Iterable]:
+        f = self.stack.enter_context(tempfile.TemporaryFile(prefix="gla-em-"))
+        layout = []  # (offset, shape, dtype) of each array, two per part
+        try:
+            for post, t in make():
+                for a in (post, t):
+                    a = None if a is None else np.ascontiguousarray(a)
+                    layout.append(None if a is None else (f.tell(), a.shape, a.dtype))
+                    if a is not None:
+                        f.write(a.data)
+            f.flush()
+        except OSError as e:
+            f.close()
+            print(f"gla: no room for the EM scratch file in {tempfile.gettempdir()} ({e.strerror}); "
+                  "recomputing posteriors on every pass (set TMPDIR to a larger disk)", file=sys.stderr)
+            return make
+        fd = f.fileno()
+
+        def read(entry):
+            if entry is None:
+                return None
+            off, shape, dtype = entry
+            n = int(np.prod(shape)) * dtype.itemsize
+            return np.frombuffer(os.pread(fd, n, off), dtype=dtype).reshape(shape)
+
+        return lambda: ((read(layout[i]), read(layout[i + 1])) for i in range(0, len(layout), 2))
+
+
 def _windows(store: Store, info: CellInfo, options: Any, eval_info: SplitInfo):
     """(splits to stream, window codes per split per part, window names) for the eval data."""
     if options.window_splits:
@@ -126,9 +170,11 @@ def run(store: Store, info: CellInfo, options: Any, fitted: FittedPriors, fit_in
         splits, codes, wnames = _windows(store, info, options, eval_info)
         parts = _Stream(store, info, splits, options.batch_rows, codes)
         W = len(wnames)
-        res = audits.estimate_targets(fit, parts, fitted, aopts, W)
+        with ExitStack() as stack:  # the scratch file, if any, is gone once π_t is estimated
+            keep = audits.in_memory if parts.cache is not None else _Scratch(stack)
+            res = audits.estimate_targets(fit, parts, fitted, aopts, W, keep=keep)
         whole, win = audits.score_targets(parts, fitted, res, W)
-        shares = audits.label_shares(parts, info.num_classes, W)
+        shares = audits.label_shares(whole, win, info.num_classes, W)
         split_name = "+".join(s for s, _ in splits)
         for k, v in audits.target_tables(info.model, info.dataset, split_name, names, fitted, res,
                                          whole, win, wnames, shares, groups=options.groups).items():

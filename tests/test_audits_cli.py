@@ -121,3 +121,63 @@ def test_fdr_needs_label_issues(shifted_store, capsys):
     assert code == 2 and "--fdr" in err
     code, _, err = _gla(capsys, "analyze", "--store", store, "--label-issues", "--fdr", "1.5")
     assert code == 2 and "--fdr" in err
+
+
+def _audit_tables(store) -> dict[str, bytes]:
+    res = publication.latest_dir(store)
+    return {n: pl.read_parquet(res / f"{n}.parquet").write_ipc(None).getvalue()
+            for n in ("target_priors", "window_accuracy", "label_issues", "class_confusions")}
+
+
+def test_large_split_paths_give_the_same_tables(shifted_store, capsys, monkeypatch):
+    """A split over the in-memory budget is streamed from the store, with EM's posteriors in
+    an unlinked scratch file; without room for that file they are recomputed every pass.
+    All three paths publish the same audit tables, and the scratch file leaves nothing."""
+    import tempfile
+
+    from gla.pipeline import cell_audits
+
+    store, _, _ = shifted_store
+    argv = ("analyze", "--store", store, "--target-estimator", "em", "--target-estimator", "bbse",
+            "--label-issues", "--quiet", "--force")
+    assert _gla(capsys, *argv)[0] == 0
+    in_memory = _audit_tables(store)
+    monkeypatch.setattr(cell_audits, "_CACHE_BYTES", 0)
+    scratch = store.parent / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    opened = []
+    real = tempfile.TemporaryFile
+
+    def spy(*a, **k):
+        opened.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", spy)
+    assert _gla(capsys, *argv)[0] == 0
+    assert opened and list(scratch.iterdir()) == []
+    assert _audit_tables(store) == in_memory
+
+    class Full:  # a scratch file on a full disk
+        def __init__(self, *a, **k):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def tell(self):
+            return 0
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", Full)
+    code, _, err = _gla(capsys, *argv)
+    assert code == 0 and "no room for the EM scratch file" in err and "No space left" in err
+    assert _audit_tables(store) == in_memory

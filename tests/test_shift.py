@@ -57,7 +57,7 @@ def test_em_matches_quapy_emq(seed):
 
 def test_em_parts_merge_exactly():
     rng = np.random.default_rng(5)
-    c = rng.normal(size=(1001, 4)).astype(np.float32)
+    c = shift.source_posteriors(rng.normal(size=(1001, 4)))
     lw = rng.normal(size=(1, 4))
     whole = shift.em_part(c, lw)
     parts = shift.em_part(c[:333], lw).merge(shift.em_part(c[333:], lw))
