@@ -15,6 +15,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from gla.analyze import schema
@@ -295,3 +296,27 @@ def test_readme_snippet_reads_runs_without_gla(store, capsys, monkeypatch):
     duckdb = pytest.importorskip("duckdb")
     got = duckdb.sql(f"select * from 'S/results/runs/{second.id}/summary.parquet'").pl()
     assert got.equals(scope["latest"])
+
+
+def test_store_doc_snippets_read_a_store_without_gla(store, capsys, monkeypatch):
+    """docs/store.md's reading snippets (a cell's logits through its record and manifest,
+    the latest run's summary), run as written on a store."""
+    import re
+
+    from gla.pipeline.store import Store
+
+    analyze(capsys, store)
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "store.md").read_text(), re.S)
+    assert len(blocks) >= 2
+    monkeypatch.chdir(store.parent)
+    m, d = CELLS[0]
+    scopes = []
+    for code in blocks:
+        scope: dict = {}
+        exec(compile(code.replace("S/logits/m/d", f"S/logits/{m}/{d}"), "docs/store.md", "exec"), scope)  # noqa: S102
+        scopes.append(scope)
+    logits = next(s for s in scopes if "zs" in s)
+    want = Store(store).read_split(m, d, "test", columns=("zs",)).zs
+    np.testing.assert_array_equal(logits["zs"], want[: logits["zs"].shape[0]])
+    read = next(s for s in scopes if "summary" in s)
+    assert read["summary"].equals(publication.read_table(store, "summary"))
