@@ -21,6 +21,8 @@ from gla.analyze.cell import AnalysisOptions, FittedPriors, build_tables
 Parts = Callable[[], Iterable[tuple]]  # () -> iterator of (zs, ft | None, labels, windows | None)
 # keep(make) -> a re-iterable over what make() yields (kept in memory, on disk, or remade)
 Keep = Callable[[Callable[[], Iterable]], Callable[[], Iterable]]
+# refit(zs, ft | None, labels) -> the cell's priors fitted on those fit-split rows alone
+Refit = Callable[[np.ndarray, np.ndarray | None, np.ndarray], FittedPriors]
 
 
 @dataclass(frozen=True)
@@ -228,10 +230,40 @@ def _prior_rows(model, dataset, estimator, target_estimator, split, window, inde
 # ----------------------------------------------------------------------- label issues
 
 
-def clean_scores(fit: tuple, fitted: FittedPriors) -> np.ndarray:
-    """Scores (log-probability of the given label) of the clean labelled split."""
+def crossfit_folds(labels, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Fold of each row, stratified by label so that every class stays in every fold's
+    complement; −1 for a row whose class has one sample (it cannot be left out)."""
+    y = np.asarray(labels)
+    fold = np.full(y.size, -1, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        if idx.size >= 2:
+            fold[rng.permutation(idx)] = np.arange(idx.size) % folds
+    return fold
+
+
+def clean_scores(fit: tuple, fitted: FittedPriors, refit: Refit | None = None, folds: int = 5) -> np.ndarray:
+    """Scores (log-probability of the given label) of the clean labelled split.
+
+    When the clean split is the fit split, its own scores are optimistic: π_p and the
+    temperatures were fitted on those very rows, so an audited row that is labelled
+    correctly would look worse than the reference, and the flags' FDR would exceed α.
+    With ``refit`` (fit split rows → FittedPriors), each row is scored instead with the
+    priors fitted on the other folds (K-fold cross-fitting). Those priors come from fewer
+    rows than the audit's, which errs on the conservative side.
+    """
     zs, ft, y = fit
-    return noise.label_scores(debiased(zs, ft, fitted), y)
+    scores = noise.label_scores(debiased(zs, ft, fitted), y)
+    if refit is None:
+        return scores
+    fold = crossfit_folds(y, folds)
+    for k in range(folds):
+        out = fold == k
+        if out.any():
+            fk = refit(zs[~out], None if ft is None else ft[~out], y[~out])
+            scores[out] = noise.label_scores(debiased(zs[out], None if ft is None else ft[out], fk), y[out])
+    return scores
 
 
 def audit_split(parts: Parts, fitted: FittedPriors, clean: np.ndarray, alpha: float) -> noise.LabelAudit:

@@ -289,12 +289,26 @@ def cell_class_counts(store: Store, info: CellInfo, smoothing: float) -> np.ndar
 # --------------------------------------------------------------------------- fit split
 
 
+def _ft_own(info: CellInfo, core: AnalysisOptions) -> bool:
+    """Whether ft gets a temperature of its own, fitted on the fit split's ft logits."""
+    return info.has_ft and core.temperature is not None and core.temperature_scope == "each"
+
+
+def _refit(info: CellInfo, counts: np.ndarray | None, core: AnalysisOptions, primary: str):
+    """Fit the cell's primary prior (and temperatures) on some fit-split rows, as ``_fit``
+    does on all of them: what the label-issue audit cross-fits its clean scores with."""
+    options = replace(core, estimators=(primary,))
+    ft_own = _ft_own(info, core)
+    return lambda zs, ft, y: fit_priors(zs, y, info.num_classes, class_counts=counts, options=options,
+                                        ft_fit=ft if ft_own else None)
+
+
 def _fit(store: Store, info: CellInfo, fit_info: SplitInfo, options: StoreAnalysisOptions,
          counts: np.ndarray | None, core: AnalysisOptions) -> FittedPriors:
     """Load the fit split (labels + zs), check it, fit every estimator."""
     c, split = info.num_classes, options.fit_split
     labelled = any(e not in LABEL_FREE for e in options.estimators)
-    ft_own = info.has_ft and core.temperature is not None and core.temperature_scope == "each"
+    ft_own = _ft_own(info, core)
     fit = store.read_split(info.model, info.dataset, split, columns=("label", "zs", *(("ft",) if ft_own else ())),
                            info=fit_info)
 
@@ -503,7 +517,8 @@ def analyze_cell(
     shots = {k: col for col in eval_info.extra_logits if (k := kshot.shots_of(col)) is not None}
     if shots:
         tables["kshot"] = _kshot_sweep(store, info, options, fit_info, eval_info, shots, fitted.primary)
-    tables = cell_audits.merge(tables, cell_audits.run(store, info, options, fitted, fit_info, eval_info))
+    tables = cell_audits.merge(tables, cell_audits.run(store, info, options, fitted, fit_info, eval_info,
+                                                       _refit(info, counts, core, fitted.primary)))
     tables["provenance"] = provenance.provenance_table(
         model, dataset, estimators=list(fitted.estimates), priors=tables["priors"],
         fit=(options.fit_split, fit_info.rows), evaluated=(options.eval_split, n_eval - n_unknown),

@@ -154,8 +154,10 @@ def _fit_arrays(store: Store, info: CellInfo, options: Any, fit_info: SplitInfo)
 
 
 def run(store: Store, info: CellInfo, options: Any, fitted: FittedPriors, fit_info: SplitInfo,
-        eval_info: SplitInfo) -> dict:
-    """Extra tables of the audits the options ask for ({} when none)."""
+        eval_info: SplitInfo, refit: audits.Refit | None = None) -> dict:
+    """Extra tables of the audits the options ask for ({} when none). ``refit`` fits the
+    cell's priors on some fit-split rows: the label-issue audit cross-fits the scores of
+    its clean reference with it when that reference is the fit split."""
     if not wanted(options):
         return {}
     try:
@@ -180,11 +182,12 @@ def run(store: Store, info: CellInfo, options: Any, fitted: FittedPriors, fit_in
                                          whole, win, wnames, shares, groups=options.groups).items():
             out.setdefault(k, []).append(v)
     if aopts.label_issues:
-        clean_fit = fit
         if options.clean_split and options.clean_split != options.fit_split:
             cinfo = store.split_info(info.model, info.dataset, options.clean_split)
             clean_fit = _fit_arrays(store, info, replace(options, fit_split=options.clean_split), cinfo)
-        clean = audits.clean_scores(clean_fit, fitted)
+            clean = audits.clean_scores(clean_fit, fitted)
+        else:
+            clean = audits.clean_scores(fit, fitted, refit)
         split = options.label_issue_split or options.eval_split
         sinfo = eval_info if split == options.eval_split else store.split_info(info.model, info.dataset, split)
         parts = _Stream(store, info, [(split, sinfo)], options.batch_rows, None)

@@ -3,7 +3,7 @@ independent references (brute force, scipy, cleanlab) and on planted label noise
 
 import numpy as np
 import pytest
-from gla.analyze import adjust, noise, synthetic
+from gla.analyze import adjust, audits, noise, synthetic
 
 
 def test_conformal_pvalues_brute_force():
@@ -86,3 +86,43 @@ def test_planted_noise_precision_recall_and_fdr_over_seeds():
 def test_top_confusions_orders_off_diagonal():
     J = np.array([[5, 2, 0], [7, 1, 3], [0, 0, 9]])
     assert noise.top_confusions(J, 2) == [(1, 0, 7), (1, 2, 3)]
+
+
+def test_crossfit_folds_keep_every_class_in_every_complement():
+    y = np.r_[np.repeat(np.arange(4), [7, 5, 2, 1])]
+    fold = audits.crossfit_folds(y, folds=5, seed=3)
+    assert (fold[y == 3] == -1).all()  # a class of one cannot be left out
+    for k in range(5):
+        rest = y[(fold != k)]
+        assert set(rest) == {0, 1, 2, 3}
+    for c, n in ((0, 7), (1, 5), (2, 2)):  # each class spread over the folds as evenly as it can
+        counts = np.bincount(fold[y == c], minlength=5)
+        assert counts.max() - counts.min() <= 1 and counts.sum() == n
+    np.testing.assert_array_equal(fold, audits.crossfit_folds(y, folds=5, seed=3))
+
+
+def test_cross_fitted_clean_scores_are_the_held_out_scores():
+    """Each clean row is scored by priors fitted without its fold (brute force), and
+    those held-out scores are lower than the in-sample ones they replace (the optimism
+    that would push the flags' FDR above α)."""
+    from gla.analyze.cell import AnalysisOptions, fit_priors
+
+    C = 6
+    w = synthetic.planted_world(C, 12, seed=4, signal=1.2, ft_signal=1.2)
+    opts = AnalysisOptions(estimators=("gla",), temperature="confidence")
+
+    def refit(zs, ft, y):
+        return fit_priors(zs, y, C, options=opts, ft_fit=ft)
+
+    full = refit(w.zs, w.ft, w.labels)
+    fit = (w.zs, w.ft, w.labels)
+    got = audits.clean_scores(fit, full, refit, folds=4)
+    fold = audits.crossfit_folds(w.labels, 4)
+    want = np.empty(len(w.labels))
+    for k in range(4):
+        out = fold == k
+        fk = refit(w.zs[~out], w.ft[~out], w.labels[~out])
+        want[out] = noise.label_scores(audits.debiased(w.zs[out], w.ft[out], fk), w.labels[out])
+    np.testing.assert_allclose(got, want)
+    in_sample = audits.clean_scores(fit, full)
+    assert got.mean() < in_sample.mean()
