@@ -33,16 +33,23 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def make_store(root: Path, rows: int, classes: int) -> None:
-    from gla.pipeline.synthetic import write_cell
+WRITE = """
+import sys
+from gla.pipeline.synthetic import write_cell
+write_cell(sys.argv[1], "big", "cell", num_classes=int(sys.argv[3]), fit_per_class=20,
+           eval_rows=int(sys.argv[2]), dtype="float16", part_rows=250_000, row_group_size=16384, seed=3)
+"""
 
+
+def make_store(root: Path, rows: int, classes: int) -> None:
+    """Write the cell in a child process: this process must stay small, because the peak
+    RSS that wait4 reports for a later child starts from the parent's at fork time."""
     marker = root / f".ok-{rows}-{classes}"
     if marker.exists():
         return
     shutil.rmtree(root, ignore_errors=True)
     t = time.perf_counter()
-    write_cell(root, "big", "cell", num_classes=classes, fit_per_class=20, eval_rows=rows,
-               dtype="float16", part_rows=250_000, row_group_size=16384, seed=3)
+    subprocess.run([sys.executable, "-c", WRITE, str(root), str(rows), str(classes)], check=True)
     marker.write_text("ok")
     print(f"  wrote {rows:,} x {classes} float16 cell in {time.perf_counter() - t:.1f} s")
 
