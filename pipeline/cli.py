@@ -13,6 +13,7 @@ import importlib
 import shlex
 import sys
 
+from gla.extract.errors import did_you_mean
 from gla.pipeline import __version__
 from gla.pipeline.errors import UserError, detach_stdout
 
@@ -35,10 +36,24 @@ COMMANDS = {
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """Usage errors in one line on stderr, exit code 2 (argparse prints the usage too)."""
+    """Usage errors in one line on stderr, exit code 2 (argparse prints the usage too),
+    with a "did you mean" for a mistyped option, command or choice."""
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def _check_value(self, action, value):  # argparse's hook for choices
+        if action.choices is not None and value not in action.choices:
+            known = ", ".join(map(repr, action.choices))
+            raise argparse.ArgumentError(
+                action, f"invalid choice: {value!r}{did_you_mean(value, action.choices)} (choose from {known})")
+
+    def unrecognized(self, extra: list[str]):
+        """The error for arguments no option takes, naming the closest option."""
+        options = [o for a in self._actions for o in a.option_strings]
+        first = next((a.split("=", 1)[0] for a in extra if a.startswith("-")), None)
+        hint = did_you_mean(first, options) if first else ""
+        self.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
 
 
 def one_line(message: str) -> str:
@@ -97,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:  # named by the sub-command's parser: "gla run: error: ..."
-            getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+            getattr(args, "_parser", parser).unrecognized(extra)
         if getattr(args, "_missing", None):
             parser.error(f"command {args.command!r} is not available in this build")
     except SystemExit as e:  # usage errors (one line) and --help

@@ -486,3 +486,20 @@ def test_zero_training_count_names_the_counts_file_and_option(world, capsys):
     assert _snapshot(store / "results") == before
     code, _, err = _gla(capsys, "analyze", "--store", store, "--quiet", "--smoothing", "1")
     assert code == 0, err
+
+
+@pytest.mark.parametrize("argv, hint", [
+    (["analyze", "--store", "S", "--estimater", "gla"], "did you mean '--estimator'?"),
+    (["analyze", "--store=S", "--labelissues"], "did you mean '--label-issues'?"),
+    (["analyz", "--store", "S"], "did you mean 'analyze'?"),
+    (["analyze", "--store", "S", "--target-estimator", "emm"], "did you mean 'em'?"),
+    (["analyze", "--store", "S", "--groups", "released2"], "did you mean 'released'?"),
+])
+def test_usage_errors_suggest_the_closest_name(capsys, argv, hint):
+    code, _, err = _gla(capsys, *argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and hint in err, err
+
+
+def test_usage_error_without_a_close_name_has_no_suggestion(capsys):
+    code, _, err = _gla(capsys, "analyze", "--store", "S", "--zzzz")
+    assert code == 2 and "unrecognized arguments: --zzzz" in err and "did you mean" not in err
