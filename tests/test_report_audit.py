@@ -86,6 +86,7 @@ def test_summary_intervals_in_the_methods_table(data, page):
         for r in rows[1:]:
             w = want.filter(pl.col("method") == r[0]).row(0, named=True)
             assert r[col] == f"[{100 * w['accuracy_ci_low']:.2f}, {100 * w['accuracy_ci_high']:.2f}]"
+            assert r[rows[0].index("top-5")] == f"{100 * w['top5']:.2f}"  # beside top-1
 
 
 def test_overview_gains_with_comparison_intervals(data, page):

@@ -48,7 +48,7 @@ p.cap{font-size:.82rem;font-weight:600;margin:.3rem 0 0}
 
 METHOD_COLUMNS = [
     ("method", "method", "text"), ("n", "n", "int"), ("accuracy", "accuracy", "pct"),
-    ("accuracy_ci", "95 % CI", "text"),
+    ("accuracy_ci", "95 % CI", "text"), ("top5", "top-5", "pct"),
     ("balanced_accuracy", "balanced acc.", "pct"), ("acc_head", "head", "pct"),
     ("acc_medium", "medium", "pct"), ("acc_tail", "tail", "pct"),
     ("acc_many", "many-shot", "pct"), ("acc_medium_shot", "medium-shot", "pct"),
