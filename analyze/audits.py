@@ -188,6 +188,8 @@ def target_tables(model: str, dataset: str, split: str, class_names: Sequence[st
     names = [str(c) for c in class_names]
     out: dict[str, list[pl.DataFrame]] = {"summary": [], "per_class": [], "calibration": []}
     for e, t in whole_tallies.items():
+        if t.n == 0:  # an unlabelled split: π_t is estimated, gla_tp cannot be scored
+            continue
         tabs = build_tables(model, dataset, split, names, fitted, {"gla_tp": t},
                             options=AnalysisOptions(groups=groups))
         for k in out:

@@ -12,7 +12,9 @@ one row per condition, each with a stable ``code`` and a one-line ``message``:
 - ``cosine_logits``: every |zs| ≤ 1, the range of cosines (a logit scale of ~100 missing);
 - ``not_converged``: a π_p estimator stopped before meeting its tolerance;
 - ``small_group``: a head/medium/tail or many/medium/few group has fewer than
-  ``MIN_GROUP_CLASSES`` classes or fewer than ``MIN_GROUP_SAMPLES`` eval samples.
+  ``MIN_GROUP_CLASSES`` classes or fewer than ``MIN_GROUP_SAMPLES`` eval samples;
+- ``unlabelled_eval``: the eval split has no labels, so no method is scored: the cell
+  gives its priors and the estimated π_t only.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ MIN_GROUP_CLASSES = 5
 MIN_GROUP_SAMPLES = 100
 COSINE_BOUND = 1.0 + 1e-4  # float16 storage rounds a cosine of 1 to at most 1 + 2**-11
 CODES = ("uniform_train_prior", "train_counts_missing_classes", "random_init_weights",
-         "cosine_logits", "not_converged", "small_group")  # fmt: skip
+         "cosine_logits", "not_converged", "small_group", "unlabelled_eval")  # fmt: skip
 _GROUPS = (("group", "{} group (by π_p)", ("head", "medium", "tail")),
            ("count_group", "{}-shot group (by training count)", ("many", "medium", "few")))  # fmt: skip
 
@@ -101,13 +103,18 @@ def cell_warnings(
     zs_absmax: float | None,
     priors: pl.DataFrame,
     per_class: pl.DataFrame,
+    unlabelled_eval: str | None = None,
 ) -> pl.DataFrame:
     """The ``warnings`` rows of one cell (an empty table when nothing could mislead).
 
     ``counts``: the training counts as used (None when the dataset has none);
     ``zs_absmax``: max |zs| over the scored rows (None: not measured); ``priors`` and
-    ``per_class``: the cell's tables (per_class of its primary estimator)."""
+    ``per_class``: the cell's tables (per_class of its primary estimator);
+    ``unlabelled_eval``: the name of the eval split when none of its rows has a label."""
     found = (_counts_warnings(counts, has_ft, class_names) + _logit_warnings(random_init, zs_absmax)
              + _convergence_warnings(priors) + _group_warnings(per_class))
+    if unlabelled_eval is not None:
+        found.append(("unlabelled_eval", f"eval split {unlabelled_eval!r} has no labels: no method is "
+                      "scored; the cell gives π_p and the estimated π_t (target_priors) only"))
     rows = [{"model": model, "dataset": dataset, "code": c, "message": m} for c, m in found]
     return schema.frame("warnings", rows)

@@ -228,7 +228,7 @@ WARNINGS = Table(
     _cols(
         *_CELL,
         ("code", S, "uniform_train_prior, train_counts_missing_classes, random_init_weights, "
-                    "cosine_logits, not_converged or small_group (analyze/caveats.py)"),
+                    "cosine_logits, not_converged, small_group or unlabelled_eval (analyze/caveats.py)"),
         ("message", S, "one line for a person"),
     ),
     keys=("model", "dataset", "code", "message"),

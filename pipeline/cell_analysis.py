@@ -503,11 +503,14 @@ def analyze_cell(
     extent: list[float] = []
     tallies, n_eval, n_unknown = _stream_eval(batches, fitted, core, eval_info, options.eval_split,
                                               _threads(options), kept, extent)
-    if tallies is None:
-        raise UserError(
-            f"{eval_info.files[0]}: column label is -1 (unknown) in every row of eval split "
-            f"{options.eval_split!r}; evaluation needs labels"
-        )
+    if tallies is None:  # no labelled row: only the label-free audit, π_t, has anything to say
+        if not options.target_estimators:
+            raise UserError(
+                f"{eval_info.files[0]}: column label is -1 (unknown) in every row of eval split "
+                f"{options.eval_split!r}; evaluation needs labels (--target-estimator em|bbse "
+                "estimates an unlabelled split's label distribution)"
+            )
+        tallies = {}
     clock.mark()
     tables = build_tables(
         model, dataset, options.eval_split, list(info.class_names), fitted, tallies, class_counts=counts,
@@ -526,7 +529,8 @@ def analyze_cell(
         fingerprint=provenance.dataset_fingerprint(
             ((options.fit_split, fit_info), (options.eval_split, eval_info)), store.counts_path(dataset)),
         ft_temperature=fitted.ft_temperature)
-    tables["warnings"] = _warnings(info, eval_info, tables, counts, extent)
+    tables["warnings"] = _warnings(info, eval_info, tables, counts, extent,
+                                   unlabelled=options.eval_split if not tallies else None)
     clock.mark()
     return CellResult(model, dataset, tables, key,
                       _diagnostics(fit_info, info, n_eval, n_unknown, fitted, clock))
@@ -579,7 +583,8 @@ def _analyze_shifted(store: Store, info: CellInfo, options: StoreAnalysisOptions
                                             info.num_classes, src_info.num_classes)
     tables["provenance"] = _shifted_provenance(store, info, options, shift.source, src_info, eval_info,
                                                tables["priors"], n_eval - n_unknown, fitted.ft_temperature)
-    tables["warnings"] = _warnings(info, eval_info, tables, counts, extent)
+    tables["warnings"] = _warnings(info, eval_info, tables, counts, extent,
+                                   unlabelled=options.eval_split if not tallies else None)
     diag = {"fit_rows": 0, "eval_rows": n_eval, "eval_rows_unlabelled": n_unknown,
             "classes": info.num_classes, "has_ft": info.has_ft,
             "evaluated_with": {"source": shift.source, "source_classes": m.tolist()}}
@@ -603,14 +608,15 @@ def _shifted_provenance(store: Store, info: CellInfo, options: StoreAnalysisOpti
 
 
 def _warnings(info: CellInfo, eval_info: SplitInfo, tables: dict[str, pl.DataFrame],
-              counts: np.ndarray | None, extent: list[float]) -> pl.DataFrame:
+              counts: np.ndarray | None, extent: list[float], unlabelled: str | None = None) -> pl.DataFrame:
     """The cell's warnings (``analyze.caveats``) from its tables and what the eval pass saw."""
-    primary = tables["summary"]["estimator"][0] if tables["summary"].height else None
-    per_class = tables["per_class"].filter(pl.col("estimator") == primary)
+    summary, per_class = tables["summary"], tables["per_class"]
+    per_class = per_class.filter(pl.col("estimator") == summary["estimator"][0]) if summary.height else per_class.clear()
     return caveats.cell_warnings(
         info.model, info.dataset, class_names=list(info.class_names), counts=counts,
         has_ft=info.has_ft, random_init=provenance.is_random_init(eval_info.metadata),
-        zs_absmax=max(extent) if extent else None, priors=tables["priors"], per_class=per_class)
+        zs_absmax=max(extent) if extent else None, priors=tables["priors"], per_class=per_class,
+        unlabelled_eval=unlabelled)
 
 
 def _kshot_sweep(store: Store, info: CellInfo, options: StoreAnalysisOptions, fit_info: SplitInfo,

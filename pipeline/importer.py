@@ -323,15 +323,17 @@ def _check_names(model: str, dataset: str, split: str) -> None:
             raise UserError(f"--{what}: {e}") from None
 
 
-def _load_inputs(labels: Spec, zs: Spec, ft: Spec | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
-    """Labels, zs and ft arrays, checked against each other; and where zs came from."""
-    y, y_where = load_labels(labels)
+def _load_inputs(labels: Spec | None, zs: Spec, ft: Spec | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
+    """Labels, zs and ft arrays, checked against each other; and where zs came from.
+    Without ``labels`` every row's label is unknown (−1): deployment data, whose label
+    distribution ``gla analyze --target-estimator`` estimates."""
     zs_arr, zs_where = load_logits(zs, "zs")
     n, c = zs_arr.shape
     if n == 0:
         raise UserError(f"{zs_where}: zs logits have no rows")
     if c < 2:
         raise UserError(f"{zs_where}: zs logits have {c} column(s); need at least 2 classes")
+    y, y_where = (np.full(n, -1, dtype=np.int64), "--labels") if labels is None else load_labels(labels)
     if len(y) != n:
         raise UserError(f"{y_where}: {len(y)} labels but {zs_where} has {n} rows")
     ft_arr = None
@@ -452,7 +454,7 @@ def import_logits(
     model: str,
     dataset: str,
     split: str,
-    labels: Spec,
+    labels: Spec | None,
     zs: Spec,
     ft: Spec | None = None,
     classnames: Spec | None = None,

@@ -138,8 +138,8 @@ def render(tables: Mapping[str, pl.DataFrame | None], console: Console, store: s
            top: int = TOP) -> None:
     """Print the summary on ``console`` (width ≤ WIDTH; pass a narrower one to shrink it)."""
     df = cell_frame(tables)
-    if df.is_empty():
-        console.print("no cells analysed")
+    if df.is_empty():  # nothing scored; the warnings say why (e.g. an unlabelled eval split)
+        console.print(Group(Text("no scored cells"), *_warning_lines(tables.get("warnings"), store, MAX_WARNINGS)))
         return
     method, base = df["gain_method"][0], df["gain_baseline"][0]
     multi = df["estimator"].n_unique() > 1

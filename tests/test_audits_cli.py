@@ -181,3 +181,42 @@ def test_large_split_paths_give_the_same_tables(shifted_store, capsys, monkeypat
     code, _, err = _gla(capsys, *argv)
     assert code == 0 and "no room for the EM scratch file" in err and "No space left" in err
     assert _audit_tables(store) == in_memory
+
+
+def test_unlabelled_deployment_split_gets_its_label_distribution(tmp_path, capsys):
+    """Deployment data has no labels: imported without --labels, it cannot be scored, but
+    its π_t is estimated (and reported); without --target-estimator it is refused."""
+    val = synthetic.planted_world(C, 100, seed=3)
+    target = synthetic.zipf_prior(C, 1.5, 8)
+    dep = synthetic.shifted_world(val, target, 4000, seed=4)
+    store = tmp_path / "store"
+    argv = ["--store", store, "--model", "m", "--dataset", "d"]
+    assert _gla(capsys, "import", *argv, "--split", "val", *_save(tmp_path, "val", val))[0] == 0
+    np.save(tmp_path / "dep-zs.npy", dep.zs)
+    np.save(tmp_path / "dep-ft.npy", dep.ft)
+    code, out, err = _gla(capsys, "import", *argv, "--split", "dep", f"--zs={tmp_path}/dep-zs.npy",
+                          f"--ft={tmp_path}/dep-ft.npy")
+    assert code == 0, err
+    from gla.pipeline.store import Store
+
+    assert (Store(store).read_split("m", "d", "dep", columns=("label",)).labels == -1).all()
+    code, _, err = _gla(capsys, "analyze", "--store", store, "--eval-split", "dep")
+    assert code == 2 and "--target-estimator" in err and len(err.strip().splitlines()) == 1
+    assert not (store / "results" / "runs").exists()
+    code, out, err = _gla(capsys, "analyze", "--store", store, "--eval-split", "dep",
+                          "--target-estimator", "em", "--target-estimator", "bbse")
+    assert code == 0, err
+    assert "no scored cells" in out and "unlabelled_eval" in out
+    res = publication.latest_dir(store)
+    assert pl.read_parquet(res / "summary.parquet").height == 0
+    warn = pl.read_parquet(res / "warnings.parquet")
+    assert "unlabelled_eval" in warn["code"].to_list()
+    tp = pl.read_parquet(res / "target_priors.parquet")
+    assert tp["label_share"].is_null().all()
+    truth = synthetic.label_counts(target, 4000) / 4000
+    for e in ("em", "bbse"):
+        est = tp.filter(pl.col("target_estimator") == e).sort("class_index")["prior"].to_numpy()
+        assert np.abs(est - truth).sum() < 0.1, e
+    assert _gla(capsys, "report", "--store", store)[0] == 0
+    page = (store / "report" / "index.html").read_text()
+    assert "Cells with an unlabelled eval split" in page and "dep split, estimated without its labels" in page

@@ -1,6 +1,6 @@
 """``gla import``: bring your own logits, or a dataset's training counts, into a store.
 
-    gla import --store S --model M --dataset D --split SPLIT --labels y.npy --zs zs.npy
+    gla import --store S --model M --dataset D --split SPLIT [--labels y.npy] --zs zs.npy
                [--ft ft.npy] [--classnames names.txt] [--sample-ids ids.txt] [--window FILE|COLUMN]
     gla import --store S --dataset D --train-counts counts.npy   (or a CSV class_index,count)
 
@@ -23,7 +23,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="dataset (cell) name")
     parser.add_argument("--model", help="model (cell) name; needed with --zs")
     parser.add_argument("--split", help="split name, e.g. val or test; needed with --zs")
-    parser.add_argument("--labels", help="1-D integer labels (-1 = unknown)")
+    parser.add_argument("--labels", help="1-D integer labels (-1 = unknown); without it every row is "
+                        "unlabelled (deployment data for --target-estimator)")
     parser.add_argument("--zs", help="2-D zero-shot logits (N, C)")
     parser.add_argument("--ft", help="2-D fine-tuned logits (N, C), optional")
     parser.add_argument("--classnames", help="text file, one class name per line (label order)")
@@ -73,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
         info = import_counts(args.store, args.dataset, args.train_counts, args.classnames)
         print(f"wrote {info['path']} ({info['classes']} classes, {info['total']} samples)")
         return 0
-    for opt in ("model", "split", "labels", "zs"):
+    for opt in ("model", "split", "zs"):
         if getattr(args, opt) is None:
             raise UserError(f"--{opt} is required when importing logits (or give --train-counts)")
     info = import_logits(

@@ -60,7 +60,7 @@ GAIN_LABEL = {"gain_gla_ft": "gla − ft", "gain_zs_debiased": "zs_debiased − 
 
 
 def _head(data: ReportData, cells: list) -> list[str]:
-    split = data.summary.get_column("split")[0] if "split" in data.summary.columns else "?"
+    split = data.summary.get_column("split")[0] if data.summary.height and "split" in data.summary.columns else "?"
     present = [n for n, df in data.tables.items() if df is not None]
     return [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -90,6 +90,8 @@ def _flag_text(flags: list[findings.Flag]) -> str:
 
 def _overview(data: ReportData, views: dict[tuple[str, str], CellView],
               flags: dict[tuple[str, str], list]) -> list[str]:
+    if not views:  # only unlabelled cells: nothing scored to overview (sections.unscored_cells)
+        return []
     gains = gain_table(data.summary, data.get("comparisons"))
     gains = gains.with_columns(pl.Series(
         "flags", [_flag_text(flags.get(k, [])) for k in gains.select("model", "dataset").iter_rows()], dtype=pl.String))

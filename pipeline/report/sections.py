@@ -147,5 +147,22 @@ def kshot(view: CellView) -> list[str]:
     return ["<h4>Few-shot sweep: accuracy (%) by training images per class</h4>", table(wide, cols)]
 
 
+def unscored_cells(data: ReportData) -> list[str]:
+    """Cells whose eval split has no labels (deployment data): nothing is scored there, so
+    what they give is the label distribution estimated without labels."""
+    tp = data.tables.get("target_priors")
+    if tp is None:
+        return []
+    cells = sorted(set(tp.select("model", "dataset").iter_rows()) - set(data.cells()))
+    if not cells:
+        return []
+    parts = ["<h2 id='unscored'>Cells with an unlabelled eval split</h2>",
+             "<p class='note'>No method can be scored on a split without labels; these cells give the "
+             "priors and the label distribution π̂t estimated without labels.</p>"]
+    for m, d in cells:
+        parts += [f"<h3>{html.escape(m)} / {html.escape(d)}</h3>", *label_shift(data.view(m, d))]
+    return parts
+
+
 CELL_SECTIONS = (label_shift, label_issues, kshot)
-MATRIX_SECTIONS = (distribution_shift,)
+MATRIX_SECTIONS = (distribution_shift, unscored_cells)

@@ -130,7 +130,8 @@ def load_tables(store: str | os.PathLike) -> ReportData:
         missing = [c for c in schema.required(name) if c not in frames[name].columns]
         if missing:
             raise UserError(f"{path}: column {missing[0]} is missing")
-    if frames["summary"].height == 0:
+    unscored = frames.get("target_priors") is not None and frames["target_priors"].height > 0
+    if frames["summary"].height == 0 and not unscored:
         raise UserError(f"{publication.table_path(store, 'summary', run)}: has no rows (no cell was analysed)")
     return ReportData(store=store, tables=frames)
 
