@@ -9,6 +9,7 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from gla.pipeline import publication
@@ -694,3 +695,33 @@ def test_diff_section_against_the_run_before(tmp_path):
         assert row[4] == f"{100 * old:.2f}"
     path, written = write_report(root, diff=False)
     assert written and "Changes since the previous run" not in path.read_text()
+
+
+def test_shift_trajectory_figure_over_windows(data):
+    """π̂t per window for the classes that move most, in window order, dashed labelled
+    shares beside; no text of the figure overlaps another."""
+    from gla.pipeline.report import figures
+
+    windows, C = ("2024-01", "2024-02", "2024-03"), 8
+    rows = []
+    for w, name in enumerate(windows):
+        prior = np.full(C, 0.5 / (C - 2))
+        prior[2], prior[5] = 0.1 + 0.15 * w, 0.4 - 0.15 * w  # the two classes that move
+        for e in ("em", "bbse"):
+            rows += [{"model": "clip-a", "dataset": "fashion", "estimator": "gla", "target_estimator": e,
+                      "split": "test", "window": name, "window_index": w, "class_index": c,
+                      "class_name": f"class_{c:04d}", "prior": float(prior[c]), "label_share": float(prior[c]),
+                      "converged": True} for c in range(C)]
+    view = _with(data, target_priors=pl.DataFrame(rows)).view("clip-a", "fashion")
+    fig = figures.shift_trajectory(view)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(windows)
+    solid = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]
+    assert len(solid) == figures.TRAJECTORY_CLASSES
+    assert [ln.get_label() for ln in solid[:2]] == ["class_0002", "class_0005"]  # largest range first
+    np.testing.assert_allclose(solid[0].get_ydata(), [0.1, 0.25, 0.4])
+    assert len([ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]) == figures.TRAJECTORY_CLASSES
+    assert "(em)" in ax.get_title()
+    boxes = _visible_texts(fig)
+    assert [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:] if ba.overlaps(bb)] == []
+    assert figures.shift_trajectory(data.view("clip-a", "fashion")) is None  # no windows, no figure

@@ -269,6 +269,44 @@ def kshot_curve(view: CellView) -> Figure | None:
     return fig
 
 
+TRAJECTORY_CLASSES = 6  # the classes whose π̂t moves most across windows
+
+
+def shift_trajectory(view: CellView) -> Figure | None:
+    """π̂t per time window (each window estimated from windows ≤ t) for the classes whose
+    estimate moves most, with the window's labelled share (dashed) when it has labels."""
+    tp = view.get("target_priors")
+    if tp is None or "window" not in tp.columns:
+        return None
+    tp = tp.filter(pl.col("window").is_not_null())
+    if tp.height == 0:
+        return None
+    ests = sorted(set(tp.get_column("target_estimator").to_list()))
+    est = "em" if "em" in ests else ests[0]
+    rows = tp.filter(pl.col("target_estimator") == est).sort("window_index", "class_index")
+    windows = rows.select("window_index", "window").unique().sort("window_index")
+    moving = (rows.group_by("class_index", "class_name")
+              .agg((pl.col("prior").max() - pl.col("prior").min()).alias("range"))
+              .sort(["range", "class_index"], descending=[True, False]).head(TRAJECTORY_CLASSES))
+    fig = new_figure(*CELL_SIZE)
+    ax = fig.add_subplot()
+    colors = [f"C{i}" for i in range(10)]
+    x = windows["window_index"].to_numpy()
+    for i, (k, name) in enumerate(moving.select("class_index", "class_name").iter_rows()):
+        r = rows.filter(pl.col("class_index") == k)
+        ax.plot(r["window_index"].to_numpy(), r["prior"].to_numpy(), marker="o", ms=3.5, lw=1.2,
+                color=colors[i % 10], label=str(name))
+        if r["label_share"].null_count() < r.height:
+            ax.plot(r["window_index"].to_numpy(), r["label_share"].to_numpy(), ls="--", lw=0.9, marker="o",
+                    ms=3.5, mfc="none", color=colors[i % 10])
+    ax.set_xticks(x, [str(w) for w in windows["window"].to_list()])
+    ax.set_ylim(bottom=0)
+    _titles(ax, f"π̂t per window ({est}), {moving.height} classes that move most", "window",
+            "estimated label share")
+    _legend_outside(ax, title="class (dashed: labelled share)", title_fontsize=FONT["legend"])
+    return fig
+
+
 # name → (function, caption). A function returns None when its table or column is absent.
 CELL_FIGURES = {
     "groups": (group_bars, "Accuracy on head / medium / tail classes (C//3, C//3, rest by π̂p) for each method; "
@@ -282,6 +320,9 @@ CELL_FIGURES = {
                     "bin's share of samples); the dashed line is perfect calibration, the legend gives each ECE."),
     "kshot": (kshot_curve, "Few-shot sweep: each method with the k-shot fine-tuned model (temperatures on), "
               "against the number of training images per class."),
+    "shift": (shift_trajectory, "Label shift over time: π̂t of each window, estimated from that window and "
+              "the ones before it only, for the classes whose estimate moves most; dashed, the window's "
+              "labelled share when it has labels."),
 }
 
 
