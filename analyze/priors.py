@@ -412,10 +412,8 @@ def _est_eigen_iterated(pb: _Problem, keep=0.5):
     if not 0 < float(keep) <= 1:
         raise ValueError(f"keep must be in (0, 1], got {keep}")
     s = _softmax(pb.z)
-    pi = np.full(C, 1.0 / C)
-    delta = np.inf
-    rounds = 200 if pb.max_iter is None else int(pb.max_iter)
-    for r in range(1, rounds + 1):
+
+    def one_round(pi: np.ndarray) -> np.ndarray:
         resp = _softmax(pb.z - np.log(pi).astype(np.float32) + pb.shift.astype(np.float32))
         inside = _margin_mask(resp, float(keep))
         ra = resp[inside]
@@ -425,12 +423,41 @@ def _est_eigen_iterated(pb: _Problem, keep=0.5):
         v, _, _, _ = _power_iteration(P / P.sum(axis=0, keepdims=True), pb.tol, 10**6)
         accept = mass / np.maximum(resp.sum(axis=0, dtype=np.float64), 1e-300)
         new = v / np.maximum(accept, 1e-12)
-        new /= new.sum()
-        delta = np.abs(new - pi).sum()
-        pi = new
-        if delta <= pb.tol * 1e2:
-            return pi, r, True, ""
-    return pi, rounds, False, f"rounds did not settle in {rounds} (L1 change {delta:.1e})"
+        return new / new.sum()
+
+    rounds = 200 if pb.max_iter is None else int(pb.max_iter)
+    pi, r, settled, delta = settle(one_round, np.full(C, 1.0 / C), pb.tol * 1e2, rounds)
+    return pi, r, settled, "" if settled else f"rounds did not settle in {rounds} (L1 change {delta:.1e})"
+
+
+def settle(step: Callable[[np.ndarray], np.ndarray], x: np.ndarray, tol: float, max_steps: int):
+    """A fixed point of ``step`` on the probability simplex, SQUAREM-accelerated (Varadhan
+    & Roland 2008): two steps give an extrapolation along their differences, kept when it
+    stays positive, and one more step from it stabilises. A round map that converges
+    linearly but slowly (rate ≈ 0.95: hundreds of rounds) settles in tens of steps.
+    Returns (x, steps, settled, last L1 change): settled when one plain step moves x by
+    at most ``tol`` (L1)."""
+    steps, delta = 0, np.inf
+    while steps < max_steps:
+        x1 = step(x)
+        steps += 1
+        delta = float(np.abs(x1 - x).sum())
+        if delta <= tol:
+            return x1, steps, True, delta
+        if steps == max_steps:
+            return x1, steps, False, delta
+        x2 = step(x1)
+        steps += 1
+        r, v = x1 - x, x2 - 2 * x1 + x
+        nv = np.linalg.norm(v)
+        a = min(-np.linalg.norm(r) / nv, -1.0) if nv > 0 else -1.0
+        y = x - 2 * a * r + a * a * v
+        if (y <= 0).any() or steps == max_steps:
+            x = x2
+            continue
+        x = step(y / y.sum())
+        steps += 1
+    return x, steps, False, delta
 
 
 ESTIMATORS: dict[str, Callable] = {

@@ -42,3 +42,25 @@ def test_iterated_eigen_refuses_bad_keep():
     w = synthetic.planted_world(4, 10, seed=0, ft_signal=None)
     with pytest.raises(ValueError, match="keep"):
         priors.estimate_pretrain_prior(w.zs, None, "eigen-iterated", keep=0.0)
+
+
+def test_settle_finds_a_slow_fixed_point_in_few_steps():
+    """SQUAREM on a slowly mixing Markov chain (second eigenvalue 0.97): the stationary
+    distribution (numpy's eigenvector) in far fewer steps than plain iteration takes."""
+    rng = np.random.default_rng(0)
+    C = 8
+    Q = rng.dirichlet(np.ones(C), size=C).T  # columns sum to 1, mixes fast
+    P = 0.97 * np.eye(C) + 0.03 * Q  # slow: every eigenvalue but 1 is >= 0.97 in modulus-ish
+    step = lambda x: P @ x  # noqa: E731
+    w, V = np.linalg.eig(P)
+    want = np.real(V[:, np.argmax(np.real(w))])
+    want /= want.sum()
+    x, steps, ok, delta = priors.settle(step, np.full(C, 1 / C), 1e-10, 2000)
+    assert ok and delta <= 1e-10
+    np.testing.assert_allclose(x, want, atol=1e-8)
+    plain, n = np.full(C, 1 / C), 0
+    while np.abs(step(plain) - plain).sum() > 1e-10:
+        plain, n = step(plain), n + 1
+    assert steps < n / 5
+    x, steps, ok, _ = priors.settle(step, np.full(C, 1 / C), 1e-10, 7)
+    assert not ok and steps == 7
