@@ -496,21 +496,9 @@ def analyze_cell(
     clock.mark()
     fitted = _fit(store, info, fit_info, options, counts, core)
     clock.mark()
-    batches = store.iter_split(model, dataset, options.eval_split,
-                               columns=("label", "zs", "ft", "sample_id", *eval_info.extra_logits),
-                               batch_rows=options.batch_rows, info=eval_info)
     kept = predictions.Collector()  # per-sample predictions: what pairs two runs in gla diff
     extent: list[float] = []
-    tallies, n_eval, n_unknown = _stream_eval(batches, fitted, core, eval_info, options.eval_split,
-                                              _threads(options), kept, extent)
-    if tallies is None:  # no labelled row: only the label-free audit, π_t, has anything to say
-        if not options.target_estimators:
-            raise UserError(
-                f"{eval_info.files[0]}: column label is -1 (unknown) in every row of eval split "
-                f"{options.eval_split!r}; evaluation needs labels (--target-estimator em|bbse "
-                "estimates an unlabelled split's label distribution)"
-            )
-        tallies = {}
+    tallies, n_eval, n_unknown = _evaluate(store, info, options, eval_info, fitted, core, kept, extent)
     clock.mark()
     tables = build_tables(
         model, dataset, options.eval_split, list(info.class_names), fitted, tallies, class_counts=counts,
@@ -534,6 +522,25 @@ def analyze_cell(
     clock.mark()
     return CellResult(model, dataset, tables, key,
                       _diagnostics(fit_info, info, n_eval, n_unknown, fitted, clock))
+
+
+def _evaluate(store: Store, info: CellInfo, options: StoreAnalysisOptions, eval_info: SplitInfo,
+              fitted: FittedPriors, core: AnalysisOptions, kept: predictions.Collector, extent: list[float]):
+    """Every method over the streamed eval split: (tallies, rows, unlabelled rows). A split
+    with no label at all gives no tallies ({}): only π_t (--target-estimator) can be
+    estimated on it, and without that it is refused."""
+    batches = store.iter_split(info.model, info.dataset, options.eval_split,
+                               columns=("label", "zs", "ft", "sample_id", *eval_info.extra_logits),
+                               batch_rows=options.batch_rows, info=eval_info)
+    tallies, n_eval, n_unknown = _stream_eval(batches, fitted, core, eval_info, options.eval_split,
+                                              _threads(options), kept, extent)
+    if tallies is None and not options.target_estimators:
+        raise UserError(
+            f"{eval_info.files[0]}: column label is -1 (unknown) in every row of eval split "
+            f"{options.eval_split!r}; evaluation needs labels (--target-estimator em|bbse "
+            "estimates an unlabelled split's label distribution)"
+        )
+    return tallies or {}, n_eval, n_unknown
 
 
 def _analyze_shifted(store: Store, info: CellInfo, options: StoreAnalysisOptions, shift: ShiftSpec,

@@ -243,6 +243,14 @@ def damage(pattern: str, change: Callable[[bytes], bytes]) -> Callable[[Path], N
     return setup
 
 
+def _unlabelled_split(w: Path) -> None:
+    """Split ``dep`` of m1/d imported without labels (deployment data)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = main(["import", "--store", f"{w}/store", "--model", "m1", "--dataset", "d", "--split", "dep",
+                     "--zs", f"{w}/in/zs.npy", "--ft", f"{w}/in/ft.npy"])
+    assert code == 0
+
+
 # --------------------------------------------------------------------------- argv builders
 
 S = "{w}/store"
@@ -406,7 +414,6 @@ def import_cases() -> list[Case]:
         Case("import: window column missing from parquet", imp(zs=f("zw.parquet"), window="month"),
              ("--window month",), parquet("zw.parquet", {"zs": [[1.0] * C] * 30})),
         # usage
-        Case("import: --zs without --labels", imp(labels=None), ("--labels",)),
         Case("import: --zs without --split", imp(split=None), ("--split",)),
         Case("import: no --model", imp(model=None), ("--model",)),
         Case("import: no --store", imp(store=None), ("--store",)),
@@ -458,6 +465,9 @@ def analyze_cases() -> list[Case]:
         Case("analyze: store missing", ["analyze", "--store", "{w}/nowhere", "--workers", "0"], ("nowhere", "--store")),
         Case("analyze: store is a file", ["analyze", "--store", f("y.npy"), "--workers", "0"], ("y.npy",)),
         Case("analyze: fit split is the eval split", ana("--fit-split", "test"), ("both 'test'", "--allow-fit-on-eval")),
+        Case("analyze: unlabelled eval split without --target-estimator",
+             ana("--eval-split", "dep", "--only", "model=m1,dataset=d"), ("'dep'", "--target-estimator"),
+             _unlabelled_split),
         Case("analyze: fit split missing", ana("--fit-split", "vall"), ("'vall'", "--fit-split")),
         Case("analyze: eval split missing", ana("--eval-split", "tset"), ("'tset'", "--eval-split")),
         Case("analyze: unknown estimator", ana("--estimator", "glaa"), ("--estimator", "glaa")),
