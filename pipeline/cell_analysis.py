@@ -590,8 +590,7 @@ def _analyze_shifted(store: Store, info: CellInfo, options: StoreAnalysisOptions
                                             info.num_classes, src_info.num_classes)
     tables["provenance"] = _shifted_provenance(store, info, options, shift.source, src_info, eval_info,
                                                tables["priors"], n_eval - n_unknown, fitted.ft_temperature)
-    tables["warnings"] = _warnings(info, eval_info, tables, counts, extent,
-                                   unlabelled=options.eval_split if not tallies else None)
+    tables["warnings"] = _warnings(info, eval_info, tables, counts, extent)
     diag = {"fit_rows": 0, "eval_rows": n_eval, "eval_rows_unlabelled": n_unknown,
             "classes": info.num_classes, "has_ft": info.has_ft,
             "evaluated_with": {"source": shift.source, "source_classes": m.tolist()}}
